@@ -1,0 +1,194 @@
+//! Documents: the body a client owns plus the system fields the server owns,
+//! how a client body is checked before a write, and JSON Merge Patch.
+
+use serde_json::{Map, Value};
+
+use crate::name::DocId;
+use crate::schema::FieldError;
+
+/// System fields that a client may send back and that are then ignored.
+const IGNORED_SYSTEM_FIELDS: &[&str] = &["_rev", "_owner", "_created_at", "_updated_at"];
+
+/// Server-owned fields of a stored document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemFields {
+    /// The document id.
+    pub id: DocId,
+    /// 1 on create, +1 per write.
+    pub rev: u64,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// RFC 3339 UTC.
+    pub updated_at: String,
+    /// The creator's `sub`.
+    pub owner: String,
+}
+
+/// A stored document: system fields and the client's body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// Server-owned fields.
+    pub system: SystemFields,
+    /// The client's fields (never contains keys starting with `_`).
+    pub body: Map<String, Value>,
+}
+
+impl Document {
+    /// The document as clients see it: system fields first, then the body.
+    pub fn to_json(&self) -> Value {
+        let mut out = Map::with_capacity(self.body.len() + 5);
+        out.insert("_id".into(), Value::String(self.system.id.as_str().to_owned()));
+        out.insert("_rev".into(), Value::from(self.system.rev));
+        out.insert("_created_at".into(), Value::String(self.system.created_at.clone()));
+        out.insert("_updated_at".into(), Value::String(self.system.updated_at.clone()));
+        out.insert("_owner".into(), Value::String(self.system.owner.clone()));
+        for (k, v) in &self.body {
+            out.insert(k.clone(), v.clone());
+        }
+        Value::Object(out)
+    }
+
+    /// The strong ETag of this revision: `"<rev>"`.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.system.rev)
+    }
+}
+
+/// Why a client body cannot become a document (`422`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DocumentError {
+    /// The body is not a JSON object.
+    #[error("a document is a JSON object")]
+    NotAnObject,
+    /// Field-level failures: bad `_id`, reserved fields, schema violations.
+    #[error("the document does not fit the collection")]
+    Invalid(Vec<FieldError>),
+}
+
+/// A checked client body: the user fields, and the `_id` the client chose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientBody {
+    /// `_id` from the body, when present and valid.
+    pub id: Option<DocId>,
+    /// The user fields (no key starts with `_`).
+    pub fields: Map<String, Value>,
+}
+
+/// Splits a client body into its `_id` and user fields: ignored system
+/// fields are dropped, `_id` is checked (and must equal `url_id` when one is
+/// given), and any other `_` field is refused.
+pub fn split_client_body(body: Value, url_id: Option<&DocId>) -> Result<ClientBody, DocumentError> {
+    let Value::Object(map) = body else {
+        return Err(DocumentError::NotAnObject);
+    };
+    let mut errors = Vec::new();
+    let mut id = None;
+    let mut fields = Map::with_capacity(map.len());
+    for (k, v) in map {
+        if !k.starts_with('_') {
+            fields.insert(k, v);
+            continue;
+        }
+        if k == "_id" {
+            match v.as_str().map(DocId::parse) {
+                Some(Ok(parsed)) => match url_id {
+                    Some(u) if *u != parsed => errors.push(FieldError {
+                        path: "/_id".into(),
+                        message: "_id in the body must equal the id in the URL".into(),
+                    }),
+                    _ => id = Some(parsed),
+                },
+                _ => errors.push(FieldError {
+                    path: "/_id".into(),
+                    message: "_id must be a string matching ^[A-Za-z0-9_-]{1,128}$".into(),
+                }),
+            }
+        } else if !IGNORED_SYSTEM_FIELDS.contains(&k.as_str()) {
+            errors.push(FieldError {
+                path: format!("/{}", k.replace('~', "~0").replace('/', "~1")),
+                message: "fields starting with '_' are reserved".into(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(ClientBody { id, fields })
+    } else {
+        Err(DocumentError::Invalid(errors))
+    }
+}
+
+/// Applies a JSON Merge Patch (RFC 7396) to `target`.
+pub fn merge_patch(target: &mut Map<String, Value>, patch: Map<String, Value>) {
+    for (k, v) in patch {
+        match v {
+            Value::Null => {
+                target.remove(&k);
+            }
+            Value::Object(inner) => {
+                let slot = target.entry(k).or_insert_with(|| Value::Object(Map::new()));
+                if !slot.is_object() {
+                    *slot = Value::Object(Map::new());
+                }
+                if let Value::Object(t) = slot {
+                    merge_patch(t, inner);
+                }
+            }
+            other => {
+                target.insert(k, other);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("object expected"),
+        }
+    }
+
+    #[test]
+    fn system_fields_sent_back_are_ignored() {
+        let b = split_client_body(json!({"_rev": 9, "_owner": "x", "_created_at": 1, "_updated_at": 2, "a": 1}), None)
+            .expect("ok");
+        assert_eq!(b.fields, obj(json!({"a": 1})));
+        assert_eq!(b.id, None);
+    }
+
+    #[test]
+    fn reserved_fields_and_bad_ids_are_refused() {
+        let Err(DocumentError::Invalid(errs)) = split_client_body(json!({"_tenant": "t", "_id": null, "_x": 1}), None)
+        else {
+            panic!("must be invalid");
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, vec!["/_tenant", "/_id", "/_x"]);
+        assert_eq!(split_client_body(json!([1]), None), Err(DocumentError::NotAnObject));
+    }
+
+    #[test]
+    fn body_id_must_match_url_id() {
+        let url = DocId::parse("a").expect("id");
+        assert!(split_client_body(json!({"_id": "a"}), Some(&url)).is_ok());
+        assert!(split_client_body(json!({"_id": "b"}), Some(&url)).is_err());
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // The RFC's own example (section 3).
+        let mut target = obj(json!({"title": "Goodbye!", "author": {"givenName": "John", "familyName": "Doe"},
+                                    "tags": ["example", "sample"], "content": "This will be unchanged"}));
+        merge_patch(&mut target, obj(json!({"title": "Hello!", "phoneNumber": "+01-123-456-7890",
+                                            "author": {"familyName": null}, "tags": ["example"]})));
+        assert_eq!(Value::Object(target), json!({"title": "Hello!", "author": {"givenName": "John"},
+            "tags": ["example"], "content": "This will be unchanged", "phoneNumber": "+01-123-456-7890"}));
+        let mut t = obj(json!({"a": 1}));
+        merge_patch(&mut t, obj(json!({"a": {"b": null, "c": 2}})));
+        assert_eq!(Value::Object(t), json!({"a": {"c": 2}}));
+    }
+}

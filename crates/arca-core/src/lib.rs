@@ -1,0 +1,19 @@
+//! Arca's domain, free of I/O: names and ids, collection definitions, JSON
+//! Schema compilation and validation, document preparation (system fields,
+//! merge patch, number checks) and the `Scope` every store call carries.
+//!
+//! Nothing here touches the network, the disk or a runtime: this is the crate
+//! that both storage engines share and that property tests and fuzzers drive.
+
+pub mod collection;
+pub mod document;
+pub mod name;
+pub mod number;
+pub mod schema;
+pub mod scope;
+
+pub use collection::{Access, AccessRule, Action, CollectionDef, DefinitionError, IndexDef};
+pub use document::{ClientBody, Document, DocumentError, SystemFields, merge_patch, split_client_body};
+pub use name::{CollectionName, DocId, NameError, Tenant};
+pub use schema::{DocumentSchema, FieldError, SchemaError};
+pub use scope::Scope;

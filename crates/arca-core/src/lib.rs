@@ -7,6 +7,7 @@
 
 pub mod collection;
 pub mod document;
+pub mod duration;
 pub mod name;
 pub mod number;
 pub mod schema;
@@ -14,6 +15,7 @@ pub mod scope;
 
 pub use collection::{Access, AccessRule, Action, CollectionDef, DefinitionError, IndexDef};
 pub use document::{ClientBody, Document, DocumentError, SystemFields, merge_patch, split_client_body};
+pub use duration::HumanDuration;
 pub use name::{CollectionName, DocId, NameError, Tenant};
 pub use schema::{DocumentSchema, FieldError, SchemaError};
 pub use scope::Scope;

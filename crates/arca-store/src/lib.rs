@@ -1,1 +1,163 @@
-//! placeholder
+//! Storage: the `Store` trait every engine implements, and the engines.
+//!
+//! The trait speaks arca-core types only (names, ids, documents, `Scope`),
+//! never SQL or BSON, so the HTTP layer is the same whatever the engine.
+//! Each method says how it maps onto MongoDB, so that the MongoDB engine
+//! fits the same trait without a redesign.
+
+pub mod sqlite;
+
+use arca_core::{CollectionName, DocId, Document, IndexDef, Scope};
+use serde_json::{Map, Value};
+
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// A failure of a store operation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// No such document within the scope.
+    #[error("not found")]
+    NotFound,
+    /// The collection has no storage (deleted meanwhile).
+    #[error("collection not found")]
+    CollectionMissing,
+    /// A duplicate `_id` or unique index value; names the fields.
+    #[error("duplicate value for {0}")]
+    Conflict(String),
+    /// The stored revision is not the expected one.
+    #[error("revision mismatch")]
+    RevMismatch,
+    /// A unique index cannot be added: existing documents hold duplicates.
+    #[error("existing documents hold duplicate values for the unique index on {0}")]
+    DuplicatesForUniqueIndex(String),
+    /// The engine is unavailable (disk full, I/O error, shutting down).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A stored collection definition, as the catalogue keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCollection {
+    /// The name.
+    pub name: CollectionName,
+    /// The JSON Schema as given.
+    pub schema: Value,
+    /// Declared indexes.
+    pub indexes: Vec<IndexDef>,
+    /// Access rules as given.
+    pub access: Value,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// RFC 3339 UTC.
+    pub updated_at: String,
+}
+
+/// Whether `put_collection` created or updated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// A new collection.
+    Created,
+    /// An existing collection was redefined.
+    Updated,
+}
+
+/// A document to insert.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    /// Client-chosen id, or `None` for a generated one.
+    pub id: Option<DocId>,
+    /// The creator's `sub`.
+    pub owner: String,
+    /// User fields (already validated).
+    pub body: Map<String, Value>,
+}
+
+/// One page of a listing in `_id` order.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// Return documents with `_id` strictly greater than this.
+    pub after: Option<DocId>,
+    /// At most this many documents.
+    pub limit: usize,
+}
+
+/// The storage engine interface.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the engine can serve (`/readyz`).
+    /// MongoDB: `ping` command.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Every collection definition. MongoDB: a `_arca_collections` collection.
+    async fn collections(&self) -> Result<Vec<StoredCollection>, StoreError>;
+
+    /// Creates or redefines a collection and reconciles its indexes in one
+    /// step: if a new unique index meets duplicates, nothing changes.
+    /// MongoDB: `createCollection`/`collMod` with the `$jsonSchema`
+    /// validator, `createIndexes` (each with `_tenant` first), `dropIndexes`.
+    async fn put_collection(
+        &self,
+        name: &CollectionName,
+        schema: &Value,
+        indexes: &[IndexDef],
+        access: &Value,
+    ) -> Result<PutOutcome, StoreError>;
+
+    /// Deletes a collection and all its documents; `false` if it did not
+    /// exist. MongoDB: `drop` plus the catalogue entry.
+    async fn delete_collection(&self, name: &CollectionName) -> Result<bool, StoreError>;
+
+    /// Inserts a document in the scope's tenant with `_rev` 1.
+    /// MongoDB: `insertOne` (duplicate key 11000 -> `Conflict`).
+    async fn insert(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        doc: NewDocument,
+    ) -> Result<Document, StoreError>;
+
+    /// The document with `id` within the scope.
+    /// MongoDB: `findOne({_tenant, _id})`.
+    async fn get(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        id: &DocId,
+    ) -> Result<Option<Document>, StoreError>;
+
+    /// Replaces the body of the document at `expected_rev` and bumps its
+    /// revision, atomically: `RevMismatch` if it changed meanwhile,
+    /// `NotFound` if it is gone. MongoDB: `findOneAndReplace({_tenant,
+    /// _id, _rev: expected})`.
+    async fn replace(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        id: &DocId,
+        expected_rev: u64,
+        body: Map<String, Value>,
+    ) -> Result<Document, StoreError>;
+
+    /// Deletes the document (only at `expected_rev` when given).
+    /// MongoDB: `deleteOne({_tenant, _id[, _rev]})`.
+    async fn delete(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        id: &DocId,
+        expected_rev: Option<u64>,
+    ) -> Result<(), StoreError>;
+
+    /// A page of documents in `_id` order.
+    /// MongoDB: `find({_tenant, _id: {$gt: after}}).sort({_id: 1}).limit(n)`.
+    async fn list(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        page: Page,
+    ) -> Result<Vec<Document>, StoreError>;
+
+    /// The number of documents in the scope.
+    /// MongoDB: `countDocuments({_tenant})`.
+    async fn count(&self, coll: &CollectionName, scope: &Scope) -> Result<u64, StoreError>;
+}

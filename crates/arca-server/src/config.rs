@@ -1,0 +1,377 @@
+//! Configuration: `arca.toml` (path from `--config` or `ARCA_CONFIG`) with
+//! `ARCA_<SECTION>__<KEY>` environment overrides, parsed into typed structs
+//! once at start. A bad key or value is an error that names the key and the
+//! expected form; nothing is silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arca_auth::AuthSettings;
+use arca_core::HumanDuration;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[store]`
+    pub store: StoreConfig,
+    /// `[auth]`
+    pub auth: AuthSettings,
+    /// `[log]`
+    pub log: LogConfig,
+}
+
+/// `[server]`: the HTTP listener and request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest JSON request body, in bytes (larger -> 413).
+    pub max_body_bytes: usize,
+    /// Time a request may take to produce its response head.
+    pub request_timeout: HumanDuration,
+    /// After SIGTERM, how long to keep accepting connections (load balancers).
+    pub shutdown_delay: HumanDuration,
+    /// After the listener closes, how long in-flight requests may run.
+    pub shutdown_timeout: HumanDuration,
+    /// Origins allowed by CORS (`["*"]` for any); none by default.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1 << 20,
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+            shutdown_delay: HumanDuration(Duration::ZERO),
+            shutdown_timeout: HumanDuration(Duration::from_secs(25)),
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+/// `[store]`: where data lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (embedded engine).
+    pub url: String,
+    /// `[store.sqlite]`
+    pub sqlite: SqliteConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://./arca-data/arca.db".into(),
+            sqlite: SqliteConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The SQLite file path, when the store is the embedded engine.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        self.url.strip_prefix("sqlite://").map(PathBuf::from)
+    }
+
+    /// The data directory: the folder of the SQLite file.
+    pub fn data_dir(&self) -> PathBuf {
+        match self.sqlite_path() {
+            Some(p) => p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            None => PathBuf::from("./arca-data"),
+        }
+    }
+}
+
+/// `[store.sqlite]`: durability and read concurrency of the embedded engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteConfig {
+    /// `FULL` (an acknowledged write survives power loss) or `NORMAL`.
+    pub synchronous: Synchronous,
+    /// Read connections.
+    pub readers: usize,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            readers: 4,
+        }
+    }
+}
+
+/// SQLite's `synchronous` pragma as offered here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Synchronous {
+    /// fsync at every commit: acknowledged writes survive power loss.
+    Full,
+    /// WAL with fsync at checkpoints: survives a process crash, may lose
+    /// the last commits on power loss.
+    Normal,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `arca=debug,info`; `RUST_LOG`
+    /// wins when set.
+    pub level: String,
+    /// `auto` (JSON unless stdout is a terminal), `json` or `pretty`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, human-readable otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// A configuration error, naming the key and what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Loads the configuration from an optional file and the `ARCA_*`
+/// variables in `env` (pass `std::env::vars()`).
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+            toml::from_str::<toml::Table>(&text)
+                .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+        }
+        None => toml::Table::new(),
+    };
+    // Environment overrides: ARCA_SERVER__LISTEN -> server.listen.
+    let mut from_env: Vec<(Vec<String>, String, String)> = Vec::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix("ARCA_") else { continue };
+        if !rest.contains("__") {
+            continue; // ARCA_CONFIG and other non-key variables
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError(format!("environment variable {name}: empty key segment")));
+        }
+        set_path(&mut table, &path, typed_env_value(&raw), &name)?;
+        from_env.push((path, raw, name));
+    }
+    // A value from the environment is tried with its TOML type first
+    // (numbers, booleans, arrays), then as a plain string for keys that
+    // want a string (a numeric tenant claim name, say).
+    let mut attempts = 0;
+    loop {
+        let de = toml::Value::Table(table.clone());
+        match serde_path_to_error::deserialize::<_, Config>(de) {
+            Ok(cfg) => return validate(cfg),
+            Err(e) => {
+                let key = e.path().to_string();
+                let retry = from_env.iter().find(|(p, raw, _)| {
+                    p.join(".") == key && !matches!(get_path(&table, p), Some(toml::Value::String(s)) if s == raw)
+                });
+                if let (Some((p, raw, var)), true) = (retry, attempts < 64) {
+                    attempts += 1;
+                    let (p, raw, var) = (p.clone(), raw.clone(), var.clone());
+                    set_path(&mut table, &p, toml::Value::String(raw), &var)?;
+                    continue;
+                }
+                let origin = from_env
+                    .iter()
+                    .find(|(p, _, _)| p.join(".") == key)
+                    .map(|(_, _, var)| format!(" (from {var})"))
+                    .unwrap_or_default();
+                return Err(ConfigError(format!(
+                    "configuration key `{key}`{origin}: {}",
+                    e.inner()
+                )));
+            }
+        }
+    }
+}
+
+fn typed_env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn get_path<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get(p)?.as_table()?;
+    }
+    t.get(last)
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value, var: &str) -> Result<(), ConfigError> {
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(());
+    };
+    let mut t = table;
+    for p in parents {
+        let slot = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = slot
+            .as_table_mut()
+            .ok_or_else(|| ConfigError(format!("environment variable {var}: `{p}` is not a section")))?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+fn validate(cfg: Config) -> Result<Config, ConfigError> {
+    let bad = |key: &str, msg: &str| Err(ConfigError(format!("configuration key `{key}`: {msg}")));
+    if cfg.server.max_body_bytes == 0 {
+        return bad("server.max_body_bytes", "expected a positive number of bytes");
+    }
+    if cfg.server.request_timeout.0.is_zero() {
+        return bad("server.request_timeout", "expected a positive duration such as \"30s\"");
+    }
+    if cfg.store.sqlite_path().is_none() {
+        return bad(
+            "store.url",
+            "expected sqlite://PATH (the MongoDB engine is not available in this build yet)",
+        );
+    }
+    if cfg.store.sqlite_path().is_some_and(|p| p.as_os_str().is_empty()) {
+        return bad("store.url", "expected sqlite://PATH with a non-empty path");
+    }
+    if !(1..=64).contains(&cfg.store.sqlite.readers) {
+        return bad("store.sqlite.readers", "expected 1 to 64");
+    }
+    if let Some(issuer) = &cfg.auth.issuer {
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+            return bad("auth.issuer", "expected an http(s) URL");
+        }
+    }
+    if let Some(url) = &cfg.auth.jwks_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return bad("auth.jwks_url", "expected an http(s) URL");
+        }
+    }
+    if cfg.auth.roles_claim.is_empty() || cfg.auth.tenant_claim.is_empty() {
+        return bad("auth.roles_claim / auth.tenant_claim", "expected a non-empty claim name");
+    }
+    for o in &cfg.server.cors_origins {
+        if o != "*" && o.parse::<http::HeaderValue>().is_err() {
+            return bad("server.cors_origins", "expected origins such as \"https://app.example.com\" or \"*\"");
+        }
+    }
+    Ok(cfg)
+}
+
+impl Config {
+    /// The configuration as TOML with secrets redacted (`arca config`).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        c.store.url = redact_url_password(&c.store.url);
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+fn redact_url_password(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((cred, host)) = rest.rsplit_once('@') {
+            if let Some((user, _)) = cred.split_once(':') {
+                return format!("{scheme}://{user}:***@{host}");
+            }
+        }
+    }
+    url.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = load(None, env(&[])).expect("defaults");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server.max_body_bytes, 1_048_576);
+        assert_eq!(c.store.url, "sqlite://./arca-data/arca.db");
+        assert_eq!(c.auth.roles_claim, "roles");
+        assert_eq!(c.auth.tenant_claim, "tid");
+        assert_eq!(c.auth.schema_admin(), "admin");
+        assert_eq!(c.server.shutdown_timeout.0, Duration::from_secs(25));
+    }
+
+    #[test]
+    fn environment_overrides_typed_values() {
+        let c = load(
+            None,
+            env(&[
+                ("ARCA_SERVER__MAX_BODY_BYTES", "2048"),
+                ("ARCA_AUTH__REQUIRE_TENANT", "true"),
+                ("ARCA_AUTH__TENANT_CLAIM", "123"),
+                ("ARCA_AUTH__AUDIENCE", "[\"a\", \"b\"]"),
+                ("ARCA_STORE__SQLITE__SYNCHRONOUS", "NORMAL"),
+                ("ARCA_CONFIG", "ignored.toml"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.server.max_body_bytes, 2048);
+        assert!(c.auth.require_tenant);
+        assert_eq!(c.auth.tenant_claim, "123");
+        assert_eq!(c.auth.audience.map(|a| a.values()), Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(c.store.sqlite.synchronous, Synchronous::Normal);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(None, env(&[("ARCA_SERVER__LISTEN", "nope")])).expect_err("bad");
+        assert!(e.0.contains("server.listen") && e.0.contains("ARCA_SERVER__LISTEN"), "{e}");
+        let e = load(None, env(&[("ARCA_SERVER__LISTN", "1")])).expect_err("unknown");
+        assert!(e.0.contains("listn"), "{e}");
+        let e = load(None, env(&[("ARCA_SERVER__REQUEST_TIMEOUT", "10")])).expect_err("unit");
+        assert!(e.0.contains("server.request_timeout") && e.0.contains("unit"), "{e}");
+    }
+
+    #[test]
+    fn redaction_hides_url_passwords() {
+        assert_eq!(redact_url_password("mongodb://arca:s3cret@db:27017/x"), "mongodb://arca:***@db:27017/x");
+        assert_eq!(redact_url_password("sqlite://./a.db"), "sqlite://./a.db");
+    }
+}

@@ -1,0 +1,244 @@
+//! The one error type of the HTTP layer and its mapping to RFC 9457
+//! `application/problem+json`. Every failure a handler can meet becomes an
+//! `ApiError` (so `?` works everywhere); each kind has a stable `type` URI
+//! listed in `ProblemKind`, the catalogue clients branch on. Internal errors
+//! are logged with the request id and never shown.
+
+use arca_core::FieldError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The catalogue of problem kinds: a stable slug (the `type` URI is
+/// `urn:arca:problem:<slug>`), a status and a title for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// 400: malformed JSON body.
+    MalformedJson,
+    /// 400: a malformed request (query parameter, path, header).
+    BadRequest,
+    /// 400: an invalid collection definition.
+    InvalidDefinition,
+    /// 401: missing or invalid bearer token.
+    Unauthorized,
+    /// 403: authenticated but not allowed.
+    Forbidden,
+    /// 404: no such route.
+    RouteNotFound,
+    /// 404: no such collection.
+    CollectionNotFound,
+    /// 404: no such document (or not readable by the caller).
+    DocumentNotFound,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409: duplicate `_id` or unique index value.
+    Conflict,
+    /// 412: `If-Match` does not match the current revision.
+    PreconditionFailed,
+    /// 413: request body over the limit.
+    PayloadTooLarge,
+    /// 415: body content type not accepted.
+    UnsupportedMediaType,
+    /// 422: the document does not fit its collection.
+    InvalidDocument,
+    /// 500: an internal error (details only in the logs).
+    Internal,
+    /// 503: not ready, shutting down, or a dependency is unavailable.
+    Unavailable,
+    /// 503: the request ran past its time limit.
+    Timeout,
+}
+
+impl ProblemKind {
+    /// `(status, slug, title)` of this kind.
+    pub fn describe(self) -> (StatusCode, &'static str, &'static str) {
+        use ProblemKind::*;
+        match self {
+            MalformedJson => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
+            BadRequest => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            InvalidDefinition => (StatusCode::BAD_REQUEST, "invalid-definition", "Invalid collection definition"),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            RouteNotFound => (StatusCode::NOT_FOUND, "route-not-found", "No such route"),
+            CollectionNotFound => (StatusCode::NOT_FOUND, "collection-not-found", "No such collection"),
+            DocumentNotFound => (StatusCode::NOT_FOUND, "document-not-found", "No such document"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+            Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            InvalidDocument => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-document",
+                "Document does not fit the collection",
+            ),
+            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out"),
+        }
+    }
+
+    /// Every kind, for the catalogue in the docs and tests.
+    pub const ALL: &'static [ProblemKind] = &[
+        ProblemKind::MalformedJson,
+        ProblemKind::BadRequest,
+        ProblemKind::InvalidDefinition,
+        ProblemKind::Unauthorized,
+        ProblemKind::Forbidden,
+        ProblemKind::RouteNotFound,
+        ProblemKind::CollectionNotFound,
+        ProblemKind::DocumentNotFound,
+        ProblemKind::MethodNotAllowed,
+        ProblemKind::Conflict,
+        ProblemKind::PreconditionFailed,
+        ProblemKind::PayloadTooLarge,
+        ProblemKind::UnsupportedMediaType,
+        ProblemKind::InvalidDocument,
+        ProblemKind::Internal,
+        ProblemKind::Unavailable,
+        ProblemKind::Timeout,
+    ];
+}
+
+/// A failed request, ready to become a problem+json response.
+#[derive(Debug)]
+pub struct ApiError {
+    kind: ProblemKind,
+    detail: Option<String>,
+    errors: Vec<FieldError>,
+    /// For 401: the `error_description` of `WWW-Authenticate`, when a token
+    /// was sent (its presence adds `error="invalid_token"`).
+    invalid_token: Option<String>,
+}
+
+impl ApiError {
+    /// A problem of `kind` with a detail sentence.
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: Some(detail.into()),
+            errors: Vec::new(),
+            invalid_token: None,
+        }
+    }
+
+    /// A problem of `kind` with no detail.
+    pub fn bare(kind: ProblemKind) -> Self {
+        Self {
+            kind,
+            detail: None,
+            errors: Vec::new(),
+            invalid_token: None,
+        }
+    }
+
+    /// 400 for a malformed request.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(ProblemKind::BadRequest, detail)
+    }
+
+    /// 422 with one entry per failure.
+    pub fn invalid_document(errors: Vec<FieldError>) -> Self {
+        let n = errors.len();
+        let mut e = Self::new(
+            ProblemKind::InvalidDocument,
+            format!("{n} validation error{}", if n == 1 { "" } else { "s" }),
+        );
+        e.errors = errors;
+        e
+    }
+
+    /// 401 without a token: `WWW-Authenticate: Bearer realm="arca"`.
+    pub fn missing_token() -> Self {
+        Self::new(ProblemKind::Unauthorized, "a bearer token is required")
+    }
+
+    /// 401 for a token that was sent and refused.
+    pub fn invalid_token(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        let mut e = Self::new(ProblemKind::Unauthorized, format!("invalid token: {reason}"));
+        e.invalid_token = Some(reason);
+        e
+    }
+
+    /// 500; `cause` goes to the log (with the request id), never to the client.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::bare(ProblemKind::Internal)
+    }
+
+    /// The kind of this problem.
+    pub fn kind(&self) -> ProblemKind {
+        self.kind
+    }
+}
+
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    type_: String,
+    title: &'a str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+/// The `type` URI of a problem slug.
+pub fn type_uri(slug: &str) -> String {
+    format!("urn:arca:problem:{slug}")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.kind.describe();
+        let body = ProblemBody {
+            type_: type_uri(slug),
+            title,
+            status: status.as_u16(),
+            detail: self.detail.as_deref(),
+            errors: &self.errors,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut res = (status, bytes).into_response();
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::UNAUTHORIZED {
+            let value = match &self.invalid_token {
+                // The description is ours (never the token) and kept to
+                // characters that are safe inside a quoted string.
+                Some(reason) => format!(
+                    "Bearer realm=\"arca\", error=\"invalid_token\", error_description=\"{}\"",
+                    reason.replace(|c: char| c == '"' || c == '\\' || !(' '..='~').contains(&c), "'")
+                ),
+                None => "Bearer realm=\"arca\"".to_owned(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(header::WWW_AUTHENTICATE, v);
+            }
+        }
+        res
+    }
+}
+
+/// A problem response for a bare status (used for responses produced by the
+/// framework with no body, such as 405 from the router).
+pub fn problem_for_status(status: StatusCode) -> Option<ApiError> {
+    let kind = match status {
+        StatusCode::NOT_FOUND => ProblemKind::RouteNotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ProblemKind::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ProblemKind::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemKind::UnsupportedMediaType,
+        StatusCode::BAD_REQUEST => ProblemKind::BadRequest,
+        StatusCode::REQUEST_TIMEOUT => ProblemKind::Timeout,
+        StatusCode::INTERNAL_SERVER_ERROR => ProblemKind::Internal,
+        StatusCode::SERVICE_UNAVAILABLE => ProblemKind::Unavailable,
+        _ => return None,
+    };
+    Some(ApiError::bare(kind))
+}

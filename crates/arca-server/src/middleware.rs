@@ -1,0 +1,211 @@
+//! Cross-cutting request handling, composed in one place (`layers`): request
+//! ids, the per-request tracing span and metrics, the request timeout, panic
+//! recovery, CORS, compression, and turning the framework's bare error
+//! responses (405, 404) into problem+json.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::{ApiError, ProblemKind, problem_for_status};
+
+/// The `x-request-id` header.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request id of the current request (request extension).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// The route template that served a response (response extension), e.g.
+/// `/v1/collections/{name}/documents/{id}`.
+#[derive(Debug, Clone)]
+struct RouteTemplate(MatchedPath);
+
+/// Wraps `router` in every cross-cutting layer, outermost first in reading
+/// order: request id, trace + metrics, panic recovery, CORS, compression,
+/// timeout, problem+json for bare framework errors.
+pub fn layers(router: Router, config: &Config) -> Router {
+    let timeout = config.server.request_timeout.0;
+    let cors = cors_layer(&config.server.cors_origins);
+    router
+        .route_layer(middleware::from_fn(capture_route))
+        .layer(middleware::from_fn(problems_for_bare_errors))
+        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(CompressionLayer::new())
+        .layer(tower::util::option_layer(cors))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn(request_id))
+}
+
+/// Accepts the client's `x-request-id` when it is 1 to 128 characters of
+/// `[A-Za-z0-9._-]`, otherwise generates one; echoes it on the response.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .filter(|v| is_safe_request_id(v.as_bytes()))
+        .cloned()
+        .unwrap_or_else(generate_request_id);
+    req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = next.run(req).await;
+    res.headers_mut().insert(REQUEST_ID.clone(), id);
+    res
+}
+
+fn is_safe_request_id(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+fn generate_request_id() -> HeaderValue {
+    let n: u128 = rand::random();
+    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// One span per request (request id, method, route template, status,
+/// latency), one log line at the end, and the HTTP metrics.
+async fn observe(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|r| r.0.to_str().ok().map(str::to_owned))
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        route = tracing::field::Empty,
+    );
+    let res = next.run(req).instrument(span.clone()).await;
+    let route = res
+        .extensions()
+        .get::<RouteTemplate>()
+        .map(|r| r.0.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let status = res.status().as_u16();
+    let elapsed = start.elapsed();
+    span.record("route", route.as_str());
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request completed"
+        );
+    });
+    crate::metrics::record_request(&route, method.as_str(), status, elapsed);
+    res
+}
+
+/// Records the matched route template on the response for `observe`.
+async fn capture_route(req: Request, next: Next) -> Response {
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let mut res = next.run(req).await;
+    if let Some(m) = matched {
+        res.extensions_mut().insert(RouteTemplate(m));
+    }
+    res
+}
+
+/// Gives a request `limit` to produce its response head; past that, 503
+/// problem+json. Streaming bodies (downloads, events) are not cut by it.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => ApiError::new(
+            ProblemKind::Timeout,
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
+/// Error responses that the framework produced without a body (405 from a
+/// method router, say) become problem+json; their headers (`Allow`) stay.
+async fn problems_for_bare_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || res.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return res;
+    }
+    let Some(problem) = problem_for_status(status) else {
+        return res;
+    };
+    let (parts, _) = res.into_parts();
+    let mut out = problem.into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_LENGTH && !out.headers().contains_key(name) {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// A panic in a handler: logged (inside the request's span, so with its
+/// id), answered with a 500 problem that reveals nothing.
+fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response<Body> {
+    let msg = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("non-string panic payload");
+    tracing::error!(panic = msg, "handler panicked");
+    ApiError::bare(ProblemKind::Internal).into_response()
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse::<HeaderValue>().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::IF_MATCH,
+                header::IF_NONE_MATCH,
+                HeaderName::from_static("last-event-id"),
+                REQUEST_ID.clone(),
+            ])
+            .expose_headers([header::ETAG, header::LOCATION, REQUEST_ID.clone()])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// The router's fallback: unknown routes are 404 problem+json.
+pub async fn route_not_found(uri: axum::http::Uri) -> ApiError {
+    let path: String = uri.path().chars().take(200).collect();
+    ApiError::new(ProblemKind::RouteNotFound, format!("no route for {path}"))
+}

@@ -1,0 +1,176 @@
+//! SQL text for the embedded engine: table and index DDL, row decoding.
+//! Collection names are validated `[a-z][a-z0-9_]*` and index paths are
+//! validated and quoted, so identifiers here can never carry injected SQL;
+//! values always travel as bound parameters.
+
+use arca_core::{CollectionName, DocId, Document, IndexDef, SystemFields};
+use rusqlite::Row;
+use serde_json::{Map, Value};
+
+use crate::StoreError;
+
+/// The table holding a collection's documents.
+pub fn table(name: &CollectionName) -> String {
+    format!("\"c_{}\"", name.as_str())
+}
+
+/// Columns selected for a `Document`, in `decode_document`'s order.
+pub const DOC_COLUMNS: &str = "id, rev, created_at, updated_at, owner, json(doc)";
+
+/// DDL of a collection's table.
+pub fn create_table(name: &CollectionName) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+            tenant TEXT NOT NULL,
+            id TEXT NOT NULL,
+            rev INTEGER NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            doc BLOB NOT NULL,
+            PRIMARY KEY (tenant, id)
+        )",
+        table(name)
+    )
+}
+
+/// A JSON path literal for `json_extract`: `$."a"."b"`, each segment quoted
+/// (a numeric segment is a key here; array positions are the query
+/// language's business).
+fn json_path(path: &str) -> String {
+    let mut out = String::from("'$");
+    for seg in path.split('.') {
+        out.push_str(".\"");
+        // Validated paths hold no quotes; escape anyway for SQL and JSON path.
+        out.push_str(&seg.replace('\'', "''").replace('"', "\\\""));
+        out.push('"');
+    }
+    out.push('\'');
+    out
+}
+
+/// The SQL expression of an indexed field.
+pub fn field_expr(path: &str) -> String {
+    match path {
+        "_owner" => "owner".into(),
+        "_created_at" => "created_at".into(),
+        "_updated_at" => "updated_at".into(),
+        _ => format!("json_extract(doc, {})", json_path(path)),
+    }
+}
+
+/// MongoDB's unique-index equality, in SQL: a type bracket (numbers
+/// together, booleans apart from numbers, null and missing together) and
+/// the value, with null/missing mapped to one non-NULL sentinel because
+/// SQLite would otherwise treat every NULL as distinct.
+fn unique_exprs(path: &str) -> String {
+    if path.starts_with('_') {
+        return field_expr(path);
+    }
+    let p = json_path(path);
+    format!(
+        "(CASE json_type(doc, {p}) WHEN 'integer' THEN 'n' WHEN 'real' THEN 'n' \
+         WHEN 'true' THEN 'b' WHEN 'false' THEN 'b' WHEN 'text' THEN 's' \
+         WHEN 'object' THEN 'o' WHEN 'array' THEN 'a' ELSE 'z' END), \
+         ifnull(json_extract(doc, {p}), x'00')"
+    )
+}
+
+/// A stable index name derived from the collection and the definition, so
+/// reconciling indexes is a set difference of names.
+pub fn index_name(coll: &CollectionName, def: &IndexDef) -> String {
+    let text = serde_json::to_string(def).unwrap_or_default();
+    // FNV-1a: a tiny stable hash for a name, not for security.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("ix_{}_{h:016x}", coll.as_str())
+}
+
+/// DDL of a declared index, leading with the tenant.
+pub fn create_index(coll: &CollectionName, def: &IndexDef) -> String {
+    let cols: Vec<String> = def
+        .fields
+        .iter()
+        .map(|(p, d)| {
+            let dir = if *d < 0 { " DESC" } else { "" };
+            if def.unique {
+                unique_exprs(p)
+            } else {
+                format!("{}{dir}", field_expr(p))
+            }
+        })
+        .collect();
+    let sparse = if def.sparse {
+        let present: Vec<String> = def
+            .fields
+            .iter()
+            .map(|(p, _)| {
+                if p.starts_with('_') {
+                    "1".to_owned()
+                } else {
+                    format!("json_type(doc, {}) IS NOT NULL", json_path(p))
+                }
+            })
+            .collect();
+        format!(" WHERE {}", present.join(" OR "))
+    } else {
+        String::new()
+    };
+    format!(
+        "CREATE {}INDEX IF NOT EXISTS \"{}\" ON {} (tenant, {}){sparse}",
+        if def.unique { "UNIQUE " } else { "" },
+        index_name(coll, def),
+        table(coll),
+        cols.join(", ")
+    )
+}
+
+/// Decodes a row selected with `DOC_COLUMNS`.
+pub fn decode_document(row: &Row<'_>) -> rusqlite::Result<Result<Document, StoreError>> {
+    let id: String = row.get(0)?;
+    let rev: i64 = row.get(1)?;
+    let created_at: String = row.get(2)?;
+    let updated_at: String = row.get(3)?;
+    let owner: String = row.get(4)?;
+    let doc: String = row.get(5)?;
+    let body = match serde_json::from_str::<Value>(&doc) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) | Err(_) => Map::new(),
+    };
+    let Ok(id) = DocId::parse(&id) else {
+        return Ok(Err(StoreError::Unavailable(format!("corrupt document id {id:?}"))));
+    };
+    Ok(Ok(Document {
+        system: SystemFields {
+            id,
+            rev: u64::try_from(rev).unwrap_or(0),
+            created_at,
+            updated_at,
+            owner,
+        },
+        body,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_quoted_per_segment() {
+        assert_eq!(field_expr("a.b"), "json_extract(doc, '$.\"a\".\"b\"')");
+        assert_eq!(field_expr("_owner"), "owner");
+    }
+
+    #[test]
+    fn index_names_are_stable_and_distinct() {
+        let c = CollectionName::parse("people").expect("name");
+        let a = IndexDef { fields: vec![("email".into(), 1)], unique: true, sparse: false };
+        let b = IndexDef { unique: false, ..a.clone() };
+        assert_eq!(index_name(&c, &a), index_name(&c, &a.clone()));
+        assert_ne!(index_name(&c, &a), index_name(&c, &b));
+    }
+}

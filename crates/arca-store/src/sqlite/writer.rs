@@ -1,0 +1,355 @@
+//! The single writer of the embedded engine: one thread owns the write
+//! connection and drains a queue of write operations. Operations that queue
+//! up while a commit is running are committed together in one transaction
+//! (group commit), each inside its own savepoint so one failure does not
+//! undo its neighbours, and each caller is answered only after the commit
+//! that holds its write has returned.
+
+use arca_core::{CollectionName, DocId, Document, IndexDef, SystemFields};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sql;
+use crate::{PutOutcome, StoreError};
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// A write and where to send its result.
+pub enum WriteOp {
+    Insert {
+        coll: CollectionName,
+        tenant: String,
+        id: DocId,
+        owner: String,
+        body: String,
+        reply: oneshot::Sender<Result<Document, StoreError>>,
+    },
+    Replace {
+        coll: CollectionName,
+        tenant: String,
+        id: DocId,
+        expected_rev: u64,
+        body: String,
+        reply: oneshot::Sender<Result<Document, StoreError>>,
+    },
+    Delete {
+        coll: CollectionName,
+        tenant: String,
+        id: DocId,
+        expected_rev: Option<u64>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    PutCollection {
+        name: CollectionName,
+        record: String,
+        indexes: Vec<IndexDef>,
+        reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
+    },
+    DeleteCollection {
+        name: CollectionName,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+}
+
+/// A finished operation waiting for its batch's commit.
+enum Done {
+    Doc(oneshot::Sender<Result<Document, StoreError>>, Result<Document, StoreError>),
+    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Put(oneshot::Sender<Result<PutOutcome, StoreError>>, Result<PutOutcome, StoreError>),
+    Bool(oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
+}
+
+impl Done {
+    /// Sends the result, or `err` instead when the commit failed.
+    fn send(self, commit_failed: Option<&StoreError>) {
+        match self {
+            Done::Doc(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
+            Done::Unit(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
+            Done::Put(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
+            Done::Bool(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
+        }
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Maps a SQLite error; constraint violations become `Conflict`.
+pub fn map_err(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
+        if f.code == ErrorCode::ConstraintViolation {
+            let m = msg.as_deref().unwrap_or_default();
+            return StoreError::Conflict(if m.contains(".id") { "_id".into() } else { m.into() });
+        }
+    }
+    if e.to_string().contains("no such table") {
+        return StoreError::CollectionMissing;
+    }
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Runs the writer loop until every sender is dropped.
+pub fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut batch);
+    }
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
+    let mut done = Vec::with_capacity(batch.len());
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = map_err(e);
+        for op in batch.drain(..) {
+            fail(op, &err).send(None);
+        }
+        return;
+    }
+    for op in batch.drain(..) {
+        done.push(apply_in_savepoint(conn, op));
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(map_err).err();
+    if commit.is_some() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for d in done {
+        d.send(commit.as_ref());
+    }
+}
+
+fn fail(op: WriteOp, err: &StoreError) -> Done {
+    match op {
+        WriteOp::Insert { reply, .. } | WriteOp::Replace { reply, .. } => Done::Doc(reply, Err(err.clone())),
+        WriteOp::Delete { reply, .. } => Done::Unit(reply, Err(err.clone())),
+        WriteOp::PutCollection { reply, .. } => Done::Put(reply, Err(err.clone())),
+        WriteOp::DeleteCollection { reply, .. } => Done::Bool(reply, Err(err.clone())),
+    }
+}
+
+fn apply_in_savepoint(conn: &Connection, op: WriteOp) -> Done {
+    if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+        return fail(op, &map_err(e));
+    }
+    let (done, ok) = apply(conn, op);
+    if !ok {
+        let _ = conn.execute_batch("ROLLBACK TO op");
+    }
+    let _ = conn.execute_batch("RELEASE op");
+    done
+}
+
+/// Applies one operation; the flag says whether it succeeded (else its
+/// savepoint is rolled back).
+fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
+    match op {
+        WriteOp::Insert { coll, tenant, id, owner, body, reply } => {
+            let r = insert(conn, &coll, &tenant, id, owner, &body);
+            let ok = r.is_ok();
+            (Done::Doc(reply, r), ok)
+        }
+        WriteOp::Replace { coll, tenant, id, expected_rev, body, reply } => {
+            let r = replace(conn, &coll, &tenant, &id, expected_rev, &body);
+            let ok = r.is_ok();
+            (Done::Doc(reply, r), ok)
+        }
+        WriteOp::Delete { coll, tenant, id, expected_rev, reply } => {
+            let r = delete(conn, &coll, &tenant, &id, expected_rev);
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        WriteOp::PutCollection { name, record, indexes, reply } => {
+            let r = put_collection(conn, &name, &record, &indexes);
+            let ok = r.is_ok();
+            (Done::Put(reply, r), ok)
+        }
+        WriteOp::DeleteCollection { name, reply } => {
+            let r = delete_collection(conn, &name);
+            let ok = r.is_ok();
+            (Done::Bool(reply, r), ok)
+        }
+    }
+}
+
+/// Rewrites a unique-index `Conflict` that names SQLite's index into one that
+/// names the declared fields.
+fn name_conflict(conn: &Connection, coll: &CollectionName, err: StoreError) -> StoreError {
+    let StoreError::Conflict(msg) = &err else { return err };
+    let Some(ix) = msg.split("index '").nth(1).and_then(|r| r.split('\'').next()) else {
+        return err;
+    };
+    let def: Option<String> = conn
+        .query_row("SELECT def FROM _arca_collections WHERE name = ?1", params![coll.as_str()], |r| r.get(0))
+        .optional()
+        .ok()
+        .flatten();
+    let indexes = def
+        .and_then(|d| serde_json::from_str::<super::CollectionRecord>(&d).ok())
+        .map(|r| r.indexes)
+        .unwrap_or_default();
+    match indexes.iter().find(|d| sql::index_name(coll, d) == ix) {
+        Some(d) => StoreError::Conflict(d.fields.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(", ")),
+        None => StoreError::Conflict("a unique index".into()),
+    }
+}
+
+fn parse_body(body: &str) -> Map<String, Value> {
+    match serde_json::from_str(body) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+fn insert(
+    conn: &Connection,
+    coll: &CollectionName,
+    tenant: &str,
+    id: DocId,
+    owner: String,
+    body: &str,
+) -> Result<Document, StoreError> {
+    let ts = now();
+    let sql = format!(
+        "INSERT INTO {} (tenant, id, rev, created_at, updated_at, owner, doc) VALUES (?1, ?2, 1, ?3, ?3, ?4, jsonb(?5))",
+        sql::table(coll)
+    );
+    conn.prepare_cached(&sql)
+        .and_then(|mut st| st.execute(params![tenant, id.as_str(), ts, owner, body]))
+        .map_err(|e| name_conflict(conn, coll, map_err(e)))?;
+    Ok(Document {
+        system: SystemFields { id, rev: 1, created_at: ts.clone(), updated_at: ts, owner },
+        body: parse_body(body),
+    })
+}
+
+fn replace(
+    conn: &Connection,
+    coll: &CollectionName,
+    tenant: &str,
+    id: &DocId,
+    expected_rev: u64,
+    body: &str,
+) -> Result<Document, StoreError> {
+    let ts = now();
+    let sql = format!(
+        "UPDATE {} SET doc = jsonb(?1), rev = rev + 1, updated_at = ?2 WHERE tenant = ?3 AND id = ?4 AND rev = ?5 \
+         RETURNING rev, created_at, owner",
+        sql::table(coll)
+    );
+    let rev = i64::try_from(expected_rev).unwrap_or(i64::MAX);
+    let row = conn
+        .prepare_cached(&sql)
+        .and_then(|mut st| {
+            st.query_row(params![body, ts, tenant, id.as_str(), rev], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })
+            .optional()
+        })
+        .map_err(|e| name_conflict(conn, coll, map_err(e)))?;
+    match row {
+        Some((rev, created_at, owner)) => Ok(Document {
+            system: SystemFields {
+                id: id.clone(),
+                rev: u64::try_from(rev).unwrap_or(0),
+                created_at,
+                updated_at: ts,
+                owner,
+            },
+            body: parse_body(body),
+        }),
+        None => Err(missing_or_moved(conn, coll, tenant, id)?),
+    }
+}
+
+/// After a conditional write matched nothing: `NotFound` or `RevMismatch`.
+fn missing_or_moved(conn: &Connection, coll: &CollectionName, tenant: &str, id: &DocId) -> Result<StoreError, StoreError> {
+    let sql = format!("SELECT 1 FROM {} WHERE tenant = ?1 AND id = ?2", sql::table(coll));
+    let exists = conn
+        .prepare_cached(&sql)
+        .and_then(|mut st| st.exists(params![tenant, id.as_str()]))
+        .map_err(map_err)?;
+    Ok(if exists { StoreError::RevMismatch } else { StoreError::NotFound })
+}
+
+fn delete(
+    conn: &Connection,
+    coll: &CollectionName,
+    tenant: &str,
+    id: &DocId,
+    expected_rev: Option<u64>,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "DELETE FROM {} WHERE tenant = ?1 AND id = ?2 AND (?3 IS NULL OR rev = ?3)",
+        sql::table(coll)
+    );
+    let rev = expected_rev.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
+    let n = conn
+        .prepare_cached(&sql)
+        .and_then(|mut st| st.execute(params![tenant, id.as_str(), rev]))
+        .map_err(map_err)?;
+    if n == 1 { Ok(()) } else { Err(missing_or_moved(conn, coll, tenant, id)?) }
+}
+
+fn put_collection(
+    conn: &Connection,
+    name: &CollectionName,
+    record: &str,
+    indexes: &[IndexDef],
+) -> Result<PutOutcome, StoreError> {
+    let ts = now();
+    let existed = conn
+        .prepare_cached("SELECT 1 FROM _arca_collections WHERE name = ?1")
+        .and_then(|mut st| st.exists(params![name.as_str()]))
+        .map_err(map_err)?;
+    conn.execute(
+        "INSERT INTO _arca_collections (name, def, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT (name) DO UPDATE SET def = excluded.def, updated_at = excluded.updated_at",
+        params![name.as_str(), record, ts],
+    )
+    .map_err(map_err)?;
+    conn.execute_batch(&sql::create_table(name)).map_err(map_err)?;
+    // Reconcile indexes: drop those no longer declared, create the new ones.
+    let wanted: Vec<(String, &IndexDef)> = indexes.iter().map(|d| (sql::index_name(name, d), d)).collect();
+    let prefix = format!("ix_{}_", name.as_str());
+    let existing: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1")
+        .and_then(|mut st| {
+            st.query_map(params![format!("c_{}", name.as_str())], |r| r.get::<_, String>(0))?
+                .collect()
+        })
+        .map_err(map_err)?;
+    for ix in existing.iter().filter(|n| n.starts_with(&prefix)) {
+        if !wanted.iter().any(|(w, _)| w == ix) {
+            conn.execute_batch(&format!("DROP INDEX IF EXISTS \"{ix}\"")).map_err(map_err)?;
+        }
+    }
+    for (_, def) in &wanted {
+        if let Err(e) = conn.execute_batch(&sql::create_index(name, def)) {
+            return Err(match map_err(e) {
+                StoreError::Conflict(_) => StoreError::DuplicatesForUniqueIndex(
+                    def.fields.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(", "),
+                ),
+                other => other,
+            });
+        }
+    }
+    Ok(if existed { PutOutcome::Updated } else { PutOutcome::Created })
+}
+
+fn delete_collection(conn: &Connection, name: &CollectionName) -> Result<bool, StoreError> {
+    let n = conn
+        .execute("DELETE FROM _arca_collections WHERE name = ?1", params![name.as_str()])
+        .map_err(map_err)?;
+    conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", sql::table(name)))
+        .map_err(map_err)?;
+    Ok(n == 1)
+}

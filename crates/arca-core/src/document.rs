@@ -65,18 +65,22 @@ pub enum DocumentError {
     Invalid(Vec<FieldError>),
 }
 
-/// A checked client body: the user fields, and the `_id` the client chose.
+/// A checked client body: the user fields, the `_id` the client chose, and
+/// the failures found on reserved fields (so that a caller can report them
+/// together with the schema's).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientBody {
     /// `_id` from the body, when present and valid.
     pub id: Option<DocId>,
     /// The user fields (no key starts with `_`).
     pub fields: Map<String, Value>,
+    /// Bad `_id`, or reserved `_` fields; empty when none.
+    pub errors: Vec<FieldError>,
 }
 
 /// Splits a client body into its `_id` and user fields: ignored system
 /// fields are dropped, `_id` is checked (and must equal `url_id` when one is
-/// given), and any other `_` field is refused.
+/// given), and any other `_` field is reported in `errors`.
 pub fn split_client_body(body: Value, url_id: Option<&DocId>) -> Result<ClientBody, DocumentError> {
     let Value::Object(map) = body else {
         return Err(DocumentError::NotAnObject);
@@ -110,11 +114,7 @@ pub fn split_client_body(body: Value, url_id: Option<&DocId>) -> Result<ClientBo
             });
         }
     }
-    if errors.is_empty() {
-        Ok(ClientBody { id, fields })
-    } else {
-        Err(DocumentError::Invalid(errors))
-    }
+    Ok(ClientBody { id, fields, errors })
 }
 
 /// Applies a JSON Merge Patch (RFC 7396) to `target`.
@@ -158,14 +158,12 @@ mod tests {
             .expect("ok");
         assert_eq!(b.fields, obj(json!({"a": 1})));
         assert_eq!(b.id, None);
+        assert!(b.errors.is_empty());
     }
 
     #[test]
     fn reserved_fields_and_bad_ids_are_refused() {
-        let Err(DocumentError::Invalid(errs)) = split_client_body(json!({"_tenant": "t", "_id": null, "_x": 1}), None)
-        else {
-            panic!("must be invalid");
-        };
+        let errs = split_client_body(json!({"_tenant": "t", "_id": null, "_x": 1}), None).expect("object").errors;
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["/_tenant", "/_id", "/_x"]);
         assert_eq!(split_client_body(json!([1]), None), Err(DocumentError::NotAnObject));
@@ -174,8 +172,8 @@ mod tests {
     #[test]
     fn body_id_must_match_url_id() {
         let url = DocId::parse("a").expect("id");
-        assert!(split_client_body(json!({"_id": "a"}), Some(&url)).is_ok());
-        assert!(split_client_body(json!({"_id": "b"}), Some(&url)).is_err());
+        assert!(split_client_body(json!({"_id": "a"}), Some(&url)).expect("object").errors.is_empty());
+        assert_eq!(split_client_body(json!({"_id": "b"}), Some(&url)).expect("object").errors[0].path, "/_id");
     }
 
     #[test]

@@ -1,1 +1,224 @@
-fn main() {}
+//! The `arca` binary: command line, configuration loading, logging, and
+//! wiring the store, the authenticator and the HTTP server together.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use arca_auth::{Authenticator, DevKeys, MintRequest};
+use arca_core::HumanDuration;
+use arca_server::config::{self, Config, LogFormat, Synchronous};
+use arca_store::{SqliteOptions, SqliteStore, Store};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "arca", version, about = "Self-hosted document API: JSON Schema collections, MongoDB-style queries, OIDC auth")]
+struct Cli {
+    /// Configuration file (TOML); ARCA_<SECTION>__<KEY> variables override it.
+    #[arg(long, global = true, env = "ARCA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Development mode: trust only a local key kept in the data
+        /// directory and print a ready admin token.
+        #[arg(long)]
+        dev: bool,
+        /// Allow --dev on a non-loopback listen address.
+        #[arg(long, requires = "dev")]
+        dev_allow_remote: bool,
+    },
+    /// Mint a development token (signed with the --dev key).
+    Token {
+        /// The token's subject.
+        #[arg(long)]
+        sub: String,
+        /// A role (repeat for several).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// The tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime, e.g. 1h, 30m.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: HumanDuration,
+    },
+    /// Print the effective configuration (secrets redacted).
+    Config,
+}
+
+fn parse_duration(s: &str) -> Result<HumanDuration, String> {
+    HumanDuration::parse(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("arca: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Config => {
+            print!("{}", cfg.to_redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Token { sub, roles, tenant, ttl } => match mint(&cfg, &sub, &roles, tenant.as_deref(), ttl) {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("arca: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { dev, dev_allow_remote } => {
+            init_logging(&cfg);
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("arca: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve(cfg, dev, dev_allow_remote)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "arca stopped");
+                    eprintln!("arca: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn mint(cfg: &Config, sub: &str, roles: &[String], tenant: Option<&str>, ttl: HumanDuration) -> Result<String, String> {
+    let keys = DevKeys::load_or_create(&cfg.store.data_dir())?;
+    keys.mint(&MintRequest {
+        sub,
+        roles,
+        tenant,
+        ttl: ttl.0,
+        roles_claim: &cfg.auth.roles_claim,
+        tenant_claim: &cfg.auth.tenant_claim,
+    })
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match cfg.log.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let listen: SocketAddr = cfg.server.listen;
+    let mut dev_keys = None;
+    let auth = if dev {
+        if !listen.ip().is_loopback() && !dev_allow_remote {
+            return Err(format!(
+                "--dev trusts a local key and prints an admin token; it refuses the non-loopback address {listen} unless --dev-allow-remote is given"
+            ));
+        }
+        let keys = DevKeys::load_or_create(&cfg.store.data_dir())?;
+        let auth = Authenticator::dev(cfg.auth.clone(), &keys)?;
+        dev_keys = Some(keys);
+        auth
+    } else {
+        if cfg.auth.issuer.is_none() && cfg.auth.jwks_url.is_none() {
+            return Err(
+                "no identity provider configured: set auth.issuer (ARCA_AUTH__ISSUER) to your OIDC issuer URL, or run `arca serve --dev` to try Arca with a local key".into(),
+            );
+        }
+        Authenticator::remote(cfg.auth.clone())?
+    };
+    let path = cfg.store.sqlite_path().ok_or("store.url: only sqlite:// is supported in this build")?;
+    let opts = SqliteOptions {
+        path,
+        synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
+        readers: cfg.store.sqlite.readers,
+    };
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open the store: {e}"))?;
+    let db_path = store.path().display().to_string();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let state = arca_server::AppState::new(cfg.clone(), store, auth.clone())
+        .await
+        .map_err(|e| format!("cannot load collections: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(auth.run_refresh());
+    tracing::info!(
+        listen = %local,
+        store = %db_path,
+        dev,
+        ready_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "arca listening"
+    );
+    if let Some(keys) = dev_keys {
+        let token = keys.mint(&MintRequest {
+            sub: "dev-admin",
+            roles: std::slice::from_ref(&cfg.auth.admin_role),
+            tenant: None,
+            ttl: std::time::Duration::from_secs(12 * 3600),
+            roles_claim: &cfg.auth.roles_claim,
+            tenant_claim: &cfg.auth.tenant_claim,
+        })?;
+        println!("arca dev mode: listening on http://{local} (data in {db_path})");
+        println!("admin token (12 h; more with `arca token --sub NAME --role ROLE`):");
+        println!("ARCA_TOKEN={token}");
+    }
+    arca_server::serve(state, listener, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    tracing::info!("arca stopped cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

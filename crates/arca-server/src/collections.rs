@@ -1,0 +1,99 @@
+//! `/v1/collections`: defining, listing, reading and deleting collections
+//! (schema admins only).
+
+use std::sync::Arc;
+
+use arca_core::{CollectionDef, CollectionName};
+use arca_store::PutOutcome;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::access::require_schema_admin;
+use crate::error::{ApiError, ProblemKind};
+use crate::extract::{Caller, JsonBytes, PathParams, parse_json};
+use crate::respond::{json, timed};
+use crate::state::{AppState, Collection};
+
+/// The collection routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/collections", get(list))
+        .route("/v1/collections/{name}", get(read).put(put).delete(remove))
+}
+
+/// The definition as `GET` returns it.
+pub fn definition_json(c: &Collection) -> Value {
+    json!({
+        "name": c.name.as_str(),
+        "schema": c.stored.schema,
+        "indexes": c.stored.indexes.iter().map(arca_core::IndexDef::to_json).collect::<Vec<_>>(),
+        "access": c.stored.access,
+        "created_at": c.stored.created_at,
+        "updated_at": c.stored.updated_at,
+    })
+}
+
+fn name_or_404(raw: &str) -> Result<CollectionName, ApiError> {
+    CollectionName::parse(raw)
+        .map_err(|_| ApiError::new(ProblemKind::CollectionNotFound, "no such collection"))
+}
+
+async fn list(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
+    require_schema_admin(&state, &caller)?;
+    let items: Vec<Value> = state.collections().iter().map(|c| definition_json(c)).collect();
+    Ok(json(StatusCode::OK, &json!({"items": items})))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    PathParams(p): PathParams,
+) -> Result<Response, ApiError> {
+    require_schema_admin(&state, &caller)?;
+    let c = state.collection(&name_or_404(&p[0])?)?;
+    Ok(json(StatusCode::OK, &definition_json(&c)))
+}
+
+async fn put(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    PathParams(p): PathParams,
+    JsonBytes(body): JsonBytes,
+) -> Result<Response, ApiError> {
+    require_schema_admin(&state, &caller)?;
+    let name = CollectionName::parse(&p[0]).map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
+    let body = parse_json(&body)?;
+    let def = CollectionDef::parse(&body).map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
+    let outcome = timed(
+        "put_collection",
+        state.store().put_collection(&name, def.schema.source(), &def.indexes, &def.access_source),
+    )
+    .await?;
+    state.reload_catalog().await.map_err(ApiError::from)?;
+    let c: Arc<Collection> = state.collection(&name)?;
+    let status = match outcome {
+        PutOutcome::Created => StatusCode::CREATED,
+        PutOutcome::Updated => StatusCode::OK,
+    };
+    Ok(json(status, &definition_json(&c)))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    PathParams(p): PathParams,
+) -> Result<Response, ApiError> {
+    require_schema_admin(&state, &caller)?;
+    let name = name_or_404(&p[0])?;
+    let existed = timed("delete_collection", state.store().delete_collection(&name)).await?;
+    state.reload_catalog().await.map_err(ApiError::from)?;
+    if existed {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::new(ProblemKind::CollectionNotFound, format!("no collection named {name}")))
+    }
+}

@@ -1,0 +1,209 @@
+//! Request extractors that fail with problem+json: path segments, JSON
+//! bodies (content type -> 415, size -> 413, syntax -> 400), the bearer
+//! identity, and conditional-request headers.
+
+use std::sync::Arc;
+
+use arca_auth::{AuthError, Identity};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde_json::Value;
+
+use crate::error::{ApiError, ProblemKind};
+use crate::state::AppState;
+
+/// The path parameters of a route, as raw strings (parsed by the handler
+/// into domain types, since what a bad value means depends on the route).
+pub struct PathParams(pub Vec<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(map): axum::extract::Path<Vec<(String, String)>> =
+            axum::extract::Path::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::bad_request("path segments must be valid UTF-8"))?;
+        Ok(Self(map.into_iter().map(|(_, v)| v).collect()))
+    }
+}
+
+/// A JSON request body, size-checked, as bytes (see `parse_json`).
+pub struct JsonBytes(pub Bytes);
+
+/// Whether a `Content-Type` is JSON: `application/json` or
+/// `application/*+json`, parameters such as `charset` allowed.
+pub fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl FromRequest<AppState> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = state.config().server.max_body_bytes;
+        if !is_json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                ProblemKind::UnsupportedMediaType,
+                "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let too_large = || ApiError::new(ProblemKind::PayloadTooLarge, format!("JSON bodies are limited to {limit} bytes"));
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        match axum::body::to_bytes(req.into_body(), limit).await {
+            Ok(b) => Ok(Self(b)),
+            Err(e) => {
+                // `to_bytes` reports the limit through its error source chain.
+                let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+                while let Some(s) = src {
+                    if s.is::<http_body_util::LengthLimitError>() {
+                        return Err(too_large());
+                    }
+                    src = s.source();
+                }
+                Err(ApiError::bad_request("the request body could not be read"))
+            }
+        }
+    }
+}
+
+/// Parses a JSON body that is not a document: syntax errors are 400.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::new(ProblemKind::MalformedJson, json_error_detail(&e)))
+}
+
+/// Parses a document body: syntax errors are 400, but numbers that cannot
+/// be stored unchanged (beyond 64-bit integers, infinite floats) are 422.
+pub fn parse_document_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    let parsed = serde_json::from_slice::<Value>(bytes);
+    if let Some(lit) = arca_core::number::first_unrepresentable(bytes) {
+        if parsed.is_ok() || matches!(&parsed, Err(e) if e.to_string().contains("number out of range")) {
+            return Err(ApiError::invalid_document(vec![arca_core::FieldError {
+                path: String::new(),
+                message: format!("the number {lit} cannot be stored exactly (integers fit 64 bits, floats must be finite)"),
+            }]));
+        }
+    }
+    parsed.map_err(|e| ApiError::new(ProblemKind::MalformedJson, json_error_detail(&e)))
+}
+
+fn json_error_detail(e: &serde_json::Error) -> String {
+    format!("malformed JSON at line {}, column {}: {}", e.line(), e.column(), e.classify_message())
+}
+
+trait Classify {
+    fn classify_message(&self) -> &'static str;
+}
+
+impl Classify for serde_json::Error {
+    fn classify_message(&self) -> &'static str {
+        use serde_json::error::Category;
+        match self.classify() {
+            Category::Eof => "unexpected end of input",
+            Category::Syntax => "syntax error",
+            Category::Data => "unexpected data",
+            Category::Io => "read error",
+        }
+    }
+}
+
+/// The caller, if a token was sent. A token that was sent and is invalid is
+/// `401` on every route, public ones included.
+pub struct Caller(pub Option<Arc<Identity>>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+        let Some(value) = values.next() else {
+            return Ok(Self(None));
+        };
+        if values.next().is_some() {
+            return Err(ApiError::invalid_token("more than one Authorization header"));
+        }
+        let raw = value
+            .to_str()
+            .map_err(|_| ApiError::invalid_token("malformed Authorization header"))?;
+        let (scheme, token) = raw.split_once(' ').unwrap_or((raw, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::invalid_token("expected the Bearer scheme"));
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(ApiError::invalid_token("empty bearer token"));
+        }
+        match state.auth().verify(token).await {
+            Ok(id) => Ok(Self(Some(id))),
+            Err(AuthError::KeysUnavailable) => Err(ApiError::new(
+                ProblemKind::Unavailable,
+                "the identity provider's signing keys are not loaded yet",
+            )),
+            Err(e) => Err(ApiError::invalid_token(e.to_string())),
+        }
+    }
+}
+
+/// What an `If-Match` / `If-None-Match` header asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntityTags {
+    /// `*`
+    Any,
+    /// Revisions named by `"N"` tags (weak tags kept apart).
+    Revs { strong: Vec<u64>, weak: Vec<u64> },
+}
+
+impl EntityTags {
+    /// Reads a header; `None` when absent. Unparseable tags match nothing.
+    pub fn from_header(headers: &HeaderMap, name: header::HeaderName) -> Option<Self> {
+        let mut strong = Vec::new();
+        let mut weak = Vec::new();
+        let mut seen = false;
+        for v in headers.get_all(name).iter() {
+            seen = true;
+            let s = v.to_str().unwrap_or_default();
+            for tag in s.split(',').map(str::trim) {
+                if tag == "*" {
+                    return Some(Self::Any);
+                }
+                let (is_weak, t) = match tag.strip_prefix("W/") {
+                    Some(t) => (true, t),
+                    None => (false, tag),
+                };
+                if let Some(n) = t.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok()) {
+                    if is_weak { weak.push(n) } else { strong.push(n) }
+                }
+            }
+        }
+        seen.then_some(Self::Revs { strong, weak })
+    }
+
+    /// Strong comparison (`If-Match`).
+    pub fn matches_strong(&self, rev: u64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Revs { strong, .. } => strong.contains(&rev),
+        }
+    }
+
+    /// Weak comparison (`If-None-Match`).
+    pub fn matches_weak(&self, rev: u64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Revs { strong, weak } => strong.contains(&rev) || weak.contains(&rev),
+        }
+    }
+}

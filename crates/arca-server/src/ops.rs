@@ -1,0 +1,62 @@
+//! Operations endpoints, open to everyone and blind to `Authorization`:
+//! `/healthz` (the process serves), `/readyz` (store answers, keys loaded,
+//! not shutting down) and `/metrics` (Prometheus text).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::error::{ApiError, ProblemKind};
+use crate::state::AppState;
+
+/// The operations routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> Response {
+    json_ok(r#"{"status":"ok"}"#)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_shutting_down() {
+        return ApiError::new(ProblemKind::Unavailable, "shutting down").into_response();
+    }
+    if !state.auth().is_ready() {
+        return ApiError::new(ProblemKind::Unavailable, "signing keys not loaded yet").into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(2), state.store().ping()).await {
+        Ok(Ok(())) => json_ok(r#"{"status":"ready"}"#),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: store check failed");
+            ApiError::new(ProblemKind::Unavailable, "the store does not answer").into_response()
+        }
+        Err(_) => ApiError::new(ProblemKind::Unavailable, "the store did not answer within 2 s").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    metrics::gauge!("arca_jwks_fetches").set(state.auth().jwks_fetches() as f64);
+    metrics::gauge!("process_uptime_seconds").set(state.uptime().as_secs_f64());
+    let body = state.metrics().render();
+    let mut res = (StatusCode::OK, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}
+
+fn json_ok(body: &'static str) -> Response {
+    let mut res = (StatusCode::OK, body).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}

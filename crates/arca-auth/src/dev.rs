@@ -40,12 +40,21 @@ impl DevKeys {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_key_file(&path)?,
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        let pair = Ed25519KeyPair::from_pkcs8(&der)
-            .map_err(|_| format!("{} is not an Ed25519 PKCS#8 key; delete it to make a new one", path.display()))?;
+        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| {
+            format!(
+                "{} is not an Ed25519 PKCS#8 key; delete it to make a new one",
+                path.display()
+            )
+        })?;
         let public = pair.public_key().as_ref().to_vec();
         let public_x = URL_SAFE_NO_PAD.encode(&public);
         let kid = format!("dev-{}", &hex_sha256(&public)[..16]);
-        Ok(Self { encoding: EncodingKey::from_ed_der(&der), public_x, kid, path })
+        Ok(Self {
+            encoding: EncodingKey::from_ed_der(&der),
+            public_x,
+            kid,
+            path,
+        })
     }
 
     /// Where the private key lives.
@@ -59,7 +68,12 @@ impl DevKeys {
         let mut set = KeySet::default();
         set.insert(
             self.kid.clone(),
-            VerifyingKey { key, kty: "OKP".into(), crv: Some("Ed25519".into()), alg: Some("EdDSA".into()) },
+            VerifyingKey {
+                key,
+                kty: "OKP".into(),
+                crv: Some("Ed25519".into()),
+                alg: Some("EdDSA".into()),
+            },
         );
         Ok(set)
     }
@@ -67,14 +81,21 @@ impl DevKeys {
     /// Mints an access token. `roles_claim` and `tenant_claim` are the
     /// configured claim names (dotted names become nested objects).
     pub fn mint(&self, req: &MintRequest<'_>) -> Result<String, String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let mut claims = Map::new();
         claims.insert("iss".into(), DEV_ISSUER.into());
         claims.insert("aud".into(), DEV_AUDIENCE.into());
         claims.insert("sub".into(), req.sub.into());
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), (now + req.ttl.as_secs()).into());
-        set_dotted(&mut claims, req.roles_claim, Value::from(req.roles.to_vec()));
+        set_dotted(
+            &mut claims,
+            req.roles_claim,
+            Value::from(req.roles.to_vec()),
+        );
         if let Some(t) = req.tenant {
             set_dotted(&mut claims, req.tenant_claim, t.into());
         }
@@ -106,7 +127,9 @@ fn set_dotted(claims: &mut Map<String, Value>, path: &str, value: Value) {
     let Some(last) = parts.pop() else { return };
     let mut cur = claims;
     for p in parts {
-        let slot = cur.entry(p.to_owned()).or_insert_with(|| Value::Object(Map::new()));
+        let slot = cur
+            .entry(p.to_owned())
+            .or_insert_with(|| Value::Object(Map::new()));
         if !slot.is_object() {
             *slot = Value::Object(Map::new());
         }
@@ -127,7 +150,9 @@ fn create_key_file(path: &Path) -> Result<Vec<u8>, String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     f.write_all(&der)
         .and_then(|_| f.sync_all())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -136,7 +161,10 @@ fn create_key_file(path: &Path) -> Result<Vec<u8>, String> {
 
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -147,7 +175,10 @@ mod tests {
     fn dotted_claim_names_nest() {
         let mut c = Map::new();
         set_dotted(&mut c, "realm_access.roles", Value::from(vec!["a"]));
-        assert_eq!(Value::Object(c), serde_json::json!({"realm_access": {"roles": ["a"]}}));
+        assert_eq!(
+            Value::Object(c),
+            serde_json::json!({"realm_access": {"roles": ["a"]}})
+        );
     }
 
     #[test]
@@ -160,7 +191,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(a.path()).expect("meta").permissions().mode();
+            let mode = std::fs::metadata(a.path())
+                .expect("meta")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -48,7 +48,10 @@ pub fn dotted<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Valu
 pub fn roles_from(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -59,7 +62,9 @@ pub fn tenant_from(value: Option<&Value>) -> Result<Tenant, String> {
     match value {
         None | Some(Value::Null) => Ok(Tenant::None),
         Some(Value::String(s)) => Tenant::parse(s).map_err(|e| e.to_string()),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Tenant::parse(&n.to_string()).map_err(|e| e.to_string()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+            Tenant::parse(&n.to_string()).map_err(|e| e.to_string())
+        }
         Some(_) => Err("the tenant claim must be a string".into()),
     }
 }

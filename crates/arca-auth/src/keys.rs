@@ -101,7 +101,10 @@ impl KeySet {
                 tracing::warn!(kty, "JWKS key skipped: only RSA, EC and OKP keys are used");
                 continue;
             }
-            if k.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+            if k.get("use")
+                .and_then(Value::as_str)
+                .is_some_and(|u| u != "sig")
+            {
                 continue;
             }
             let Ok(jwk) = serde_json::from_value::<Jwk>(k.clone()) else {
@@ -157,7 +160,12 @@ impl KeySet {
     /// `kid`, every key without an id that fits the algorithm.
     pub fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<&VerifyingKey> {
         match kid {
-            Some(kid) => self.by_kid.get(kid).into_iter().filter(|k| k.fits(alg)).collect(),
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .into_iter()
+                .filter(|k| k.fits(alg))
+                .collect(),
             None => self.anonymous.iter().filter(|k| k.fits(alg)).collect(),
         }
     }

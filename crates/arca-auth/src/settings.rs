@@ -76,6 +76,8 @@ impl Default for AuthSettings {
 impl AuthSettings {
     /// The role that manages collection definitions.
     pub fn schema_admin(&self) -> &str {
-        self.schema_admin_role.as_deref().unwrap_or(&self.admin_role)
+        self.schema_admin_role
+            .as_deref()
+            .unwrap_or(&self.admin_role)
     }
 }

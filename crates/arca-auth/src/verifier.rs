@@ -92,7 +92,10 @@ pub struct Authenticator {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Authenticator {
@@ -109,7 +112,14 @@ impl Authenticator {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let issuer = settings.issuer.clone();
         let audiences = settings.audience.as_ref().map(|a| a.values());
-        Ok(Arc::new(Self::build(settings, issuer, audiences, KeySource::Remote { http }, KeySet::default(), false)))
+        Ok(Arc::new(Self::build(
+            settings,
+            issuer,
+            audiences,
+            KeySource::Remote { http },
+            KeySet::default(),
+            false,
+        )))
     }
 
     /// An authenticator that trusts only the dev key.
@@ -208,10 +218,15 @@ impl Authenticator {
         let jwks_url = match (&self.settings.jwks_url, &self.issuer) {
             (Some(url), _) => url.clone(),
             (None, Some(issuer)) => {
-                let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
                 let doc: Value = get_json(http, &url).await?;
                 if doc.get("issuer").and_then(Value::as_str) != Some(issuer.as_str()) {
-                    return Err(format!("discovery at {url} names another issuer than auth.issuer"));
+                    return Err(format!(
+                        "discovery at {url} names another issuer than auth.issuer"
+                    ));
                 }
                 doc.get("jwks_uri")
                     .and_then(Value::as_str)
@@ -223,7 +238,9 @@ impl Authenticator {
         let doc: Value = get_json(http, &jwks_url).await?;
         let set = KeySet::from_jwks(&doc)?;
         if set.is_empty() {
-            return Err(format!("the JWKS at {jwks_url} holds no usable signing key"));
+            return Err(format!(
+                "the JWKS at {jwks_url} holds no usable signing key"
+            ));
         }
         let n = set.len();
         let old = self.current_keys();
@@ -277,7 +294,9 @@ impl Authenticator {
             }
         }
         let header = decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => AuthError::Algorithm,
+            ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+                AuthError::Algorithm
+            }
             _ => AuthError::Malformed,
         })?;
         if !is_accepted(header.alg) {
@@ -298,7 +317,11 @@ impl Authenticator {
         }
         let candidates = keys.candidates(header.kid.as_deref(), header.alg);
         if candidates.is_empty() {
-            return Err(if header.kid.is_some() { AuthError::KeyMismatch } else { AuthError::UnknownKey });
+            return Err(if header.kid.is_some() {
+                AuthError::KeyMismatch
+            } else {
+                AuthError::UnknownKey
+            });
         }
         let validation = self.validation(header.alg);
         let mut last_err = AuthError::Signature;
@@ -344,8 +367,15 @@ impl Authenticator {
         };
         let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
         let roles = roles_from(dotted(&claims, &self.settings.roles_claim));
-        let tenant = tenant_from(dotted(&claims, &self.settings.tenant_claim)).map_err(AuthError::BadClaim)?;
-        Ok(Identity { sub, roles, tenant, claims, expires_at })
+        let tenant = tenant_from(dotted(&claims, &self.settings.tenant_claim))
+            .map_err(AuthError::BadClaim)?;
+        Ok(Identity {
+            sub,
+            roles,
+            tenant,
+            claims,
+            expires_at,
+        })
     }
 }
 
@@ -358,13 +388,19 @@ fn map_jwt_error(kind: &ErrorKind) -> AuthError {
         ErrorKind::InvalidSignature => AuthError::Signature,
         ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthError::Algorithm,
         ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
-        ErrorKind::InvalidClaimFormat(c) => AuthError::BadClaim(format!("claim {c} has the wrong form")),
+        ErrorKind::InvalidClaimFormat(c) => {
+            AuthError::BadClaim(format!("claim {c} has the wrong form"))
+        }
         _ => AuthError::Malformed,
     }
 }
 
 async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
-    let res = http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+    let res = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
     if !res.status().is_success() {
         return Err(format!("GET {url}: HTTP {}", res.status()));
     }

@@ -143,7 +143,10 @@ impl CollectionDef {
             }
             Some(_) => return Err(shape("\"indexes\" is an array")),
         };
-        let access_source = obj.get("access").cloned().unwrap_or_else(|| Value::Object(Map::new()));
+        let access_source = obj
+            .get("access")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Map::new()));
         let access = parse_access(&access_source)?;
         Ok(Self {
             schema,
@@ -180,7 +183,9 @@ fn parse_index(v: &Value) -> Result<IndexDef, String> {
     let obj = v.as_object().ok_or("an index is an object")?;
     for key in obj.keys() {
         if !matches!(key.as_str(), "fields" | "unique" | "sparse") {
-            return Err(format!("unknown key \"{key}\" (expected fields, unique, sparse)"));
+            return Err(format!(
+                "unknown key \"{key}\" (expected fields, unique, sparse)"
+            ));
         }
     }
     let fields = obj
@@ -273,9 +278,15 @@ mod tests {
             "access": {"read": {"roles": ["*"]}, "create": {"roles": ["editor"]}}
         }))
         .expect("valid");
-        assert_eq!(def.indexes[0].fields, vec![("email".into(), 1), ("profile.age".into(), -1)]);
+        assert_eq!(
+            def.indexes[0].fields,
+            vec![("email".into(), 1), ("profile.age".into(), -1)]
+        );
         assert!(def.indexes[0].unique);
-        assert_eq!(def.access.read.as_ref().map(|r| r.roles.clone()), Some(vec!["*".to_owned()]));
+        assert_eq!(
+            def.access.read.as_ref().map(|r| r.roles.clone()),
+            Some(vec!["*".to_owned()])
+        );
         assert!(def.access.delete.is_none());
     }
 
@@ -287,12 +298,17 @@ mod tests {
             (json!({"indexes": [{"fields": {}}]}), "non-empty"),
             (json!({"indexes": [{"fields": {"a": 2}}]}), "1 or -1"),
             (json!({"indexes": [{"fields": {"$a": 1}}]}), "'$'"),
-            (json!({"indexes": [{"fields": {"a..b": 1}}]}), "empty segment"),
+            (
+                json!({"indexes": [{"fields": {"a..b": 1}}]}),
+                "empty segment",
+            ),
             (json!({"access": {"list": {"roles": []}}}), "list"),
             (json!({"access": {"read": {"roles": "x"}}}), "roles"),
             (json!({"schema": {"type": "object", "x-foo": 1}}), "x-foo"),
         ] {
-            let e = CollectionDef::parse(&body).expect_err("refused").to_string();
+            let e = CollectionDef::parse(&body)
+                .expect_err("refused")
+                .to_string();
             assert!(e.contains(needle), "{e} should mention {needle}");
         }
     }

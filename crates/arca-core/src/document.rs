@@ -37,10 +37,19 @@ impl Document {
     /// The document as clients see it: system fields first, then the body.
     pub fn to_json(&self) -> Value {
         let mut out = Map::with_capacity(self.body.len() + 5);
-        out.insert("_id".into(), Value::String(self.system.id.as_str().to_owned()));
+        out.insert(
+            "_id".into(),
+            Value::String(self.system.id.as_str().to_owned()),
+        );
         out.insert("_rev".into(), Value::from(self.system.rev));
-        out.insert("_created_at".into(), Value::String(self.system.created_at.clone()));
-        out.insert("_updated_at".into(), Value::String(self.system.updated_at.clone()));
+        out.insert(
+            "_created_at".into(),
+            Value::String(self.system.created_at.clone()),
+        );
+        out.insert(
+            "_updated_at".into(),
+            Value::String(self.system.updated_at.clone()),
+        );
         out.insert("_owner".into(), Value::String(self.system.owner.clone()));
         for (k, v) in &self.body {
             out.insert(k.clone(), v.clone());
@@ -154,8 +163,11 @@ mod tests {
 
     #[test]
     fn system_fields_sent_back_are_ignored() {
-        let b = split_client_body(json!({"_rev": 9, "_owner": "x", "_created_at": 1, "_updated_at": 2, "a": 1}), None)
-            .expect("ok");
+        let b = split_client_body(
+            json!({"_rev": 9, "_owner": "x", "_created_at": 1, "_updated_at": 2, "a": 1}),
+            None,
+        )
+        .expect("ok");
         assert_eq!(b.fields, obj(json!({"a": 1})));
         assert_eq!(b.id, None);
         assert!(b.errors.is_empty());
@@ -163,28 +175,52 @@ mod tests {
 
     #[test]
     fn reserved_fields_and_bad_ids_are_refused() {
-        let errs = split_client_body(json!({"_tenant": "t", "_id": null, "_x": 1}), None).expect("object").errors;
+        let errs = split_client_body(json!({"_tenant": "t", "_id": null, "_x": 1}), None)
+            .expect("object")
+            .errors;
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["/_tenant", "/_id", "/_x"]);
-        assert_eq!(split_client_body(json!([1]), None), Err(DocumentError::NotAnObject));
+        assert_eq!(
+            split_client_body(json!([1]), None),
+            Err(DocumentError::NotAnObject)
+        );
     }
 
     #[test]
     fn body_id_must_match_url_id() {
         let url = DocId::parse("a").expect("id");
-        assert!(split_client_body(json!({"_id": "a"}), Some(&url)).expect("object").errors.is_empty());
-        assert_eq!(split_client_body(json!({"_id": "b"}), Some(&url)).expect("object").errors[0].path, "/_id");
+        assert!(
+            split_client_body(json!({"_id": "a"}), Some(&url))
+                .expect("object")
+                .errors
+                .is_empty()
+        );
+        assert_eq!(
+            split_client_body(json!({"_id": "b"}), Some(&url))
+                .expect("object")
+                .errors[0]
+                .path,
+            "/_id"
+        );
     }
 
     #[test]
     fn merge_patch_follows_rfc_7396() {
         // The RFC's own example (section 3).
-        let mut target = obj(json!({"title": "Goodbye!", "author": {"givenName": "John", "familyName": "Doe"},
-                                    "tags": ["example", "sample"], "content": "This will be unchanged"}));
-        merge_patch(&mut target, obj(json!({"title": "Hello!", "phoneNumber": "+01-123-456-7890",
-                                            "author": {"familyName": null}, "tags": ["example"]})));
-        assert_eq!(Value::Object(target), json!({"title": "Hello!", "author": {"givenName": "John"},
-            "tags": ["example"], "content": "This will be unchanged", "phoneNumber": "+01-123-456-7890"}));
+        let mut target = obj(
+            json!({"title": "Goodbye!", "author": {"givenName": "John", "familyName": "Doe"},
+                                    "tags": ["example", "sample"], "content": "This will be unchanged"}),
+        );
+        merge_patch(
+            &mut target,
+            obj(json!({"title": "Hello!", "phoneNumber": "+01-123-456-7890",
+                                            "author": {"familyName": null}, "tags": ["example"]})),
+        );
+        assert_eq!(
+            Value::Object(target),
+            json!({"title": "Hello!", "author": {"givenName": "John"},
+            "tags": ["example"], "content": "This will be unchanged", "phoneNumber": "+01-123-456-7890"})
+        );
         let mut t = obj(json!({"a": 1}));
         merge_patch(&mut t, obj(json!({"a": {"b": null, "c": 2}})));
         assert_eq!(Value::Object(t), json!({"a": {"c": 2}}));

@@ -14,9 +14,9 @@ impl HumanDuration {
         let raw = raw.trim();
         let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
         let (num, unit) = raw.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("expected a duration such as \"500ms\", \"10s\" or \"5m\", got {raw:?}"))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("expected a duration such as \"500ms\", \"10s\" or \"5m\", got {raw:?}")
+        })?;
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -65,7 +65,13 @@ mod tests {
 
     #[test]
     fn units_parse_and_print_back() {
-        for (s, ms) in [("500ms", 500), ("10s", 10_000), ("5m", 300_000), ("1h", 3_600_000), ("0s", 0)] {
+        for (s, ms) in [
+            ("500ms", 500),
+            ("10s", 10_000),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("0s", 0),
+        ] {
             let d = HumanDuration::parse(s).expect(s);
             assert_eq!(d.0.as_millis(), ms);
             assert_eq!(HumanDuration::parse(&d.to_string()), Ok(d));

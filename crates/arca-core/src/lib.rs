@@ -14,7 +14,9 @@ pub mod schema;
 pub mod scope;
 
 pub use collection::{Access, AccessRule, Action, CollectionDef, DefinitionError, IndexDef};
-pub use document::{ClientBody, Document, DocumentError, SystemFields, merge_patch, split_client_body};
+pub use document::{
+    ClientBody, Document, DocumentError, SystemFields, merge_patch, split_client_body,
+};
 pub use duration::HumanDuration;
 pub use name::{CollectionName, DocId, NameError, Tenant};
 pub use schema::{DocumentSchema, FieldError, SchemaError};

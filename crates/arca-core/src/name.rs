@@ -139,7 +139,11 @@ mod tests {
         assert!(CollectionName::parse("a1_b").is_ok());
         assert!(CollectionName::parse(&"a".repeat(63)).is_ok());
         for bad in ["", "1a", "_a", "Orders", "a-b", "a.b", &"a".repeat(64)] {
-            assert_eq!(CollectionName::parse(bad), Err(NameError::Collection), "{bad}");
+            assert_eq!(
+                CollectionName::parse(bad),
+                Err(NameError::Collection),
+                "{bad}"
+            );
         }
     }
 
@@ -165,7 +169,10 @@ mod tests {
     #[test]
     fn empty_tenant_is_refused() {
         assert_eq!(Tenant::parse(""), Err(NameError::Tenant));
-        assert_eq!(Tenant::parse("t1").map(|t| t.key().to_owned()), Ok("t1".into()));
+        assert_eq!(
+            Tenant::parse("t1").map(|t| t.key().to_owned()),
+            Ok("t1".into())
+        );
         assert_eq!(Tenant::None.key(), "");
     }
 }

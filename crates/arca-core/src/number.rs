@@ -73,20 +73,32 @@ mod tests {
 
     #[test]
     fn sixty_four_bit_integers_pass() {
-        assert_eq!(scan(br#"{"a": 9223372036854775807, "b": -9223372036854775808}"#), None);
+        assert_eq!(
+            scan(br#"{"a": 9223372036854775807, "b": -9223372036854775808}"#),
+            None
+        );
         assert_eq!(scan(br#"{"u": 18446744073709551615}"#), None);
         assert_eq!(scan(br#"[1.5, -0.0, 1e308, 2E-5]"#), None);
     }
 
     #[test]
     fn oversized_integers_and_infinite_floats_are_found() {
-        assert_eq!(scan(br#"{"a": 18446744073709551616}"#).as_deref(), Some("18446744073709551616"));
-        assert_eq!(scan(br#"{"a": -9223372036854775809}"#).as_deref(), Some("-9223372036854775809"));
+        assert_eq!(
+            scan(br#"{"a": 18446744073709551616}"#).as_deref(),
+            Some("18446744073709551616")
+        );
+        assert_eq!(
+            scan(br#"{"a": -9223372036854775809}"#).as_deref(),
+            Some("-9223372036854775809")
+        );
         assert_eq!(scan(br#"{"a": [1, 1e400]}"#).as_deref(), Some("1e400"));
     }
 
     #[test]
     fn digits_inside_strings_are_ignored() {
-        assert_eq!(scan(br#"{"a": "99999999999999999999999", "b\"9": "1e999"}"#), None);
+        assert_eq!(
+            scan(br#"{"a": "99999999999999999999999", "b\"9": "1e999"}"#),
+            None
+        );
     }
 }

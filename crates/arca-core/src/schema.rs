@@ -86,7 +86,9 @@ pub struct DocumentSchema {
 
 impl std::fmt::Debug for DocumentSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DocumentSchema").field("source", &self.source).finish()
+        f.debug_struct("DocumentSchema")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -194,7 +196,10 @@ fn check_subschema(
         return Err(err(path, format!("schema nesting deeper than {MAX_DEPTH}")));
     }
     if *nodes > MAX_NODES {
-        return Err(err(path, format!("schema larger than {MAX_NODES} subschemas")));
+        return Err(err(
+            path,
+            format!("schema larger than {MAX_NODES} subschemas"),
+        ));
     }
     let obj = match schema {
         Value::Object(o) => o,
@@ -207,7 +212,10 @@ fn check_subschema(
         if !KEYWORDS.contains(&key.as_str()) {
             return Err(err(
                 &here,
-                format!("unsupported schema keyword \"{key}\" (supported: {})", KEYWORDS.join(", ")),
+                format!(
+                    "unsupported schema keyword \"{key}\" (supported: {})",
+                    KEYWORDS.join(", ")
+                ),
             ));
         }
         if key == "$schema" && depth > 0 {
@@ -221,20 +229,27 @@ fn check_subschema(
                 for (name, sub) in map {
                     if key == "patternProperties" {
                         regex::Regex::new(name).map_err(|_| {
-                            err(&here, format!("pattern \"{name}\" is not a supported regular expression"))
+                            err(
+                                &here,
+                                format!("pattern \"{name}\" is not a supported regular expression"),
+                            )
                         })?;
                     }
-                    check_subschema(sub, &format!("{here}/{}", escape_pointer(name)), depth + 1, nodes)?;
+                    check_subschema(
+                        sub,
+                        &format!("{here}/{}", escape_pointer(name)),
+                        depth + 1,
+                        nodes,
+                    )?;
                 }
             }
             "additionalProperties" | "items" | "not" => {
                 check_subschema(value, &here, depth + 1, nodes)?;
             }
             "allOf" | "anyOf" | "oneOf" => {
-                let list = value
-                    .as_array()
-                    .filter(|l| !l.is_empty())
-                    .ok_or_else(|| err(&here, format!("\"{key}\" is a non-empty array of schemas")))?;
+                let list = value.as_array().filter(|l| !l.is_empty()).ok_or_else(|| {
+                    err(&here, format!("\"{key}\" is a non-empty array of schemas"))
+                })?;
                 for (i, sub) in list.iter().enumerate() {
                     check_subschema(sub, &format!("{here}/{i}"), depth + 1, nodes)?;
                 }
@@ -244,7 +259,10 @@ fn check_subschema(
                 if !FORMATS.contains(&f) {
                     return Err(err(
                         &here,
-                        format!("unsupported format {value} (supported: {})", FORMATS.join(", ")),
+                        format!(
+                            "unsupported format {value} (supported: {})",
+                            FORMATS.join(", ")
+                        ),
                     ));
                 }
             }
@@ -300,18 +318,45 @@ mod tests {
     fn every_error_is_reported_with_its_pointer() {
         let doc = json!({"age": -1, "extra": true, "email": "nope", "born": "2024-13-45",
                          "tags": ["a", "a"], "address": {"zip": "12"}});
-        let mut paths: Vec<String> = people().validate(&doc).into_iter().map(|e| e.path).collect();
+        let mut paths: Vec<String> = people()
+            .validate(&doc)
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
         paths.sort();
-        assert_eq!(paths, vec!["/address/zip", "/age", "/born", "/email", "/extra", "/name", "/tags"]);
+        assert_eq!(
+            paths,
+            vec![
+                "/address/zip",
+                "/age",
+                "/born",
+                "/email",
+                "/extra",
+                "/name",
+                "/tags"
+            ]
+        );
     }
 
     #[test]
     fn remote_refs_and_unknown_keywords_are_refused_by_name() {
         for (schema, needle) in [
-            (json!({"type": "object", "properties": {"a": {"$ref": "https://x/y.json"}}}), "$ref"),
-            (json!({"type": "object", "$dynamicRef": "#x"}), "$dynamicRef"),
-            (json!({"type": "object", "properties": {"a": {"format": "ipv4"}}}), "format"),
-            (json!({"type": "object", "properties": {"a": {"pattern": "(?=x)"}}}), "pattern"),
+            (
+                json!({"type": "object", "properties": {"a": {"$ref": "https://x/y.json"}}}),
+                "$ref",
+            ),
+            (
+                json!({"type": "object", "$dynamicRef": "#x"}),
+                "$dynamicRef",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {"format": "ipv4"}}}),
+                "format",
+            ),
+            (
+                json!({"type": "object", "properties": {"a": {"pattern": "(?=x)"}}}),
+                "pattern",
+            ),
             (json!({"type": "object", "frobnicate": 1}), "frobnicate"),
             (json!({"type": "string"}), "object"),
             (json!([]), "object"),
@@ -323,7 +368,9 @@ mod tests {
 
     #[test]
     fn malformed_keyword_values_are_refused() {
-        let e = DocumentSchema::compile(&json!({"type": "object", "properties": {"a": {"minimum": "x"}}}));
+        let e = DocumentSchema::compile(
+            &json!({"type": "object", "properties": {"a": {"minimum": "x"}}}),
+        );
         assert!(e.is_err());
     }
 }

@@ -33,7 +33,10 @@ pub fn authorize(
     if settings.require_tenant && id.tenant == Tenant::None {
         return Err(ApiError::new(
             ProblemKind::Forbidden,
-            format!("this server requires a tenant: the token has no {} claim", settings.tenant_claim),
+            format!(
+                "this server requires a tenant: the token has no {} claim",
+                settings.tenant_claim
+            ),
         ));
     }
     let allowed = id.has_role(&settings.admin_role)
@@ -45,14 +48,21 @@ pub fn authorize(
     if !allowed {
         return Err(ApiError::new(
             ProblemKind::Forbidden,
-            format!("no role of the caller may {} in {}", verb(action), coll.name),
+            format!(
+                "no role of the caller may {} in {}",
+                verb(action),
+                coll.name
+            ),
         ));
     }
     Ok(Scope::tenant(id.tenant.clone()))
 }
 
 /// Collection definitions need the schema admin role, whatever the tenant.
-pub fn require_schema_admin(state: &AppState, caller: &Option<Arc<Identity>>) -> Result<(), ApiError> {
+pub fn require_schema_admin(
+    state: &AppState,
+    caller: &Option<Arc<Identity>>,
+) -> Result<(), ApiError> {
     let role = state.auth().settings().schema_admin();
     match caller {
         None => Err(ApiError::missing_token()),

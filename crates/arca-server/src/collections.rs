@@ -44,7 +44,11 @@ fn name_or_404(raw: &str) -> Result<CollectionName, ApiError> {
 
 async fn list(State(state): State<AppState>, Caller(caller): Caller) -> Result<Response, ApiError> {
     require_schema_admin(&state, &caller)?;
-    let items: Vec<Value> = state.collections().iter().map(|c| definition_json(c)).collect();
+    let items: Vec<Value> = state
+        .collections()
+        .iter()
+        .map(|c| definition_json(c))
+        .collect();
     Ok(json(StatusCode::OK, &json!({"items": items})))
 }
 
@@ -65,12 +69,16 @@ async fn put(
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
     require_schema_admin(&state, &caller)?;
-    let name = CollectionName::parse(&p[0]).map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
+    let name = CollectionName::parse(&p[0])
+        .map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
     let body = parse_json(&body)?;
-    let def = CollectionDef::parse(&body).map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
+    let def = CollectionDef::parse(&body)
+        .map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
     let outcome = timed(
         "put_collection",
-        state.store().put_collection(&name, def.schema.source(), &def.indexes, &def.access_source),
+        state
+            .store()
+            .put_collection(&name, def.schema.source(), &def.indexes, &def.access_source),
     )
     .await?;
     state.reload_catalog().await.map_err(ApiError::from)?;
@@ -94,6 +102,9 @@ async fn remove(
     if existed {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
-        Err(ApiError::new(ProblemKind::CollectionNotFound, format!("no collection named {name}")))
+        Err(ApiError::new(
+            ProblemKind::CollectionNotFound,
+            format!("no collection named {name}"),
+        ))
     }
 }

@@ -169,8 +169,9 @@ pub fn load(
 ) -> Result<Config, ConfigError> {
     let mut table = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", path.display()))
+            })?;
             toml::from_str::<toml::Table>(&text)
                 .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
         }
@@ -179,13 +180,17 @@ pub fn load(
     // Environment overrides: ARCA_SERVER__LISTEN -> server.listen.
     let mut from_env: Vec<(Vec<String>, String, String)> = Vec::new();
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("ARCA_") else { continue };
+        let Some(rest) = name.strip_prefix("ARCA_") else {
+            continue;
+        };
         if !rest.contains("__") {
             continue; // ARCA_CONFIG and other non-key variables
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if path.iter().any(String::is_empty) {
-            return Err(ConfigError(format!("environment variable {name}: empty key segment")));
+            return Err(ConfigError(format!(
+                "environment variable {name}: empty key segment"
+            )));
         }
         set_path(&mut table, &path, typed_env_value(&raw), &name)?;
         from_env.push((path, raw, name));
@@ -201,7 +206,8 @@ pub fn load(
             Err(e) => {
                 let key = e.path().to_string();
                 let retry = from_env.iter().find(|(p, raw, _)| {
-                    p.join(".") == key && !matches!(get_path(&table, p), Some(toml::Value::String(s)) if s == raw)
+                    p.join(".") == key
+                        && !matches!(get_path(&table, p), Some(toml::Value::String(s)) if s == raw)
                 });
                 if let (Some((p, raw, var)), true) = (retry, attempts < 64) {
                     attempts += 1;
@@ -239,7 +245,12 @@ fn get_path<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Val
     t.get(last)
 }
 
-fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value, var: &str) -> Result<(), ConfigError> {
+fn set_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+    var: &str,
+) -> Result<(), ConfigError> {
     let Some((last, parents)) = path.split_last() else {
         return Ok(());
     };
@@ -248,9 +259,11 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value, var: &
         let slot = t
             .entry(p.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = slot
-            .as_table_mut()
-            .ok_or_else(|| ConfigError(format!("environment variable {var}: `{p}` is not a section")))?;
+        t = slot.as_table_mut().ok_or_else(|| {
+            ConfigError(format!(
+                "environment variable {var}: `{p}` is not a section"
+            ))
+        })?;
     }
     t.insert(last.clone(), value);
     Ok(())
@@ -259,10 +272,16 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value, var: &
 fn validate(cfg: Config) -> Result<Config, ConfigError> {
     let bad = |key: &str, msg: &str| Err(ConfigError(format!("configuration key `{key}`: {msg}")));
     if cfg.server.max_body_bytes == 0 {
-        return bad("server.max_body_bytes", "expected a positive number of bytes");
+        return bad(
+            "server.max_body_bytes",
+            "expected a positive number of bytes",
+        );
     }
     if cfg.server.request_timeout.0.is_zero() {
-        return bad("server.request_timeout", "expected a positive duration such as \"30s\"");
+        return bad(
+            "server.request_timeout",
+            "expected a positive duration such as \"30s\"",
+        );
     }
     if cfg.store.sqlite_path().is_none() {
         return bad(
@@ -270,7 +289,11 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "expected sqlite://PATH (the MongoDB engine is not available in this build yet)",
         );
     }
-    if cfg.store.sqlite_path().is_some_and(|p| p.as_os_str().is_empty()) {
+    if cfg
+        .store
+        .sqlite_path()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
         return bad("store.url", "expected sqlite://PATH with a non-empty path");
     }
     if !(1..=64).contains(&cfg.store.sqlite.readers) {
@@ -287,11 +310,17 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         }
     }
     if cfg.auth.roles_claim.is_empty() || cfg.auth.tenant_claim.is_empty() {
-        return bad("auth.roles_claim / auth.tenant_claim", "expected a non-empty claim name");
+        return bad(
+            "auth.roles_claim / auth.tenant_claim",
+            "expected a non-empty claim name",
+        );
     }
     for o in &cfg.server.cors_origins {
         if o != "*" && o.parse::<http::HeaderValue>().is_err() {
-            return bad("server.cors_origins", "expected origins such as \"https://app.example.com\" or \"*\"");
+            return bad(
+                "server.cors_origins",
+                "expected origins such as \"https://app.example.com\" or \"*\"",
+            );
         }
     }
     Ok(cfg)
@@ -302,7 +331,8 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut c = self.clone();
         c.store.url = redact_url_password(&c.store.url);
-        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+        toml::to_string_pretty(&c)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }
 
@@ -323,7 +353,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -355,23 +388,35 @@ mod tests {
         assert_eq!(c.server.max_body_bytes, 2048);
         assert!(c.auth.require_tenant);
         assert_eq!(c.auth.tenant_claim, "123");
-        assert_eq!(c.auth.audience.map(|a| a.values()), Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(
+            c.auth.audience.map(|a| a.values()),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
         assert_eq!(c.store.sqlite.synchronous, Synchronous::Normal);
     }
 
     #[test]
     fn errors_name_the_key() {
         let e = load(None, env(&[("ARCA_SERVER__LISTEN", "nope")])).expect_err("bad");
-        assert!(e.0.contains("server.listen") && e.0.contains("ARCA_SERVER__LISTEN"), "{e}");
+        assert!(
+            e.0.contains("server.listen") && e.0.contains("ARCA_SERVER__LISTEN"),
+            "{e}"
+        );
         let e = load(None, env(&[("ARCA_SERVER__LISTN", "1")])).expect_err("unknown");
         assert!(e.0.contains("listn"), "{e}");
         let e = load(None, env(&[("ARCA_SERVER__REQUEST_TIMEOUT", "10")])).expect_err("unit");
-        assert!(e.0.contains("server.request_timeout") && e.0.contains("unit"), "{e}");
+        assert!(
+            e.0.contains("server.request_timeout") && e.0.contains("unit"),
+            "{e}"
+        );
     }
 
     #[test]
     fn redaction_hides_url_passwords() {
-        assert_eq!(redact_url_password("mongodb://arca:s3cret@db:27017/x"), "mongodb://arca:***@db:27017/x");
+        assert_eq!(
+            redact_url_password("mongodb://arca:s3cret@db:27017/x"),
+            "mongodb://arca:***@db:27017/x"
+        );
         assert_eq!(redact_url_password("sqlite://./a.db"), "sqlite://./a.db");
     }
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use arca_auth::Identity;
 use arca_core::document::ClientBody;
-use arca_core::{Action, CollectionName, DocId, Document, DocumentError, merge_patch, split_client_body};
+use arca_core::{
+    Action, CollectionName, DocId, Document, DocumentError, merge_patch, split_client_body,
+};
 use arca_store::{NewDocument, Page, StoreError};
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -66,14 +68,26 @@ fn document_error(e: DocumentError) -> ApiError {
 
 /// Validates `body` against the schema; `earlier` are failures already
 /// found on reserved fields, reported together with the schema's.
-fn validate(coll: &Collection, body: &Map<String, Value>, earlier: &[arca_core::FieldError]) -> Result<(), ApiError> {
+fn validate(
+    coll: &Collection,
+    body: &Map<String, Value>,
+    earlier: &[arca_core::FieldError],
+) -> Result<(), ApiError> {
     // The validator takes a `Value`, hence the copy of the map.
     let mut errors = earlier.to_vec();
     errors.extend(coll.def.schema.validate(&Value::Object(body.clone())));
-    if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid_document(errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_document(errors))
+    }
 }
 
-fn document_response(status: StatusCode, doc: &Document, location: Option<&Collection>) -> Response {
+fn document_response(
+    status: StatusCode,
+    doc: &Document,
+    location: Option<&Collection>,
+) -> Response {
     let mut res = json(status, &doc.to_json());
     if let Ok(v) = HeaderValue::from_str(&doc.etag()) {
         res.headers_mut().insert(header::ETAG, v);
@@ -95,9 +109,14 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
     let scope = authorize(&state, &caller, &coll, Action::Create)?;
-    let ClientBody { id, fields, errors } = split_client_body(parse_document_json(&bytes)?, None).map_err(document_error)?;
+    let ClientBody { id, fields, errors } =
+        split_client_body(parse_document_json(&bytes)?, None).map_err(document_error)?;
     validate(&coll, &fields, &errors)?;
-    let doc = NewDocument { id, owner: owner_of(&caller), body: fields };
+    let doc = NewDocument {
+        id,
+        owner: owner_of(&caller),
+        body: fields,
+    };
     let stored = timed("insert", state.store().insert(&coll.name, &scope, doc)).await?;
     Ok(document_response(StatusCode::CREATED, &stored, Some(&coll)))
 }
@@ -115,8 +134,12 @@ async fn read(
     let coll = collection(&state, &p[0])?;
     let scope = authorize(&state, &caller, &coll, Action::Read)?;
     let id = doc_id(&p[1])?;
-    let doc = timed("get", state.store().get(&coll.name, &scope, &id)).await?.ok_or_else(not_found)?;
-    if EntityTags::from_header(&headers, header::IF_NONE_MATCH).is_some_and(|t| t.matches_weak(doc.system.rev)) {
+    let doc = timed("get", state.store().get(&coll.name, &scope, &id))
+        .await?
+        .ok_or_else(not_found)?;
+    if EntityTags::from_header(&headers, header::IF_NONE_MATCH)
+        .is_some_and(|t| t.matches_weak(doc.system.rev))
+    {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
         if let Ok(v) = HeaderValue::from_str(&doc.etag()) {
             res.headers_mut().insert(header::ETAG, v);
@@ -139,7 +162,9 @@ async fn update_with(
     change: impl Fn(&Document) -> Result<Map<String, Value>, ApiError>,
 ) -> Result<Document, ApiError> {
     for _ in 0..WRITE_RETRIES {
-        let current = timed("get", state.store().get(&coll.name, scope, id)).await?.ok_or_else(not_found)?;
+        let current = timed("get", state.store().get(&coll.name, scope, id))
+            .await?
+            .ok_or_else(not_found)?;
         if let Some(tags) = &if_match {
             if !tags.matches_strong(current.system.rev) {
                 return Err(StoreError::RevMismatch.into());
@@ -147,13 +172,20 @@ async fn update_with(
         }
         let body = change(&current)?;
         validate(coll, &body, earlier)?;
-        match state.store().replace(&coll.name, scope, id, current.system.rev, body).await {
+        match state
+            .store()
+            .replace(&coll.name, scope, id, current.system.rev, body)
+            .await
+        {
             Ok(doc) => return Ok(doc),
             Err(StoreError::RevMismatch) if if_match.is_none() => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::new(ProblemKind::Conflict, "the document is changing too fast; retry"))
+    Err(ApiError::new(
+        ProblemKind::Conflict,
+        "the document is changing too fast; retry",
+    ))
 }
 
 async fn replace(
@@ -169,7 +201,10 @@ async fn replace(
     let ClientBody { fields, errors, .. } =
         split_client_body(parse_document_json(&bytes)?, Some(&id)).map_err(document_error)?;
     let if_match = EntityTags::from_header(&headers, header::IF_MATCH);
-    let doc = update_with(&state, &coll, &scope, &id, if_match, &errors, |_| Ok(fields.clone())).await?;
+    let doc = update_with(&state, &coll, &scope, &id, if_match, &errors, |_| {
+        Ok(fields.clone())
+    })
+    .await?;
     Ok(document_response(StatusCode::OK, &doc, None))
 }
 
@@ -190,7 +225,11 @@ async fn patch(
             message: "a merge patch for a document is a JSON object".into(),
         }]));
     }
-    let ClientBody { fields: patch, errors, .. } = split_client_body(patch_value, Some(&id)).map_err(document_error)?;
+    let ClientBody {
+        fields: patch,
+        errors,
+        ..
+    } = split_client_body(patch_value, Some(&id)).map_err(document_error)?;
     let if_match = EntityTags::from_header(&headers, header::IF_MATCH);
     let doc = update_with(&state, &coll, &scope, &id, if_match, &errors, |current| {
         let mut body = current.body.clone();
@@ -213,14 +252,20 @@ async fn remove(
     let expected = match EntityTags::from_header(&headers, header::IF_MATCH) {
         None => None,
         Some(tags) => {
-            let current = timed("get", state.store().get(&coll.name, &scope, &id)).await?.ok_or_else(not_found)?;
+            let current = timed("get", state.store().get(&coll.name, &scope, &id))
+                .await?
+                .ok_or_else(not_found)?;
             if !tags.matches_strong(current.system.rev) {
                 return Err(StoreError::RevMismatch.into());
             }
             Some(current.system.rev)
         }
     };
-    timed("delete", state.store().delete(&coll.name, &scope, &id, expected)).await?;
+    timed(
+        "delete",
+        state.store().delete(&coll.name, &scope, &id, expected),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -237,17 +282,25 @@ fn encode_cursor(id: &DocId) -> String {
 }
 
 fn decode_cursor(raw: &str) -> Result<DocId, ApiError> {
-    let bad = || ApiError::bad_request("invalid cursor: pass the `next` value of a previous page unchanged");
+    let bad = || {
+        ApiError::bad_request("invalid cursor: pass the `next` value of a previous page unchanged")
+    };
     let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     if v.get("v").and_then(Value::as_u64) != Some(CURSOR_VERSION) {
         return Err(bad());
     }
-    v.get("id").and_then(Value::as_str).and_then(|s| DocId::parse(s).ok()).ok_or_else(bad)
+    v.get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| DocId::parse(s).ok())
+        .ok_or_else(bad)
 }
 
 fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
-    let mut out = ListParams { limit: 20, after: None };
+    let mut out = ListParams {
+        limit: 20,
+        after: None,
+    };
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "limit" => {
@@ -255,7 +308,9 @@ fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 1000"))?;
+                    .ok_or_else(|| {
+                        ApiError::bad_request("limit must be an integer from 1 to 1000")
+                    })?;
             }
             "after" => out.after = Some(decode_cursor(&v)?),
             "filter" | "sort" | "fields" => {
@@ -281,17 +336,28 @@ async fn list(
     // One extra row tells whether a next page exists.
     let mut docs = timed(
         "list",
-        state.store().list(&coll.name, &scope, Page { after: params.after, limit: params.limit + 1 }),
+        state.store().list(
+            &coll.name,
+            &scope,
+            Page {
+                after: params.after,
+                limit: params.limit + 1,
+            },
+        ),
     )
     .await?;
     let next = if docs.len() > params.limit {
         docs.truncate(params.limit);
-        docs.last().map(|d| Value::String(encode_cursor(&d.system.id)))
+        docs.last()
+            .map(|d| Value::String(encode_cursor(&d.system.id)))
     } else {
         None
     };
     let items: Vec<Value> = docs.iter().map(Document::to_json).collect();
-    Ok(json(StatusCode::OK, &json!({"items": items, "next": next.unwrap_or(Value::Null)})))
+    Ok(json(
+        StatusCode::OK,
+        &json!({"items": items, "next": next.unwrap_or(Value::Null)}),
+    ))
 }
 
 async fn count(
@@ -304,7 +370,9 @@ async fn count(
     let scope = authorize(&state, &caller, &coll, Action::Read)?;
     for (k, _) in form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()) {
         if k == "filter" {
-            return Err(ApiError::bad_request("the `filter` parameter is not supported by this version yet"));
+            return Err(ApiError::bad_request(
+                "the `filter` parameter is not supported by this version yet",
+            ));
         }
     }
     let n = timed("count", state.store().count(&coll.name, &scope)).await?;

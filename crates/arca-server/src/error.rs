@@ -56,16 +56,44 @@ impl ProblemKind {
         match self {
             MalformedJson => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
             BadRequest => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            InvalidDefinition => (StatusCode::BAD_REQUEST, "invalid-definition", "Invalid collection definition"),
-            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            InvalidDefinition => (
+                StatusCode::BAD_REQUEST,
+                "invalid-definition",
+                "Invalid collection definition",
+            ),
+            Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
             Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             RouteNotFound => (StatusCode::NOT_FOUND, "route-not-found", "No such route"),
-            CollectionNotFound => (StatusCode::NOT_FOUND, "collection-not-found", "No such collection"),
-            DocumentNotFound => (StatusCode::NOT_FOUND, "document-not-found", "No such document"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+            CollectionNotFound => (
+                StatusCode::NOT_FOUND,
+                "collection-not-found",
+                "No such collection",
+            ),
+            DocumentNotFound => (
+                StatusCode::NOT_FOUND,
+                "document-not-found",
+                "No such document",
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
-            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            PreconditionFailed => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
+            PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
@@ -76,9 +104,21 @@ impl ProblemKind {
                 "invalid-document",
                 "Document does not fit the collection",
             ),
-            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
-            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
-            Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout", "Request timed out"),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+            Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Timeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
+            ),
         }
     }
 
@@ -160,7 +200,10 @@ impl ApiError {
     /// 401 for a token that was sent and refused.
     pub fn invalid_token(reason: impl Into<String>) -> Self {
         let reason = reason.into();
-        let mut e = Self::new(ProblemKind::Unauthorized, format!("invalid token: {reason}"));
+        let mut e = Self::new(
+            ProblemKind::Unauthorized,
+            format!("invalid token: {reason}"),
+        );
         e.invalid_token = Some(reason);
         e
     }
@@ -207,14 +250,20 @@ impl IntoResponse for ApiError {
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut res = (status, bytes).into_response();
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if status == StatusCode::UNAUTHORIZED {
             let value = match &self.invalid_token {
                 // The description is ours (never the token) and kept to
                 // characters that are safe inside a quoted string.
                 Some(reason) => format!(
                     "Bearer realm=\"arca\", error=\"invalid_token\", error_description=\"{}\"",
-                    reason.replace(|c: char| c == '"' || c == '\\' || !(' '..='~').contains(&c), "'")
+                    reason.replace(
+                        |c: char| c == '"' || c == '\\' || !(' '..='~').contains(&c),
+                        "'"
+                    )
                 ),
                 None => "Bearer realm=\"arca\"".to_owned(),
             };

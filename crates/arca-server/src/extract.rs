@@ -36,11 +36,20 @@ pub struct JsonBytes(pub Bytes);
 /// Whether a `Content-Type` is JSON: `application/json` or
 /// `application/*+json`, parameters such as `charset` allowed.
 pub fn is_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl FromRequest<AppState> for JsonBytes {
@@ -59,7 +68,12 @@ impl FromRequest<AppState> for JsonBytes {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let too_large = || ApiError::new(ProblemKind::PayloadTooLarge, format!("JSON bodies are limited to {limit} bytes"));
+        let too_large = || {
+            ApiError::new(
+                ProblemKind::PayloadTooLarge,
+                format!("JSON bodies are limited to {limit} bytes"),
+            )
+        };
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
@@ -82,7 +96,8 @@ impl FromRequest<AppState> for JsonBytes {
 
 /// Parses a JSON body that is not a document: syntax errors are 400.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::new(ProblemKind::MalformedJson, json_error_detail(&e)))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(ProblemKind::MalformedJson, json_error_detail(&e)))
 }
 
 /// Parses a document body: syntax errors are 400, but numbers that cannot
@@ -90,10 +105,14 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 pub fn parse_document_json(bytes: &[u8]) -> Result<Value, ApiError> {
     let parsed = serde_json::from_slice::<Value>(bytes);
     if let Some(lit) = arca_core::number::first_unrepresentable(bytes) {
-        if parsed.is_ok() || matches!(&parsed, Err(e) if e.to_string().contains("number out of range")) {
+        if parsed.is_ok()
+            || matches!(&parsed, Err(e) if e.to_string().contains("number out of range"))
+        {
             return Err(ApiError::invalid_document(vec![arca_core::FieldError {
                 path: String::new(),
-                message: format!("the number {lit} cannot be stored exactly (integers fit 64 bits, floats must be finite)"),
+                message: format!(
+                    "the number {lit} cannot be stored exactly (integers fit 64 bits, floats must be finite)"
+                ),
             }]));
         }
     }
@@ -101,7 +120,12 @@ pub fn parse_document_json(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 fn json_error_detail(e: &serde_json::Error) -> String {
-    format!("malformed JSON at line {}, column {}: {}", e.line(), e.column(), e.classify_message())
+    format!(
+        "malformed JSON at line {}, column {}: {}",
+        e.line(),
+        e.column(),
+        e.classify_message()
+    )
 }
 
 trait Classify {
@@ -133,7 +157,9 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Self(None));
         };
         if values.next().is_some() {
-            return Err(ApiError::invalid_token("more than one Authorization header"));
+            return Err(ApiError::invalid_token(
+                "more than one Authorization header",
+            ));
         }
         let raw = value
             .to_str()
@@ -183,8 +209,16 @@ impl EntityTags {
                     Some(t) => (true, t),
                     None => (false, tag),
                 };
-                if let Some(n) = t.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok()) {
-                    if is_weak { weak.push(n) } else { strong.push(n) }
+                if let Some(n) = t
+                    .strip_prefix('"')
+                    .and_then(|t| t.strip_suffix('"'))
+                    .and_then(|t| t.parse().ok())
+                {
+                    if is_weak {
+                        weak.push(n)
+                    } else {
+                        strong.push(n)
+                    }
                 }
             }
         }

@@ -64,7 +64,10 @@ pub async fn serve(
         r = &mut server => return r,
         () = shutdown => {}
     }
-    tracing::info!(delay_ms = delay.as_millis() as u64, "shutdown requested: readiness is now 503");
+    tracing::info!(
+        delay_ms = delay.as_millis() as u64,
+        "shutdown requested: readiness is now 503"
+    );
     state.begin_shutdown();
     if delay > Duration::ZERO {
         tokio::select! {
@@ -73,7 +76,10 @@ pub async fn serve(
         }
     }
     let _ = stop_tx.send(());
-    tracing::info!(grace_ms = grace.as_millis() as u64, "listener closed; waiting for in-flight requests");
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "listener closed; waiting for in-flight requests"
+    );
     match tokio::time::timeout(grace, &mut server).await {
         Ok(r) => r,
         Err(_) => {

@@ -45,5 +45,6 @@ pub fn record_request(route: &str, method: &str, status: u16, elapsed: Duration)
 
 /// Records one store operation.
 pub fn record_store_op(op: &'static str, elapsed: Duration) {
-    metrics::histogram!("store_operation_duration_seconds", "op" => op).record(elapsed.as_secs_f64());
+    metrics::histogram!("store_operation_duration_seconds", "op" => op)
+        .record(elapsed.as_secs_f64());
 }

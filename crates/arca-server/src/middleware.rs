@@ -67,14 +67,14 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 fn is_safe_request_id(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= 128
-        && v
-            .iter()
+        && v.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 fn generate_request_id() -> HeaderValue {
     let n: u128 = rand::random();
-    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    HeaderValue::from_str(&format!("{n:032x}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// One span per request (request id, method, route template, status,
@@ -208,4 +208,99 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 pub async fn route_not_found(uri: axum::http::Uri) -> ApiError {
     let path: String = uri.path().chars().take(200).collect();
     ApiError::new(ProblemKind::RouteNotFound, format!("no route for {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    fn app(timeout: Duration) -> Router {
+        let mut config = Config::default();
+        config.server.request_timeout = arca_core::HumanDuration(timeout);
+        let router = Router::new().route("/panic", get(panics)).route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+        layers(router, &config)
+    }
+
+    async fn panics() -> &'static str {
+        panic!("secret internal detail")
+    }
+
+    async fn body_json(res: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_a_500_problem_without_internals() {
+        let req = Request::builder()
+            .uri("/panic")
+            .header("x-request-id", "p-1")
+            .body(Body::empty())
+            .expect("req");
+        let res = app(Duration::from_secs(5))
+            .oneshot(req)
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 500);
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert_eq!(res.headers()[&REQUEST_ID], "p-1");
+        let body = body_json(res).await;
+        assert_eq!(body["type"], "urn:arca:problem:internal");
+        assert!(!body.to_string().contains("secret"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_times_out_with_503() {
+        let req = Request::builder()
+            .uri("/slow")
+            .body(Body::empty())
+            .expect("req");
+        let res = app(Duration::from_millis(50))
+            .oneshot(req)
+            .await
+            .expect("response");
+        assert_eq!(res.status(), 503);
+        assert_eq!(body_json(res).await["type"], "urn:arca:problem:timeout");
+    }
+
+    #[tokio::test]
+    async fn cors_is_off_by_default_and_on_for_listed_origins() {
+        let preflight = || {
+            Request::builder()
+                .method("OPTIONS")
+                .uri("/slow")
+                .header("origin", "https://app.example.com")
+                .header("access-control-request-method", "GET")
+                .body(Body::empty())
+                .expect("req")
+        };
+        let res = app(Duration::from_secs(1))
+            .oneshot(preflight())
+            .await
+            .expect("response");
+        assert!(!res.headers().contains_key("access-control-allow-origin"));
+        let mut config = Config::default();
+        config.server.cors_origins = vec!["https://app.example.com".into()];
+        let res = layers(Router::new().route("/slow", get(|| async { "x" })), &config)
+            .oneshot(preflight())
+            .await
+            .expect("response");
+        assert_eq!(
+            res.headers()["access-control-allow-origin"],
+            "https://app.example.com"
+        );
+    }
 }

@@ -30,7 +30,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return ApiError::new(ProblemKind::Unavailable, "shutting down").into_response();
     }
     if !state.auth().is_ready() {
-        return ApiError::new(ProblemKind::Unavailable, "signing keys not loaded yet").into_response();
+        return ApiError::new(ProblemKind::Unavailable, "signing keys not loaded yet")
+            .into_response();
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store().ping()).await {
         Ok(Ok(())) => json_ok(r#"{"status":"ready"}"#),
@@ -38,7 +39,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
             tracing::warn!(error = %e, "readiness: store check failed");
             ApiError::new(ProblemKind::Unavailable, "the store does not answer").into_response()
         }
-        Err(_) => ApiError::new(ProblemKind::Unavailable, "the store did not answer within 2 s").into_response(),
+        Err(_) => ApiError::new(
+            ProblemKind::Unavailable,
+            "the store did not answer within 2 s",
+        )
+        .into_response(),
     }
 }
 
@@ -56,7 +61,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 fn json_ok(body: &'static str) -> Response {
     let mut res = (StatusCode::OK, body).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }

@@ -14,29 +14,39 @@ use crate::error::{ApiError, ProblemKind};
 pub fn json(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut res = (status, bytes).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     res
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound => ApiError::new(ProblemKind::DocumentNotFound, "no such document"),
-            StoreError::CollectionMissing => ApiError::new(ProblemKind::CollectionNotFound, "no such collection"),
-            StoreError::Conflict(what) if what == "_id" => {
-                ApiError::new(ProblemKind::Conflict, "a document with this _id already exists")
+            StoreError::NotFound => {
+                ApiError::new(ProblemKind::DocumentNotFound, "no such document")
             }
-            StoreError::Conflict(what) => {
-                ApiError::new(ProblemKind::Conflict, format!("duplicate value for the unique index on {what}"))
+            StoreError::CollectionMissing => {
+                ApiError::new(ProblemKind::CollectionNotFound, "no such collection")
             }
+            StoreError::Conflict(what) if what == "_id" => ApiError::new(
+                ProblemKind::Conflict,
+                "a document with this _id already exists",
+            ),
+            StoreError::Conflict(what) => ApiError::new(
+                ProblemKind::Conflict,
+                format!("duplicate value for the unique index on {what}"),
+            ),
             StoreError::RevMismatch => ApiError::new(
                 ProblemKind::PreconditionFailed,
                 "the document changed since the given revision",
             ),
             StoreError::DuplicatesForUniqueIndex(what) => ApiError::new(
                 ProblemKind::Conflict,
-                format!("existing documents hold duplicate values for the new unique index on {what}; the definition was not changed"),
+                format!(
+                    "existing documents hold duplicate values for the new unique index on {what}; the definition was not changed"
+                ),
             ),
             StoreError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "store unavailable");
@@ -47,7 +57,10 @@ impl From<StoreError> for ApiError {
 }
 
 /// Runs a store operation and records its latency.
-pub async fn timed<T>(op: &'static str, fut: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, ApiError> {
+pub async fn timed<T>(
+    op: &'static str,
+    fut: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, ApiError> {
     let start = Instant::now();
     let out = fut.await;
     crate::metrics::record_store_op(op, start.elapsed());

@@ -41,7 +41,11 @@ struct Inner {
 
 impl AppState {
     /// Builds the state and loads the catalogue from the store.
-    pub async fn new(config: Config, store: Arc<dyn Store>, auth: Arc<Authenticator>) -> Result<Self, StoreError> {
+    pub async fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        auth: Arc<Authenticator>,
+    ) -> Result<Self, StoreError> {
         let state = Self(Arc::new(Inner {
             config,
             store,
@@ -102,9 +106,18 @@ impl AppState {
             });
             match CollectionDef::parse(&body) {
                 Ok(def) => {
-                    map.insert(s.name.clone(), Arc::new(Collection { name: s.name.clone(), def, stored: s }));
+                    map.insert(
+                        s.name.clone(),
+                        Arc::new(Collection {
+                            name: s.name.clone(),
+                            def,
+                            stored: s,
+                        }),
+                    );
                 }
-                Err(e) => tracing::error!(collection = %s.name, error = %e, "stored definition no longer compiles; collection unavailable"),
+                Err(e) => {
+                    tracing::error!(collection = %s.name, error = %e, "stored definition no longer compiles; collection unavailable")
+                }
             }
         }
         match self.0.catalog.write() {
@@ -120,7 +133,12 @@ impl AppState {
             Ok(c) => c.get(name).cloned(),
             Err(p) => p.into_inner().get(name).cloned(),
         };
-        found.ok_or_else(|| ApiError::new(ProblemKind::CollectionNotFound, format!("no collection named {name}")))
+        found.ok_or_else(|| {
+            ApiError::new(
+                ProblemKind::CollectionNotFound,
+                format!("no collection named {name}"),
+            )
+        })
     }
 
     /// Every collection, by name.

@@ -13,8 +13,12 @@ fn obj(v: Value) -> Map<String, Value> {
 }
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(&SqliteOptions { path: dir.path().join("arca.db"), synchronous_full: true, readers: 2 })
-        .expect("open")
+    SqliteStore::open(&SqliteOptions {
+        path: dir.path().join("arca.db"),
+        synchronous_full: true,
+        readers: 2,
+    })
+    .expect("open")
 }
 
 fn people() -> CollectionName {
@@ -22,15 +26,25 @@ fn people() -> CollectionName {
 }
 
 async fn define(store: &SqliteStore, indexes: &[IndexDef]) -> Result<PutOutcome, StoreError> {
-    store.put_collection(&people(), &json!({"type": "object"}), indexes, &json!({})).await
+    store
+        .put_collection(&people(), &json!({"type": "object"}), indexes, &json!({}))
+        .await
 }
 
 fn unique_email() -> IndexDef {
-    IndexDef { fields: vec![("email".into(), 1)], unique: true, sparse: false }
+    IndexDef {
+        fields: vec![("email".into(), 1)],
+        unique: true,
+        sparse: false,
+    }
 }
 
 fn new_doc(id: Option<&str>, body: Value) -> NewDocument {
-    NewDocument { id: id.map(|i| DocId::parse(i).expect("id")), owner: "u1".into(), body: obj(body) }
+    NewDocument {
+        id: id.map(|i| DocId::parse(i).expect("id")),
+        owner: "u1".into(),
+        body: obj(body),
+    }
 }
 
 #[tokio::test]
@@ -40,21 +54,52 @@ async fn insert_get_replace_delete_round_trip() {
     assert_eq!(define(&store, &[]).await, Ok(PutOutcome::Created));
     assert_eq!(define(&store, &[]).await, Ok(PutOutcome::Updated));
     let scope = Scope::tenant(Tenant::None);
-    let doc = store.insert(&people(), &scope, new_doc(None, json!({"name": "Ana"}))).await.expect("insert");
+    let doc = store
+        .insert(&people(), &scope, new_doc(None, json!({"name": "Ana"})))
+        .await
+        .expect("insert");
     assert_eq!(doc.system.rev, 1);
     assert_eq!(doc.system.id.as_str().len(), 24);
-    let got = store.get(&people(), &scope, &doc.system.id).await.expect("get").expect("found");
+    let got = store
+        .get(&people(), &scope, &doc.system.id)
+        .await
+        .expect("get")
+        .expect("found");
     assert_eq!(got, doc);
-    let new = store.replace(&people(), &scope, &doc.system.id, 1, obj(json!({"name": "Bia"}))).await.expect("replace");
+    let new = store
+        .replace(
+            &people(),
+            &scope,
+            &doc.system.id,
+            1,
+            obj(json!({"name": "Bia"})),
+        )
+        .await
+        .expect("replace");
     assert_eq!(new.system.rev, 2);
     assert_eq!(new.system.created_at, doc.system.created_at);
     assert_eq!(
-        store.replace(&people(), &scope, &doc.system.id, 1, obj(json!({}))).await,
+        store
+            .replace(&people(), &scope, &doc.system.id, 1, obj(json!({})))
+            .await,
         Err(StoreError::RevMismatch)
     );
-    assert_eq!(store.delete(&people(), &scope, &doc.system.id, Some(1)).await, Err(StoreError::RevMismatch));
-    assert_eq!(store.delete(&people(), &scope, &doc.system.id, Some(2)).await, Ok(()));
-    assert_eq!(store.delete(&people(), &scope, &doc.system.id, None).await, Err(StoreError::NotFound));
+    assert_eq!(
+        store
+            .delete(&people(), &scope, &doc.system.id, Some(1))
+            .await,
+        Err(StoreError::RevMismatch)
+    );
+    assert_eq!(
+        store
+            .delete(&people(), &scope, &doc.system.id, Some(2))
+            .await,
+        Ok(())
+    );
+    assert_eq!(
+        store.delete(&people(), &scope, &doc.system.id, None).await,
+        Err(StoreError::NotFound)
+    );
 }
 
 #[tokio::test]
@@ -65,14 +110,29 @@ async fn tenants_do_not_see_each_other() {
     let a = Scope::tenant(Tenant::parse("a").expect("t"));
     let b = Scope::tenant(Tenant::parse("b").expect("t"));
     let none = Scope::tenant(Tenant::None);
-    store.insert(&people(), &a, new_doc(Some("x"), json!({"email": "e"}))).await.expect("a");
+    store
+        .insert(&people(), &a, new_doc(Some("x"), json!({"email": "e"})))
+        .await
+        .expect("a");
     // Same _id and same unique value in another tenant: allowed.
-    store.insert(&people(), &b, new_doc(Some("x"), json!({"email": "e"}))).await.expect("b");
+    store
+        .insert(&people(), &b, new_doc(Some("x"), json!({"email": "e"})))
+        .await
+        .expect("b");
     let id = DocId::parse("x").expect("id");
-    assert!(store.get(&people(), &none, &id).await.expect("get").is_none());
+    assert!(
+        store
+            .get(&people(), &none, &id)
+            .await
+            .expect("get")
+            .is_none()
+    );
     assert_eq!(store.count(&people(), &a).await, Ok(1));
     assert_eq!(store.count(&people(), &none).await, Ok(0));
-    assert_eq!(store.delete(&people(), &none, &id, None).await, Err(StoreError::NotFound));
+    assert_eq!(
+        store.delete(&people(), &none, &id, None).await,
+        Err(StoreError::NotFound)
+    );
 }
 
 #[tokio::test]
@@ -81,21 +141,45 @@ async fn unique_index_follows_mongodb_equality() {
     let store = open(&dir);
     define(&store, &[unique_email()]).await.expect("define");
     let s = Scope::tenant(Tenant::None);
-    store.insert(&people(), &s, new_doc(None, json!({"email": 1}))).await.expect("1");
+    store
+        .insert(&people(), &s, new_doc(None, json!({"email": 1})))
+        .await
+        .expect("1");
     assert_eq!(
-        store.insert(&people(), &s, new_doc(None, json!({"email": 1.0}))).await.map(|_| ()),
+        store
+            .insert(&people(), &s, new_doc(None, json!({"email": 1.0})))
+            .await
+            .map(|_| ()),
         Err(StoreError::Conflict("email".into())),
         "1 and 1.0 are equal numbers"
     );
-    store.insert(&people(), &s, new_doc(None, json!({"email": "1"}))).await.expect("a string is not a number");
-    store.insert(&people(), &s, new_doc(None, json!({"email": true}))).await.expect("true is not 1");
-    store.insert(&people(), &s, new_doc(None, json!({}))).await.expect("first missing");
+    store
+        .insert(&people(), &s, new_doc(None, json!({"email": "1"})))
+        .await
+        .expect("a string is not a number");
+    store
+        .insert(&people(), &s, new_doc(None, json!({"email": true})))
+        .await
+        .expect("true is not 1");
+    store
+        .insert(&people(), &s, new_doc(None, json!({})))
+        .await
+        .expect("first missing");
     assert!(
-        matches!(store.insert(&people(), &s, new_doc(None, json!({"email": null}))).await, Err(StoreError::Conflict(_))),
+        matches!(
+            store
+                .insert(&people(), &s, new_doc(None, json!({"email": null})))
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
         "null and missing are the same key"
     );
     assert_eq!(
-        store.insert(&people(), &s, new_doc(Some("dup"), json!({}))).await.map(|_| ()).and(Ok(())),
+        store
+            .insert(&people(), &s, new_doc(Some("dup"), json!({})))
+            .await
+            .map(|_| ())
+            .and(Ok(())),
         Err(StoreError::Conflict("email".into()))
     );
 }
@@ -107,7 +191,10 @@ async fn adding_a_unique_index_over_duplicates_changes_nothing() {
     define(&store, &[]).await.expect("define");
     let s = Scope::tenant(Tenant::None);
     for _ in 0..2 {
-        store.insert(&people(), &s, new_doc(None, json!({"email": "same"}))).await.expect("insert");
+        store
+            .insert(&people(), &s, new_doc(None, json!({"email": "same"})))
+            .await
+            .expect("insert");
     }
     assert_eq!(
         define(&store, &[unique_email()]).await,
@@ -125,11 +212,22 @@ async fn numbers_keep_their_kind_and_data_survives_reopen() {
     let id = {
         let store = open(&dir);
         define(&store, &[]).await.expect("define");
-        let d = store.insert(&people(), &Scope::tenant(Tenant::None), new_doc(None, body.clone())).await.expect("insert");
+        let d = store
+            .insert(
+                &people(),
+                &Scope::tenant(Tenant::None),
+                new_doc(None, body.clone()),
+            )
+            .await
+            .expect("insert");
         d.system.id
     };
     let store = open(&dir);
-    let got = store.get(&people(), &Scope::tenant(Tenant::None), &id).await.expect("get").expect("found");
+    let got = store
+        .get(&people(), &Scope::tenant(Tenant::None), &id)
+        .await
+        .expect("get")
+        .expect("found");
     assert_eq!(Value::Object(got.body.clone()), body);
     assert!(got.body["f"].is_f64() && got.body["i"].is_i64() && got.body["u"].is_u64());
 }
@@ -141,12 +239,35 @@ async fn list_pages_in_id_order() {
     define(&store, &[]).await.expect("define");
     let s = Scope::tenant(Tenant::None);
     for i in ["c", "a", "b"] {
-        store.insert(&people(), &s, new_doc(Some(i), json!({}))).await.expect("insert");
+        store
+            .insert(&people(), &s, new_doc(Some(i), json!({})))
+            .await
+            .expect("insert");
     }
-    let p1 = store.list(&people(), &s, Page { after: None, limit: 2 }).await.expect("p1");
+    let p1 = store
+        .list(
+            &people(),
+            &s,
+            Page {
+                after: None,
+                limit: 2,
+            },
+        )
+        .await
+        .expect("p1");
     let ids: Vec<_> = p1.iter().map(|d| d.system.id.as_str().to_owned()).collect();
     assert_eq!(ids, ["a", "b"]);
-    let p2 = store.list(&people(), &s, Page { after: Some(p1[1].system.id.clone()), limit: 2 }).await.expect("p2");
+    let p2 = store
+        .list(
+            &people(),
+            &s,
+            Page {
+                after: Some(p1[1].system.id.clone()),
+                limit: 2,
+            },
+        )
+        .await
+        .expect("p2");
     assert_eq!(p2.len(), 1);
     assert_eq!(p2[0].system.id.as_str(), "c");
 }
@@ -157,7 +278,10 @@ async fn deleting_a_collection_drops_its_documents() {
     let store = open(&dir);
     define(&store, &[]).await.expect("define");
     let s = Scope::tenant(Tenant::None);
-    store.insert(&people(), &s, new_doc(Some("a"), json!({}))).await.expect("insert");
+    store
+        .insert(&people(), &s, new_doc(Some("a"), json!({})))
+        .await
+        .expect("insert");
     assert_eq!(store.delete_collection(&people()).await, Ok(true));
     assert_eq!(store.delete_collection(&people()).await, Ok(false));
     define(&store, &[]).await.expect("define again");

@@ -14,7 +14,11 @@ use arca_store::{SqliteOptions, SqliteStore, Store};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "arca", version, about = "Self-hosted document API: JSON Schema collections, MongoDB-style queries, OIDC auth")]
+#[command(
+    name = "arca",
+    version,
+    about = "Self-hosted document API: JSON Schema collections, MongoDB-style queries, OIDC auth"
+)]
 struct Cli {
     /// Configuration file (TOML); ARCA_<SECTION>__<KEY> variables override it.
     #[arg(long, global = true, env = "ARCA_CONFIG")]
@@ -72,7 +76,12 @@ fn main() -> ExitCode {
             print!("{}", cfg.to_redacted_toml());
             ExitCode::SUCCESS
         }
-        Command::Token { sub, roles, tenant, ttl } => match mint(&cfg, &sub, &roles, tenant.as_deref(), ttl) {
+        Command::Token {
+            sub,
+            roles,
+            tenant,
+            ttl,
+        } => match mint(&cfg, &sub, &roles, tenant.as_deref(), ttl) {
             Ok(t) => {
                 println!("{t}");
                 ExitCode::SUCCESS
@@ -82,9 +91,15 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { dev, dev_allow_remote } => {
+        Command::Serve {
+            dev,
+            dev_allow_remote,
+        } => {
             init_logging(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("arca: cannot start the runtime: {e}");
@@ -103,7 +118,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn mint(cfg: &Config, sub: &str, roles: &[String], tenant: Option<&str>, ttl: HumanDuration) -> Result<String, String> {
+fn mint(
+    cfg: &Config,
+    sub: &str,
+    roles: &[String],
+    tenant: Option<&str>,
+    ttl: HumanDuration,
+) -> Result<String, String> {
     let keys = DevKeys::load_or_create(&cfg.store.data_dir())?;
     keys.mint(&MintRequest {
         sub,
@@ -127,7 +148,12 @@ fn init_logging(cfg: &Config) {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }
@@ -155,7 +181,10 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         }
         Authenticator::remote(cfg.auth.clone())?
     };
-    let path = cfg.store.sqlite_path().ok_or("store.url: only sqlite:// is supported in this build")?;
+    let path = cfg
+        .store
+        .sqlite_path()
+        .ok_or("store.url: only sqlite:// is supported in this build")?;
     let opts = SqliteOptions {
         path,
         synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
@@ -195,7 +224,9 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         println!("admin token (12 h; more with `arca token --sub NAME --role ROLE`):");
         println!("ARCA_TOKEN={token}");
     }
-    arca_server::serve(state, listener, shutdown_signal()).await.map_err(|e| e.to_string())?;
+    arca_server::serve(state, listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
     tracing::info!("arca stopped cleanly");
     Ok(())
 }
@@ -205,7 +236,10 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

@@ -52,14 +52,21 @@ pub struct SqliteStore {
     id_counter: AtomicU32,
 }
 
-fn open_conn(path: &Path, read_only: bool, synchronous_full: bool) -> Result<Connection, StoreError> {
+fn open_conn(
+    path: &Path,
+    read_only: bool,
+    synchronous_full: bool,
+) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(map_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(map_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(map_err)?;
     let sync = if synchronous_full { "FULL" } else { "NORMAL" };
     let mut pragmas = format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;");
     if !read_only {
@@ -75,8 +82,9 @@ impl SqliteStore {
     /// Blocking: call it before serving, or from a blocking context.
     pub fn open(opts: &SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let writer_conn = open_conn(&opts.path, false, opts.synchronous_full)?;
         writer_conn
@@ -153,7 +161,10 @@ impl SqliteStore {
     }
 
     /// Queues a write and waits for the commit that holds it.
-    async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp) -> Result<T, StoreError> {
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writes
             .send(make(tx))
@@ -171,24 +182,34 @@ fn body_text(body: &Map<String, Value>) -> String {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err)).await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
+            .await
     }
 
     async fn collections(&self) -> Result<Vec<StoredCollection>, StoreError> {
         self.read(|c| {
             let mut st = c
-                .prepare("SELECT name, def, created_at, updated_at FROM _arca_collections ORDER BY name")
+                .prepare(
+                    "SELECT name, def, created_at, updated_at FROM _arca_collections ORDER BY name",
+                )
                 .map_err(map_err)?;
             let rows = st
                 .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
                 })
                 .map_err(map_err)?;
             let mut out = Vec::new();
             for row in rows {
                 let (name, def, created_at, updated_at) = row.map_err(map_err)?;
-                let (Ok(name), Ok(rec)) = (CollectionName::parse(&name), serde_json::from_str::<CollectionRecord>(&def))
-                else {
+                let (Ok(name), Ok(rec)) = (
+                    CollectionName::parse(&name),
+                    serde_json::from_str::<CollectionRecord>(&def),
+                ) else {
                     tracing::error!(collection = %name, "unreadable collection definition skipped");
                     continue;
                 };
@@ -220,28 +241,64 @@ impl Store for SqliteStore {
         })
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (name, indexes) = (name.clone(), indexes.to_vec());
-        self.write(|reply| WriteOp::PutCollection { name, record, indexes, reply }).await
+        self.write(|reply| WriteOp::PutCollection {
+            name,
+            record,
+            indexes,
+            reply,
+        })
+        .await
     }
 
     async fn delete_collection(&self, name: &CollectionName) -> Result<bool, StoreError> {
         let name = name.clone();
-        self.write(|reply| WriteOp::DeleteCollection { name, reply }).await
+        self.write(|reply| WriteOp::DeleteCollection { name, reply })
+            .await
     }
 
-    async fn insert(&self, coll: &CollectionName, scope: &Scope, doc: NewDocument) -> Result<Document, StoreError> {
+    async fn insert(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        doc: NewDocument,
+    ) -> Result<Document, StoreError> {
         let id = doc.id.unwrap_or_else(|| self.new_id());
-        let (coll, tenant, body) = (coll.clone(), scope.tenant_key().to_owned(), body_text(&doc.body));
+        let (coll, tenant, body) = (
+            coll.clone(),
+            scope.tenant_key().to_owned(),
+            body_text(&doc.body),
+        );
         let owner = doc.owner;
-        self.write(|reply| WriteOp::Insert { coll, tenant, id, owner, body, reply }).await
+        self.write(|reply| WriteOp::Insert {
+            coll,
+            tenant,
+            id,
+            owner,
+            body,
+            reply,
+        })
+        .await
     }
 
-    async fn get(&self, coll: &CollectionName, scope: &Scope, id: &DocId) -> Result<Option<Document>, StoreError> {
-        let sql = format!("SELECT {} FROM {} WHERE tenant = ?1 AND id = ?2", sql::DOC_COLUMNS, sql::table(coll));
+    async fn get(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        id: &DocId,
+    ) -> Result<Option<Document>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE tenant = ?1 AND id = ?2",
+            sql::DOC_COLUMNS,
+            sql::table(coll)
+        );
         let (tenant, id) = (scope.tenant_key().to_owned(), id.clone());
         self.read(move |c| {
             let row = c
                 .prepare_cached(&sql)
-                .and_then(|mut st| st.query_row(params![tenant, id.as_str()], sql::decode_document).optional())
+                .and_then(|mut st| {
+                    st.query_row(params![tenant, id.as_str()], sql::decode_document)
+                        .optional()
+                })
                 .map_err(map_err)?;
             row.transpose()
         })
@@ -256,8 +313,21 @@ impl Store for SqliteStore {
         expected_rev: u64,
         body: Map<String, Value>,
     ) -> Result<Document, StoreError> {
-        let (coll, tenant, id, body) = (coll.clone(), scope.tenant_key().to_owned(), id.clone(), body_text(&body));
-        self.write(|reply| WriteOp::Replace { coll, tenant, id, expected_rev, body, reply }).await
+        let (coll, tenant, id, body) = (
+            coll.clone(),
+            scope.tenant_key().to_owned(),
+            id.clone(),
+            body_text(&body),
+        );
+        self.write(|reply| WriteOp::Replace {
+            coll,
+            tenant,
+            id,
+            expected_rev,
+            body,
+            reply,
+        })
+        .await
     }
 
     async fn delete(
@@ -268,17 +338,32 @@ impl Store for SqliteStore {
         expected_rev: Option<u64>,
     ) -> Result<(), StoreError> {
         let (coll, tenant, id) = (coll.clone(), scope.tenant_key().to_owned(), id.clone());
-        self.write(|reply| WriteOp::Delete { coll, tenant, id, expected_rev, reply }).await
+        self.write(|reply| WriteOp::Delete {
+            coll,
+            tenant,
+            id,
+            expected_rev,
+            reply,
+        })
+        .await
     }
 
-    async fn list(&self, coll: &CollectionName, scope: &Scope, page: Page) -> Result<Vec<Document>, StoreError> {
+    async fn list(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        page: Page,
+    ) -> Result<Vec<Document>, StoreError> {
         let sql = format!(
             "SELECT {} FROM {} WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
             sql::DOC_COLUMNS,
             sql::table(coll)
         );
         let tenant = scope.tenant_key().to_owned();
-        let after = page.after.map(|a| a.as_str().to_owned()).unwrap_or_default();
+        let after = page
+            .after
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
         let limit = i64::try_from(page.limit).unwrap_or(1000);
         self.read(move |c| {
             let mut st = c.prepare_cached(&sql).map_err(map_err)?;
@@ -295,7 +380,10 @@ impl Store for SqliteStore {
     }
 
     async fn count(&self, coll: &CollectionName, scope: &Scope) -> Result<u64, StoreError> {
-        let sql = format!("SELECT count(*) FROM {} WHERE tenant = ?1", sql::table(coll));
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE tenant = ?1",
+            sql::table(coll)
+        );
         let tenant = scope.tenant_key().to_owned();
         self.read(move |c| {
             let n: i64 = c

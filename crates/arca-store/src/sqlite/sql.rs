@@ -141,7 +141,9 @@ pub fn decode_document(row: &Row<'_>) -> rusqlite::Result<Result<Document, Store
         Ok(_) | Err(_) => Map::new(),
     };
     let Ok(id) = DocId::parse(&id) else {
-        return Ok(Err(StoreError::Unavailable(format!("corrupt document id {id:?}"))));
+        return Ok(Err(StoreError::Unavailable(format!(
+            "corrupt document id {id:?}"
+        ))));
     };
     Ok(Ok(Document {
         system: SystemFields {
@@ -168,8 +170,15 @@ mod tests {
     #[test]
     fn index_names_are_stable_and_distinct() {
         let c = CollectionName::parse("people").expect("name");
-        let a = IndexDef { fields: vec![("email".into(), 1)], unique: true, sparse: false };
-        let b = IndexDef { unique: false, ..a.clone() };
+        let a = IndexDef {
+            fields: vec![("email".into(), 1)],
+            unique: true,
+            sparse: false,
+        };
+        let b = IndexDef {
+            unique: false,
+            ..a.clone()
+        };
         assert_eq!(index_name(&c, &a), index_name(&c, &a.clone()));
         assert_ne!(index_name(&c, &a), index_name(&c, &b));
     }

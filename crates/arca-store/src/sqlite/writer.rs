@@ -55,10 +55,22 @@ pub enum WriteOp {
 
 /// A finished operation waiting for its batch's commit.
 enum Done {
-    Doc(oneshot::Sender<Result<Document, StoreError>>, Result<Document, StoreError>),
-    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
-    Put(oneshot::Sender<Result<PutOutcome, StoreError>>, Result<PutOutcome, StoreError>),
-    Bool(oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
+    Doc(
+        oneshot::Sender<Result<Document, StoreError>>,
+        Result<Document, StoreError>,
+    ),
+    Unit(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+    Put(
+        oneshot::Sender<Result<PutOutcome, StoreError>>,
+        Result<PutOutcome, StoreError>,
+    ),
+    Bool(
+        oneshot::Sender<Result<bool, StoreError>>,
+        Result<bool, StoreError>,
+    ),
 }
 
 impl Done {
@@ -82,7 +94,11 @@ pub fn map_err(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(f, msg) = &e {
         if f.code == ErrorCode::ConstraintViolation {
             let m = msg.as_deref().unwrap_or_default();
-            return StoreError::Conflict(if m.contains(".id") { "_id".into() } else { m.into() });
+            return StoreError::Conflict(if m.contains(".id") {
+                "_id".into()
+            } else {
+                m.into()
+            });
         }
     }
     if e.to_string().contains("no such table") {
@@ -129,7 +145,9 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
 
 fn fail(op: WriteOp, err: &StoreError) -> Done {
     match op {
-        WriteOp::Insert { reply, .. } | WriteOp::Replace { reply, .. } => Done::Doc(reply, Err(err.clone())),
+        WriteOp::Insert { reply, .. } | WriteOp::Replace { reply, .. } => {
+            Done::Doc(reply, Err(err.clone()))
+        }
         WriteOp::Delete { reply, .. } => Done::Unit(reply, Err(err.clone())),
         WriteOp::PutCollection { reply, .. } => Done::Put(reply, Err(err.clone())),
         WriteOp::DeleteCollection { reply, .. } => Done::Bool(reply, Err(err.clone())),
@@ -152,22 +170,47 @@ fn apply_in_savepoint(conn: &Connection, op: WriteOp) -> Done {
 /// savepoint is rolled back).
 fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
     match op {
-        WriteOp::Insert { coll, tenant, id, owner, body, reply } => {
+        WriteOp::Insert {
+            coll,
+            tenant,
+            id,
+            owner,
+            body,
+            reply,
+        } => {
             let r = insert(conn, &coll, &tenant, id, owner, &body);
             let ok = r.is_ok();
             (Done::Doc(reply, r), ok)
         }
-        WriteOp::Replace { coll, tenant, id, expected_rev, body, reply } => {
+        WriteOp::Replace {
+            coll,
+            tenant,
+            id,
+            expected_rev,
+            body,
+            reply,
+        } => {
             let r = replace(conn, &coll, &tenant, &id, expected_rev, &body);
             let ok = r.is_ok();
             (Done::Doc(reply, r), ok)
         }
-        WriteOp::Delete { coll, tenant, id, expected_rev, reply } => {
+        WriteOp::Delete {
+            coll,
+            tenant,
+            id,
+            expected_rev,
+            reply,
+        } => {
             let r = delete(conn, &coll, &tenant, &id, expected_rev);
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
-        WriteOp::PutCollection { name, record, indexes, reply } => {
+        WriteOp::PutCollection {
+            name,
+            record,
+            indexes,
+            reply,
+        } => {
             let r = put_collection(conn, &name, &record, &indexes);
             let ok = r.is_ok();
             (Done::Put(reply, r), ok)
@@ -183,12 +226,22 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
 /// Rewrites a unique-index `Conflict` that names SQLite's index into one that
 /// names the declared fields.
 fn name_conflict(conn: &Connection, coll: &CollectionName, err: StoreError) -> StoreError {
-    let StoreError::Conflict(msg) = &err else { return err };
-    let Some(ix) = msg.split("index '").nth(1).and_then(|r| r.split('\'').next()) else {
+    let StoreError::Conflict(msg) = &err else {
+        return err;
+    };
+    let Some(ix) = msg
+        .split("index '")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+    else {
         return err;
     };
     let def: Option<String> = conn
-        .query_row("SELECT def FROM _arca_collections WHERE name = ?1", params![coll.as_str()], |r| r.get(0))
+        .query_row(
+            "SELECT def FROM _arca_collections WHERE name = ?1",
+            params![coll.as_str()],
+            |r| r.get(0),
+        )
         .optional()
         .ok()
         .flatten();
@@ -197,7 +250,13 @@ fn name_conflict(conn: &Connection, coll: &CollectionName, err: StoreError) -> S
         .map(|r| r.indexes)
         .unwrap_or_default();
     match indexes.iter().find(|d| sql::index_name(coll, d) == ix) {
-        Some(d) => StoreError::Conflict(d.fields.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(", ")),
+        Some(d) => StoreError::Conflict(
+            d.fields
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
         None => StoreError::Conflict("a unique index".into()),
     }
 }
@@ -226,7 +285,13 @@ fn insert(
         .and_then(|mut st| st.execute(params![tenant, id.as_str(), ts, owner, body]))
         .map_err(|e| name_conflict(conn, coll, map_err(e)))?;
     Ok(Document {
-        system: SystemFields { id, rev: 1, created_at: ts.clone(), updated_at: ts, owner },
+        system: SystemFields {
+            id,
+            rev: 1,
+            created_at: ts.clone(),
+            updated_at: ts,
+            owner,
+        },
         body: parse_body(body),
     })
 }
@@ -250,7 +315,11 @@ fn replace(
         .prepare_cached(&sql)
         .and_then(|mut st| {
             st.query_row(params![body, ts, tenant, id.as_str(), rev], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })
             .optional()
         })
@@ -271,13 +340,25 @@ fn replace(
 }
 
 /// After a conditional write matched nothing: `NotFound` or `RevMismatch`.
-fn missing_or_moved(conn: &Connection, coll: &CollectionName, tenant: &str, id: &DocId) -> Result<StoreError, StoreError> {
-    let sql = format!("SELECT 1 FROM {} WHERE tenant = ?1 AND id = ?2", sql::table(coll));
+fn missing_or_moved(
+    conn: &Connection,
+    coll: &CollectionName,
+    tenant: &str,
+    id: &DocId,
+) -> Result<StoreError, StoreError> {
+    let sql = format!(
+        "SELECT 1 FROM {} WHERE tenant = ?1 AND id = ?2",
+        sql::table(coll)
+    );
     let exists = conn
         .prepare_cached(&sql)
         .and_then(|mut st| st.exists(params![tenant, id.as_str()]))
         .map_err(map_err)?;
-    Ok(if exists { StoreError::RevMismatch } else { StoreError::NotFound })
+    Ok(if exists {
+        StoreError::RevMismatch
+    } else {
+        StoreError::NotFound
+    })
 }
 
 fn delete(
@@ -296,7 +377,11 @@ fn delete(
         .prepare_cached(&sql)
         .and_then(|mut st| st.execute(params![tenant, id.as_str(), rev]))
         .map_err(map_err)?;
-    if n == 1 { Ok(()) } else { Err(missing_or_moved(conn, coll, tenant, id)?) }
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(missing_or_moved(conn, coll, tenant, id)?)
+    }
 }
 
 fn put_collection(
@@ -316,38 +401,56 @@ fn put_collection(
         params![name.as_str(), record, ts],
     )
     .map_err(map_err)?;
-    conn.execute_batch(&sql::create_table(name)).map_err(map_err)?;
+    conn.execute_batch(&sql::create_table(name))
+        .map_err(map_err)?;
     // Reconcile indexes: drop those no longer declared, create the new ones.
-    let wanted: Vec<(String, &IndexDef)> = indexes.iter().map(|d| (sql::index_name(name, d), d)).collect();
+    let wanted: Vec<(String, &IndexDef)> = indexes
+        .iter()
+        .map(|d| (sql::index_name(name, d), d))
+        .collect();
     let prefix = format!("ix_{}_", name.as_str());
     let existing: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1")
         .and_then(|mut st| {
-            st.query_map(params![format!("c_{}", name.as_str())], |r| r.get::<_, String>(0))?
-                .collect()
+            st.query_map(params![format!("c_{}", name.as_str())], |r| {
+                r.get::<_, String>(0)
+            })?
+            .collect()
         })
         .map_err(map_err)?;
     for ix in existing.iter().filter(|n| n.starts_with(&prefix)) {
         if !wanted.iter().any(|(w, _)| w == ix) {
-            conn.execute_batch(&format!("DROP INDEX IF EXISTS \"{ix}\"")).map_err(map_err)?;
+            conn.execute_batch(&format!("DROP INDEX IF EXISTS \"{ix}\""))
+                .map_err(map_err)?;
         }
     }
     for (_, def) in &wanted {
         if let Err(e) = conn.execute_batch(&sql::create_index(name, def)) {
             return Err(match map_err(e) {
                 StoreError::Conflict(_) => StoreError::DuplicatesForUniqueIndex(
-                    def.fields.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(", "),
+                    def.fields
+                        .iter()
+                        .map(|(p, _)| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 ),
                 other => other,
             });
         }
     }
-    Ok(if existed { PutOutcome::Updated } else { PutOutcome::Created })
+    Ok(if existed {
+        PutOutcome::Updated
+    } else {
+        PutOutcome::Created
+    })
 }
 
 fn delete_collection(conn: &Connection, name: &CollectionName) -> Result<bool, StoreError> {
     let n = conn
-        .execute("DELETE FROM _arca_collections WHERE name = ?1", params![name.as_str()])
+        .execute(
+            "DELETE FROM _arca_collections WHERE name = ?1",
+            params![name.as_str()],
+        )
         .map_err(map_err)?;
     conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", sql::table(name)))
         .map_err(map_err)?;

@@ -1,0 +1,465 @@
+//! Test support: starts the real `arca` binary on a random loopback port
+//! with its own data directory, and the real OIDC provider fixture
+//! (`oidc-provider` on Node) when a test needs an IdP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_arca");
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let n: u64 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("arca-test-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `arca serve`.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub addr: String,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    pub data: Arc<TempDir>,
+    pub env: Vec<(String, String)>,
+    pub dev: bool,
+}
+
+/// How to start a server.
+pub struct Opts {
+    pub dev: bool,
+    pub env: Vec<(String, String)>,
+    pub data: Option<Arc<TempDir>>,
+    pub wait_ready: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            dev: true,
+            env: Vec::new(),
+            data: None,
+            wait_ready: true,
+        }
+    }
+}
+
+impl Server {
+    /// A dev-mode server with default settings.
+    pub fn dev() -> Self {
+        Self::start(Opts::default())
+    }
+
+    pub fn start(opts: Opts) -> Self {
+        let data = opts.data.unwrap_or_else(|| Arc::new(TempDir::new("data")));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve");
+        if opts.dev {
+            cmd.arg("--dev");
+        }
+        let mut env = vec![
+            ("ARCA_SERVER__LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            (
+                "ARCA_STORE__URL".to_string(),
+                format!("sqlite://{}/arca.db", data.0.display()),
+            ),
+            ("ARCA_LOG__FORMAT".to_string(), "json".to_string()),
+        ];
+        env.extend(opts.env.iter().cloned());
+        cmd.env_remove("RUST_LOG").env_remove("ARCA_CONFIG");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn arca");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().expect("lines").push(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            if let Some(a) = lines.lock().expect("lines").iter().find_map(|l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                (v["message"] == "arca listening")
+                    .then(|| v["listen"].as_str().map(str::to_owned))
+                    .flatten()
+            }) {
+                break a;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "arca exited early with {status}: {:?}",
+                    lines.lock().expect("lines")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "arca did not start: {:?}",
+                lines.lock().expect("lines")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let server = Self {
+            child,
+            base: format!("http://{addr}"),
+            addr,
+            lines,
+            data,
+            env,
+            dev: opts.dev,
+        };
+        if opts.wait_ready {
+            server.wait_ready();
+        }
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http_status(&self.url("/readyz")) {
+                if r == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "arca never became ready: {:?}",
+                self.lines.lock().expect("lines")
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Mints a dev token with `arca token` against this server's data dir.
+    pub fn token(&self, sub: &str, roles: &[&str], tenant: Option<&str>) -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("token").arg("--sub").arg(sub);
+        for r in roles {
+            cmd.arg("--role").arg(r);
+        }
+        if let Some(t) = tenant {
+            cmd.arg("--tenant").arg(t);
+        }
+        cmd.env_remove("ARCA_CONFIG");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("arca token");
+        assert!(
+            out.status.success(),
+            "arca token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    }
+
+    pub fn admin(&self) -> String {
+        self.token("admin-user", &["admin"], None)
+    }
+
+    /// Sends SIGTERM (or SIGKILL) to the server.
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid has no memory effects.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "arca did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.lines.lock().expect("lines").clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of a plain blocking GET, used while waiting for readiness
+/// (no async runtime needed).
+pub fn http_status(url: &str) -> std::io::Result<u16> {
+    {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (host, path) = rest
+            .split_once('/')
+            .map(|(h, p)| (h, format!("/{p}")))
+            .unwrap_or((rest, "/".into()));
+        let mut s = std::net::TcpStream::connect(host)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        buf.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("bad response"))
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// Defines a collection as admin and asserts success.
+pub async fn define(server: &Server, token: &str, name: &str, def: Value) {
+    let r = client()
+        .put(server.url(&format!("/v1/collections/{name}")))
+        .bearer_auth(token)
+        .json(&def)
+        .send()
+        .await
+        .expect("put collection");
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap_or_default();
+    assert!(
+        status == 201 || status == 200,
+        "define {name}: {status} {body}"
+    );
+}
+
+/// Asserts a problem+json response and returns its body.
+pub async fn problem(r: reqwest::Response, status: u16) -> Value {
+    assert_eq!(r.status().as_u16(), status, "unexpected status");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = r.json().await.expect("problem body");
+    assert_eq!(body["status"], status);
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:arca:problem:")),
+        "{body}"
+    );
+    assert!(body["title"].is_string(), "{body}");
+    body
+}
+
+/// The OIDC provider fixture (`oidc-provider` on Node, see shared/idp).
+pub struct Idp {
+    pub child: Child,
+    pub issuer: String,
+    pub port: u16,
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+/// Where the fixture is installed (`scripts/test` installs it).
+pub fn idp_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("ARCA_TEST_IDP_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    PathBuf::from(home).join(".cache/arca/idp")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Idp {
+    /// Starts the provider on `port` with extra environment (`FA_COMPAT`,
+    /// `AUDIENCE`, `JWKS_FILE`, `JWKS_OUT`...), waiting until discovery answers.
+    pub fn start(port: u16, env: &[(&str, &str)]) -> Self {
+        let dir = idp_dir();
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "the OIDC provider fixture is not installed in {}: run ./scripts/test, which installs it",
+            dir.display()
+        );
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("provider.mjs"))
+            .env("PORT", port.to_string())
+            .current_dir(&dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn node");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    lines.lock().expect("lines").push(line);
+                }
+            });
+        }
+        let issuer = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http_status(&format!("{issuer}/.well-known/openid-configuration")).ok() == Some(200)
+            {
+                break;
+            }
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("IdP exited with {s}: {:?}", lines.lock().expect("lines"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "IdP did not start: {:?}",
+                lines.lock().expect("lines")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            issuer,
+            port,
+            lines,
+        }
+    }
+
+    /// A client-credentials access token.
+    pub async fn token(&self, client_id: &str, secret: &str) -> String {
+        let r = client()
+            .post(format!("{}/oauth2/token", self.issuer))
+            .basic_auth(client_id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .expect("token request");
+        let v: Value = r.json().await.expect("token json");
+        v["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token: {v}"))
+            .to_owned()
+    }
+
+    /// Same, with `client_secret_post` authentication.
+    pub async fn token_post(&self, client_id: &str, secret: &str) -> String {
+        let r = client()
+            .post(format!("{}/oauth2/token", self.issuer))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+            ])
+            .send()
+            .await
+            .expect("token request");
+        let v: Value = r.json().await.expect("token json");
+        v["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token: {v}"))
+            .to_owned()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Sends raw bytes as an HTTP/1.1 request and returns (status, raw response).
+pub fn raw_request(addr: &str, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request).expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}

@@ -1,0 +1,445 @@
+//! Black-box tests of the foundation: request ids, body limits, problem+json
+//! for unknown routes and methods, metrics, configuration errors, dev mode
+//! and graceful shutdown. Each starts the real binary on a random port.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test]
+async fn safe_request_id_is_echoed() {
+    let s = Server::dev();
+    let r = client()
+        .get(s.url("/healthz"))
+        .header("x-request-id", "abc.DEF_123-x")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.headers()["x-request-id"], "abc.DEF_123-x");
+}
+
+#[tokio::test]
+async fn unsafe_or_long_request_id_is_replaced() {
+    let s = Server::dev();
+    for bad in ["has space", "semi;colon", &"a".repeat(129)] {
+        let r = client()
+            .get(s.url("/healthz"))
+            .header("x-request-id", bad)
+            .send()
+            .await
+            .expect("get");
+        let id = r.headers()["x-request-id"]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert_ne!(id, bad);
+        assert_eq!(id.len(), 32, "generated ids are 32 hex digits");
+    }
+    let r = client().get(s.url("/healthz")).send().await.expect("get");
+    assert!(
+        r.headers().contains_key("x-request-id"),
+        "a generated id is always present"
+    );
+}
+
+#[tokio::test]
+async fn oversized_json_body_is_413() {
+    let s = Server::start(Opts {
+        env: vec![("ARCA_SERVER__MAX_BODY_BYTES".into(), "1000".into())],
+        ..Opts::default()
+    });
+    let t = s.admin();
+    define(
+        &s,
+        &t,
+        "notes",
+        json!({"access": {"create": {"roles": ["*"]}}}),
+    )
+    .await;
+    let big = serde_json::to_string(&json!({"text": "x".repeat(2000)})).expect("json");
+    let r = client()
+        .post(s.url("/v1/collections/notes/documents"))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .expect("post");
+    problem(r, 413).await;
+    // Chunked, so there is no Content-Length to check up front.
+    let mut req = format!(
+        "POST /v1/collections/notes/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    for chunk in big.as_bytes().chunks(300) {
+        req.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            chunk.len(),
+            String::from_utf8_lossy(chunk)
+        ));
+    }
+    req.push_str("0\r\n\r\n");
+    let (status, text) = raw_request(&s.addr, req.as_bytes());
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("application/problem+json"));
+    // The definition route has the same limit.
+    let r = client()
+        .put(s.url("/v1/collections/other"))
+        .bearer_auth(&t)
+        .json(&json!({"schema": {"type": "object", "description": "y".repeat(2000)}}))
+        .send()
+        .await
+        .expect("put");
+    problem(r, 413).await;
+}
+
+#[tokio::test]
+async fn non_json_content_type_is_415_and_bad_json_is_400() {
+    let s = Server::dev();
+    let t = s.admin();
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let mut req = client()
+            .put(s.url("/v1/collections/things"))
+            .bearer_auth(&t)
+            .body("{}");
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        problem(req.send().await.expect("put"), 415).await;
+    }
+    for ct in ["application/json; charset=utf-8", "application/schema+json"] {
+        let r = client()
+            .put(s.url("/v1/collections/things"))
+            .bearer_auth(&t)
+            .header("content-type", ct)
+            .body("{}")
+            .send()
+            .await
+            .expect("put");
+        assert!(r.status().is_success(), "{ct}: {}", r.status());
+    }
+    let r = client()
+        .put(s.url("/v1/collections/things"))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body("{\"schema\": ")
+        .send()
+        .await
+        .expect("put");
+    let body = problem(r, 400).await;
+    assert_eq!(body["type"], "urn:arca:problem:malformed-json");
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_problem_and_wrong_method_is_405_with_allow() {
+    let s = Server::dev();
+    let body = problem(
+        client()
+            .get(s.url("/no/such/route"))
+            .send()
+            .await
+            .expect("get"),
+        404,
+    )
+    .await;
+    assert_eq!(body["type"], "urn:arca:problem:route-not-found");
+    let r = client()
+        .delete(s.url("/healthz"))
+        .send()
+        .await
+        .expect("delete");
+    let allow = r
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(allow.contains("GET"), "Allow: {allow}");
+    let body = problem(r, 405).await;
+    assert_eq!(body["type"], "urn:arca:problem:method-not-allowed");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let s = Server::dev();
+    let t = s.admin();
+    define(
+        &s,
+        &t,
+        "items",
+        json!({"access": {"read": {"roles": ["*"]}}}),
+    )
+    .await;
+    let metric = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with("http_requests_total{")
+                    && l.contains("route=\"/v1/collections/{name}/documents/{id}\"")
+                    && l.contains("status=\"404\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = metric(
+        &client()
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .expect("m")
+            .text()
+            .await
+            .expect("t"),
+    );
+    for id in ["a", "b", "c"] {
+        let r = client()
+            .get(s.url(&format!("/v1/collections/items/documents/{id}")))
+            .bearer_auth(&t)
+            .send()
+            .await;
+        assert_eq!(r.expect("get").status(), 404);
+    }
+    let text = client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert_eq!(metric(&text), before + 3, "{text}");
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "latency histogram present"
+    );
+    assert!(
+        text.contains("store_operation_duration_seconds"),
+        "store latency present"
+    );
+}
+
+#[tokio::test]
+async fn operations_endpoints_ignore_authorization() {
+    let s = Server::dev();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = client()
+            .get(s.url(path))
+            .header("authorization", "Bearer garbage")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
+
+fn run_arca(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("ARCA_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run arca")
+}
+
+#[test]
+fn config_errors_name_the_key_and_exit_non_zero() {
+    let out = run_arca(
+        &["serve", "--dev"],
+        &[("ARCA_SERVER__LISTEN", "not-an-address")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.listen") && err.contains("ARCA_SERVER__LISTEN"),
+        "{err}"
+    );
+
+    let out = run_arca(
+        &["serve", "--dev"],
+        &[("ARCA_SERVER__REQUEST_TIMEOUT", "30")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.request_timeout"));
+
+    let dir = TempDir::new("cfg");
+    let file = dir.0.join("arca.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_byte = 10\n",
+    )
+    .expect("write");
+    let out = run_arca(&["--config", &path_str(&file), "serve", "--dev"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_body_byte"), "{err}");
+}
+
+#[test]
+fn serve_without_issuer_or_dev_says_what_to_configure() {
+    let dir = TempDir::new("noiss");
+    let url = format!("sqlite://{}/a.db", dir.0.display());
+    let out = run_arca(
+        &["serve"],
+        &[
+            ("ARCA_STORE__URL", &url),
+            ("ARCA_SERVER__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("auth.issuer") && err.contains("--dev"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dev_mode_refuses_a_public_address_unless_allowed() {
+    let dir = TempDir::new("devremote");
+    let url = format!("sqlite://{}/a.db", dir.0.display());
+    let out = run_arca(
+        &["serve", "--dev"],
+        &[
+            ("ARCA_STORE__URL", &url),
+            ("ARCA_SERVER__LISTEN", "0.0.0.0:0"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dev-allow-remote"));
+}
+
+#[test]
+fn config_command_prints_effective_config_with_secrets_redacted() {
+    let out = run_arca(
+        &["config"],
+        &[
+            ("ARCA_STORE__URL", "sqlite://./x.db"),
+            ("ARCA_AUTH__ISSUER", "https://idp.example.com"),
+            ("ARCA_SERVER__MAX_BODY_BYTES", "4096"),
+        ],
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_body_bytes = 4096"), "{text}");
+    assert!(
+        text.contains("issuer = \"https://idp.example.com\""),
+        "{text}"
+    );
+    let out = run_arca(
+        &["config"],
+        &[("ARCA_STORE__URL", "sqlite://user:hunter2@x/y.db")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("hunter2") && text.contains("***"), "{text}");
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_working_admin_token() {
+    let s = Server::dev();
+    let line = s
+        .log_lines()
+        .into_iter()
+        .find(|l| l.starts_with("ARCA_TOKEN="))
+        .expect("token line");
+    let token = line.trim_start_matches("ARCA_TOKEN=");
+    let r = client()
+        .get(s.url("/v1/collections"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = s.data.0.join("dev-signing-key.p8");
+        let mode = std::fs::metadata(&key)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+#[tokio::test]
+async fn logs_are_json_lines_with_request_id_and_route() {
+    let s = Server::dev();
+    let r = client()
+        .get(s.url("/healthz"))
+        .header("x-request-id", "trace-me-1")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let line = s
+        .log_lines()
+        .into_iter()
+        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+        .find(|v| v["message"] == "request completed" && v["span"]["request_id"] == "trace-me-1")
+        .expect("a request log line with the request id");
+    assert_eq!(line["span"]["route"], "/healthz");
+    assert_eq!(line["status"], 200);
+    assert!(line["latency_ms"].is_number());
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
+    let mut s = Server::start(Opts {
+        env: vec![("ARCA_SERVER__SHUTDOWN_DELAY".into(), "700ms".into())],
+        ..Opts::default()
+    });
+    let t = s.admin();
+    define(
+        &s,
+        &t,
+        "jobs",
+        json!({"access": {"create": {"roles": ["*"]}}}),
+    )
+    .await;
+    // An in-flight request: a body sent slowly, still arriving at SIGTERM.
+    let addr = s.addr.clone();
+    let token = t.clone();
+    let slow = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let body = br#"{"step": 1}"#;
+        let mut c = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(
+            c,
+            "POST /v1/collections/jobs/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .expect("head");
+        c.write_all(&body[..3]).expect("part");
+        std::thread::sleep(Duration::from_millis(1200));
+        c.write_all(&body[3..]).expect("rest");
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // During shutdown_delay: still accepting, but not ready.
+    let r = client()
+        .get(s.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz during delay");
+    assert_eq!(r.status(), 503);
+    let out = slow.join().expect("slow client");
+    assert!(
+        out.starts_with("HTTP/1.1 201"),
+        "in-flight request completed: {out}"
+    );
+    let status = s.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    // And the listener is closed.
+    assert!(std::net::TcpStream::connect(&s.addr).is_err());
+}

@@ -246,10 +246,10 @@ impl Authenticator {
         let old = self.current_keys();
         // A key that disappeared may have been revoked: forget tokens it
         // verified rather than trusting them until they expire.
-        if !old.kids_kept_in(&set) {
-            if let Some(c) = &self.cache {
-                c.clear();
-            }
+        if !old.kids_kept_in(&set)
+            && let Some(c) = &self.cache
+        {
+            c.clear();
         }
         match self.keys.write() {
             Ok(mut k) => *k = Arc::new(set),
@@ -284,14 +284,14 @@ impl Authenticator {
             return Err(AuthError::TooLarge);
         }
         let cache_key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
-        if let Some(c) = &self.cache {
-            if let Some(id) = c.get(&cache_key) {
-                // The leeway applies to cached tokens as to fresh ones.
-                if id.expires_at + self.settings.leeway.0.as_secs() > now_secs() {
-                    return Ok(id);
-                }
-                c.remove(&cache_key);
+        if let Some(c) = &self.cache
+            && let Some(id) = c.get(&cache_key)
+        {
+            // The leeway applies to cached tokens as to fresh ones.
+            if id.expires_at + self.settings.leeway.0.as_secs() > now_secs() {
+                return Ok(id);
             }
+            c.remove(&cache_key);
         }
         let header = decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
@@ -306,13 +306,13 @@ impl Authenticator {
             return Err(AuthError::KeysUnavailable);
         }
         let mut keys = self.current_keys();
-        if let Some(kid) = header.kid.as_deref() {
+        if let Some(kid) = header.kid.as_deref()
+            && !keys.has_kid(kid)
+        {
+            self.refetch_for_unknown_kid(kid).await;
+            keys = self.current_keys();
             if !keys.has_kid(kid) {
-                self.refetch_for_unknown_kid(kid).await;
-                keys = self.current_keys();
-                if !keys.has_kid(kid) {
-                    return Err(AuthError::UnknownKey);
-                }
+                return Err(AuthError::UnknownKey);
             }
         }
         let candidates = keys.candidates(header.kid.as_deref(), header.alg);

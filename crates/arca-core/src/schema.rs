@@ -108,13 +108,15 @@ impl DocumentSchema {
                 });
             }
         }
-        if let Some(s) = root.get("$schema") {
-            if s != "https://json-schema.org/draft/2020-12/schema" {
-                return Err(SchemaError {
-                    path: "/$schema".into(),
-                    message: "only draft 2020-12 (https://json-schema.org/draft/2020-12/schema) is supported".into(),
-                });
-            }
+        if let Some(s) = root.get("$schema")
+            && s != "https://json-schema.org/draft/2020-12/schema"
+        {
+            return Err(SchemaError {
+                path: "/$schema".into(),
+                message:
+                    "only draft 2020-12 (https://json-schema.org/draft/2020-12/schema) is supported"
+                        .into(),
+            });
         }
         let mut nodes = 0;
         check_subschema(source, "", 0, &mut nodes)?;

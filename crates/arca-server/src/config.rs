@@ -299,15 +299,15 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
     if !(1..=64).contains(&cfg.store.sqlite.readers) {
         return bad("store.sqlite.readers", "expected 1 to 64");
     }
-    if let Some(issuer) = &cfg.auth.issuer {
-        if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
-            return bad("auth.issuer", "expected an http(s) URL");
-        }
+    if let Some(issuer) = &cfg.auth.issuer
+        && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+    {
+        return bad("auth.issuer", "expected an http(s) URL");
     }
-    if let Some(url) = &cfg.auth.jwks_url {
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return bad("auth.jwks_url", "expected an http(s) URL");
-        }
+    if let Some(url) = &cfg.auth.jwks_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return bad("auth.jwks_url", "expected an http(s) URL");
     }
     if cfg.auth.roles_claim.is_empty() || cfg.auth.tenant_claim.is_empty() {
         return bad(
@@ -338,12 +338,11 @@ impl Config {
 
 /// Replaces the password of `scheme://user:password@host` with `***`.
 fn redact_url_password(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((cred, host)) = rest.rsplit_once('@') {
-            if let Some((user, _)) = cred.split_once(':') {
-                return format!("{scheme}://{user}:***@{host}");
-            }
-        }
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((cred, host)) = rest.rsplit_once('@')
+        && let Some((user, _)) = cred.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
     }
     url.to_owned()
 }

@@ -165,10 +165,10 @@ async fn update_with(
         let current = timed("get", state.store().get(&coll.name, scope, id))
             .await?
             .ok_or_else(not_found)?;
-        if let Some(tags) = &if_match {
-            if !tags.matches_strong(current.system.rev) {
-                return Err(StoreError::RevMismatch.into());
-            }
+        if let Some(tags) = &if_match
+            && !tags.matches_strong(current.system.rev)
+        {
+            return Err(StoreError::RevMismatch.into());
         }
         let body = change(&current)?;
         validate(coll, &body, earlier)?;

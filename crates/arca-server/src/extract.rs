@@ -104,17 +104,16 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
 /// be stored unchanged (beyond 64-bit integers, infinite floats) are 422.
 pub fn parse_document_json(bytes: &[u8]) -> Result<Value, ApiError> {
     let parsed = serde_json::from_slice::<Value>(bytes);
-    if let Some(lit) = arca_core::number::first_unrepresentable(bytes) {
-        if parsed.is_ok()
-            || matches!(&parsed, Err(e) if e.to_string().contains("number out of range"))
-        {
-            return Err(ApiError::invalid_document(vec![arca_core::FieldError {
-                path: String::new(),
-                message: format!(
-                    "the number {lit} cannot be stored exactly (integers fit 64 bits, floats must be finite)"
-                ),
-            }]));
-        }
+    if let Some(lit) = arca_core::number::first_unrepresentable(bytes)
+        && (parsed.is_ok()
+            || matches!(&parsed, Err(e) if e.to_string().contains("number out of range")))
+    {
+        return Err(ApiError::invalid_document(vec![arca_core::FieldError {
+            path: String::new(),
+            message: format!(
+                "the number {lit} cannot be stored exactly (integers fit 64 bits, floats must be finite)"
+            ),
+        }]));
     }
     parsed.map_err(|e| ApiError::new(ProblemKind::MalformedJson, json_error_detail(&e)))
 }

@@ -91,15 +91,15 @@ fn now() -> String {
 
 /// Maps a SQLite error; constraint violations become `Conflict`.
 pub fn map_err(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(f, msg) = &e {
-        if f.code == ErrorCode::ConstraintViolation {
-            let m = msg.as_deref().unwrap_or_default();
-            return StoreError::Conflict(if m.contains(".id") {
-                "_id".into()
-            } else {
-                m.into()
-            });
-        }
+    if let rusqlite::Error::SqliteFailure(f, msg) = &e
+        && f.code == ErrorCode::ConstraintViolation
+    {
+        let m = msg.as_deref().unwrap_or_default();
+        return StoreError::Conflict(if m.contains(".id") {
+            "_id".into()
+        } else {
+            m.into()
+        });
     }
     if e.to_string().contains("no such table") {
         return StoreError::CollectionMissing;

@@ -158,10 +158,10 @@ impl Server {
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = http_status(&self.url("/readyz")) {
-                if r == 200 {
-                    return;
-                }
+            if let Ok(r) = http_status(&self.url("/readyz"))
+                && r == 200
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -297,6 +297,8 @@ impl Authenticator {
             ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
                 AuthError::Algorithm
             }
+            // `none` and other names the crate does not know fail as JSON.
+            _ if peek_alg(token).is_some() => AuthError::Algorithm,
             _ => AuthError::Malformed,
         })?;
         if !is_accepted(header.alg) {
@@ -379,6 +381,17 @@ impl Authenticator {
     }
 }
 
+/// The `alg` of a token's header, read without trusting anything else.
+fn peek_alg(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("alg")?.as_str().map(str::to_owned)
+}
+
 fn map_jwt_error(kind: &ErrorKind) -> AuthError {
     match kind {
         ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -409,4 +422,19 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
         return Err(format!("GET {url}: response larger than 1 MiB"));
     }
     serde_json::from_slice(&bytes).map_err(|e| format!("GET {url}: not JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alg_none_is_reported_as_an_algorithm_refusal() {
+        let token = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJhIjoxfQ.";
+        assert_eq!(peek_alg(token).as_deref(), Some("none"));
+        assert!(
+            decode_header(token).is_err(),
+            "none is not a crate algorithm"
+        );
+    }
 }

@@ -463,3 +463,29 @@ pub fn raw_request(addr: &str, request: &[u8]) -> (u16, String) {
         .unwrap_or(0);
     (status, text)
 }
+
+/// Forges an edge-case token with `fixtures/idp/sign.mjs` (see there).
+pub fn forge(keys_file: &Path, spec: Value) -> String {
+    let out = Command::new("node")
+        .arg(idp_dir().join("sign.mjs"))
+        .arg(keys_file)
+        .arg(spec.to_string())
+        .output()
+        .expect("node sign.mjs");
+    assert!(
+        out.status.success(),
+        "sign.mjs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -291,3 +291,20 @@ pub fn problem_for_status(status: StatusCode) -> Option<ApiError> {
     };
     Some(ApiError::bare(kind))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_kind_is_documented_with_a_unique_slug() {
+        let doc = include_str!("../../../docs/errors.md");
+        let mut slugs = std::collections::HashSet::new();
+        for kind in ProblemKind::ALL {
+            let (status, slug, title) = kind.describe();
+            assert!(slugs.insert(slug), "duplicate slug {slug}");
+            let row = format!("| `{}` | {} | {title} |", type_uri(slug), status.as_u16());
+            assert!(doc.contains(&row), "docs/errors.md lacks: {row}");
+        }
+    }
+}

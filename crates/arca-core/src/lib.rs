@@ -10,6 +10,7 @@ pub mod document;
 pub mod duration;
 pub mod name;
 pub mod number;
+pub mod query;
 pub mod schema;
 pub mod scope;
 

@@ -1,0 +1,156 @@
+//! Sort orders: `sort=-age,name` parsed into fields and directions, sort
+//! keys with MongoDB's array rule (an array sorts by its smallest element
+//! ascending and its largest descending), and ties broken by `_id`.
+
+use std::cmp::Ordering;
+
+use serde_json::Value;
+
+use super::eval::resolve;
+use super::filter::{FieldPath, FilterError};
+use super::order::compare;
+
+/// Most fields in a sort.
+pub const MAX_SORT_FIELDS: usize = 8;
+
+/// A parsed sort order (always completed by `_id` ascending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sort {
+    fields: Vec<(FieldPath, bool)>,
+}
+
+/// The values a document sorts by, one per sort field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey(pub Vec<Value>);
+
+impl Sort {
+    /// `_id` ascending.
+    pub fn by_id() -> Self {
+        Self { fields: Vec::new() }
+    }
+
+    /// Parses `-age,name` (`-` descending, `+` or nothing ascending).
+    pub fn parse(text: &str) -> Result<Self, FilterError> {
+        let mut fields = Vec::new();
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                return Err(FilterError("sort: empty field name".into()));
+            }
+            let (desc, name) = match part.as_bytes()[0] {
+                b'-' => (true, &part[1..]),
+                b'+' => (false, &part[1..]),
+                _ => (false, part),
+            };
+            let path = FieldPath::parse(name).map_err(|e| FilterError(format!("sort: {}", e.0)))?;
+            if fields.iter().any(|(p, _): &(FieldPath, bool)| p == &path) {
+                return Err(FilterError(format!("sort: field \"{name}\" appears twice")));
+            }
+            fields.push((path, desc));
+        }
+        if fields.len() > MAX_SORT_FIELDS {
+            return Err(FilterError(format!(
+                "sort takes at most {MAX_SORT_FIELDS} fields"
+            )));
+        }
+        // A trailing `_id` ascending is what the tie-break does anyway.
+        if fields
+            .last()
+            .is_some_and(|(p, d)| p.as_str() == "_id" && !d)
+        {
+            fields.pop();
+        }
+        Ok(Self { fields })
+    }
+
+    /// Whether this is the plain `_id` ascending order.
+    pub fn is_by_id(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The fields and whether each is descending.
+    pub fn fields(&self) -> &[(FieldPath, bool)] {
+        &self.fields
+    }
+
+    /// A canonical text of the order (for cursor fingerprints).
+    pub fn canonical(&self) -> String {
+        self.fields
+            .iter()
+            .map(|(p, d)| format!("{}{}", if *d { "-" } else { "+" }, p.as_str()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The sort key of `doc`.
+    pub fn key(&self, doc: &Value) -> SortKey {
+        SortKey(
+            self.fields
+                .iter()
+                .map(|(path, desc)| {
+                    let mut best: Option<&Value> = None;
+                    for v in resolve(doc, path).into_iter().flatten() {
+                        let candidates: Box<dyn Iterator<Item = &Value>> = match v {
+                            Value::Array(items) => Box::new(items.iter()),
+                            other => Box::new(std::iter::once(other)),
+                        };
+                        for c in candidates {
+                            let better = match best {
+                                None => true,
+                                Some(b) if *desc => compare(c, b) == Ordering::Greater,
+                                Some(b) => compare(c, b) == Ordering::Less,
+                            };
+                            if better {
+                                best = Some(c);
+                            }
+                        }
+                    }
+                    best.cloned().unwrap_or(Value::Null)
+                })
+                .collect(),
+        )
+    }
+
+    /// Orders two documents by key, then by `_id` ascending.
+    pub fn compare(&self, a: &SortKey, a_id: &str, b: &SortKey, b_id: &str) -> Ordering {
+        for (i, (_, desc)) in self.fields.iter().enumerate() {
+            let (x, y) = (
+                a.0.get(i).unwrap_or(&Value::Null),
+                b.0.get(i).unwrap_or(&Value::Null),
+            );
+            let o = compare(x, y);
+            let o = if *desc { o.reverse() } else { o };
+            if o != Ordering::Equal {
+                return o;
+            }
+        }
+        a_id.cmp(b_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn arrays_sort_by_min_ascending_and_max_descending() {
+        let asc = Sort::parse("a").expect("sort");
+        let desc = Sort::parse("-a").expect("sort");
+        let doc = json!({"a": [3, 1, 2]});
+        assert_eq!(asc.key(&doc), SortKey(vec![json!(1)]));
+        assert_eq!(desc.key(&doc), SortKey(vec![json!(3)]));
+        assert_eq!(asc.key(&json!({})), SortKey(vec![json!(null)]));
+    }
+
+    #[test]
+    fn ties_break_by_id_and_bad_sorts_are_refused() {
+        let s = Sort::parse("-n").expect("sort");
+        let k = SortKey(vec![json!(1)]);
+        assert_eq!(s.compare(&k, "a", &k, "b"), Ordering::Less);
+        for bad in ["", "a,,b", "a,a", "-", "$a", "a,b,c,d,e,f,g,h,i"] {
+            assert!(Sort::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Sort::parse("_id").expect("id").is_by_id());
+    }
+}

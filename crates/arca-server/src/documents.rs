@@ -8,17 +8,16 @@ use std::sync::Arc;
 
 use arca_auth::Identity;
 use arca_core::document::ClientBody;
+use arca_core::query::{Cursor, Filter, Projection, Sort, cursor};
 use arca_core::{
     Action, CollectionName, DocId, Document, DocumentError, merge_patch, split_client_body,
 };
-use arca_store::{NewDocument, Page, StoreError};
+use arca_store::{NewDocument, Query, StoreError};
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value, json};
 
 use crate::access::authorize;
@@ -269,91 +268,129 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Query parameters of a listing.
+/// A listing's query parameters, parsed: `filter`, `sort`, `fields`,
+/// `limit` (1 to 1000, default 20) and the `after` cursor, which must come
+/// from a listing with the same filter and sort.
 struct ListParams {
-    limit: usize,
-    after: Option<DocId>,
+    query: Query,
+    fields: Option<Projection>,
+    fingerprint: String,
 }
 
-const CURSOR_VERSION: u64 = 1;
-
-fn encode_cursor(id: &DocId) -> String {
-    URL_SAFE_NO_PAD.encode(json!({"v": CURSOR_VERSION, "id": id.as_str()}).to_string())
+fn bad(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(e.to_string())
 }
 
-fn decode_cursor(raw: &str) -> Result<DocId, ApiError> {
-    let bad = || {
-        ApiError::bad_request("invalid cursor: pass the `next` value of a previous page unchanged")
-    };
-    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if v.get("v").and_then(Value::as_u64) != Some(CURSOR_VERSION) {
-        return Err(bad());
+/// Parses the `filter` parameter; its canonical text feeds the cursor
+/// fingerprint.
+fn parse_filter(raw: Option<&str>) -> Result<(Filter, String), ApiError> {
+    match raw {
+        None => Ok((Filter::all(), String::new())),
+        Some(text) => {
+            let v: Value = serde_json::from_str(text)
+                .map_err(|e| bad(format!("filter is not valid JSON: {e}")))?;
+            let f = Filter::parse(&v).map_err(|e| bad(format!("invalid filter: {e}")))?;
+            Ok((f, v.to_string()))
+        }
     }
-    v.get("id")
-        .and_then(Value::as_str)
-        .and_then(|s| DocId::parse(s).ok())
-        .ok_or_else(bad)
 }
 
 fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
-    let mut out = ListParams {
-        limit: 20,
-        after: None,
-    };
+    let mut filter_text = None;
+    let mut sort_text = None;
+    let mut fields_text = None;
+    let mut after_text = None;
+    let mut limit = 20usize;
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        match k.as_ref() {
+        let slot = match k.as_ref() {
+            "filter" => &mut filter_text,
+            "sort" => &mut sort_text,
+            "fields" => &mut fields_text,
+            "after" => &mut after_text,
             "limit" => {
-                out.limit = v
+                limit = v
                     .parse::<usize>()
                     .ok()
                     .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request("limit must be an integer from 1 to 1000")
-                    })?;
+                    .ok_or_else(|| bad("limit must be an integer from 1 to 1000"))?;
+                continue;
             }
-            "after" => out.after = Some(decode_cursor(&v)?),
-            "filter" | "sort" | "fields" => {
-                return Err(ApiError::bad_request(format!(
-                    "the `{k}` parameter is not supported by this version yet"
-                )));
-            }
-            _ => {}
+            _ => continue,
+        };
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(bad(format!("the `{k}` parameter is given twice")));
         }
     }
-    Ok(out)
+    let (filter, canonical) = parse_filter(filter_text.as_deref())?;
+    let sort = match sort_text.as_deref() {
+        None => Sort::by_id(),
+        Some(t) => Sort::parse(t).map_err(bad)?,
+    };
+    let fields = fields_text
+        .as_deref()
+        .map(Projection::parse)
+        .transpose()
+        .map_err(bad)?;
+    let fingerprint = cursor::fingerprint(&canonical, &sort.canonical());
+    let after = after_text
+        .as_deref()
+        .map(|t| Cursor::decode(t, &fingerprint, sort.fields().len()))
+        .transpose()
+        .map_err(bad)?;
+    Ok(ListParams {
+        query: Query {
+            filter,
+            sort,
+            after,
+            limit,
+        },
+        fields,
+        fingerprint,
+    })
 }
 
 async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
     PathParams(p): PathParams,
-    RawQuery(query): RawQuery,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
     let scope = authorize(&state, &caller, &coll, Action::Read)?;
-    let params = parse_list_params(query.as_deref())?;
-    // One extra row tells whether a next page exists.
+    let mut params = parse_list_params(raw.as_deref())?;
+    let limit = params.query.limit;
+    // One extra document tells whether a next page exists.
+    params.query.limit = limit + 1;
     let mut docs = timed(
-        "list",
-        state.store().list(
-            &coll.name,
-            &scope,
-            Page {
-                after: params.after,
-                limit: params.limit + 1,
-            },
-        ),
+        "find",
+        state.store().find(&coll.name, &scope, &params.query),
     )
     .await?;
-    let next = if docs.len() > params.limit {
-        docs.truncate(params.limit);
-        docs.last()
-            .map(|d| Value::String(encode_cursor(&d.system.id)))
+    let next = if docs.len() > limit {
+        docs.truncate(limit);
+        docs.last().map(|d| {
+            let key = params.query.sort.key(&d.to_json()).0;
+            Value::String(
+                Cursor {
+                    key,
+                    id: d.system.id.as_str().to_owned(),
+                }
+                .encode(&params.fingerprint),
+            )
+        })
     } else {
         None
     };
-    let items: Vec<Value> = docs.iter().map(Document::to_json).collect();
+    let items: Vec<Value> = docs
+        .iter()
+        .map(|d| {
+            let json = d.to_json();
+            match &params.fields {
+                Some(p) => p.apply(&json),
+                None => json,
+            }
+        })
+        .collect();
     Ok(json(
         StatusCode::OK,
         &json!({"items": items, "next": next.unwrap_or(Value::Null)}),
@@ -364,17 +401,17 @@ async fn count(
     State(state): State<AppState>,
     Caller(caller): Caller,
     PathParams(p): PathParams,
-    RawQuery(query): RawQuery,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
     let scope = authorize(&state, &caller, &coll, Action::Read)?;
-    for (k, _) in form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()) {
-        if k == "filter" {
-            return Err(ApiError::bad_request(
-                "the `filter` parameter is not supported by this version yet",
-            ));
+    let mut filter_text = None;
+    for (k, v) in form_urlencoded::parse(raw.as_deref().unwrap_or_default().as_bytes()) {
+        if k == "filter" && filter_text.replace(v.into_owned()).is_some() {
+            return Err(bad("the `filter` parameter is given twice"));
         }
     }
-    let n = timed("count", state.store().count(&coll.name, &scope)).await?;
+    let (filter, _) = parse_filter(filter_text.as_deref())?;
+    let n = timed("count", state.store().count(&coll.name, &scope, &filter)).await?;
     Ok(json(StatusCode::OK, &json!({"count": n})))
 }

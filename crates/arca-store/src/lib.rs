@@ -7,10 +7,14 @@
 
 pub mod sqlite;
 
+use arca_core::query::{Cursor, Filter, Sort};
 use arca_core::{CollectionName, DocId, Document, IndexDef, Scope};
 use serde_json::{Map, Value};
 
 pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// Re-exported so engines and callers name query types from one place.
+pub use arca_core::query;
 
 /// A failure of a store operation.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -72,11 +76,15 @@ pub struct NewDocument {
     pub body: Map<String, Value>,
 }
 
-/// One page of a listing in `_id` order.
+/// A listing: filter, order, position and size.
 #[derive(Debug, Clone)]
-pub struct Page {
-    /// Return documents with `_id` strictly greater than this.
-    pub after: Option<DocId>,
+pub struct Query {
+    /// The client's filter (the scope's filter is applied on top).
+    pub filter: Filter,
+    /// The order (always completed by `_id` ascending).
+    pub sort: Sort,
+    /// Start strictly after this position.
+    pub after: Option<Cursor>,
     /// At most this many documents.
     pub limit: usize,
 }
@@ -116,8 +124,8 @@ pub trait Store: Send + Sync + 'static {
         doc: NewDocument,
     ) -> Result<Document, StoreError>;
 
-    /// The document with `id` within the scope.
-    /// MongoDB: `findOne({_tenant, _id})`.
+    /// The document with `id` within the scope (tenant and row filter).
+    /// MongoDB: `findOne({_tenant, _id, ...scope filter})`.
     async fn get(
         &self,
         coll: &CollectionName,
@@ -148,16 +156,23 @@ pub trait Store: Send + Sync + 'static {
         expected_rev: Option<u64>,
     ) -> Result<(), StoreError>;
 
-    /// A page of documents in `_id` order.
-    /// MongoDB: `find({_tenant, _id: {$gt: after}}).sort({_id: 1}).limit(n)`.
-    async fn list(
+    /// Documents of the scope matching the query's filter, in its order,
+    /// strictly after its cursor, at most `limit` of them.
+    /// MongoDB: `find({$and: [{_tenant}, scope filter, filter, keyset
+    /// condition on (sort fields, _id)]}).sort({...sort, _id: 1}).limit(n)`.
+    async fn find(
         &self,
         coll: &CollectionName,
         scope: &Scope,
-        page: Page,
+        query: &Query,
     ) -> Result<Vec<Document>, StoreError>;
 
-    /// The number of documents in the scope.
-    /// MongoDB: `countDocuments({_tenant})`.
-    async fn count(&self, coll: &CollectionName, scope: &Scope) -> Result<u64, StoreError>;
+    /// The number of documents of the scope matching `filter`.
+    /// MongoDB: `countDocuments({$and: [{_tenant}, scope filter, filter]})`.
+    async fn count(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        filter: &Filter,
+    ) -> Result<u64, StoreError>;
 }

@@ -1,8 +1,9 @@
 //! The embedded engine on a real SQLite file: CRUD, revisions, tenancy,
 //! unique indexes, number fidelity and persistence across reopen.
 
+use arca_core::query::{Filter, Sort};
 use arca_core::{CollectionName, DocId, IndexDef, Scope, Tenant};
-use arca_store::{NewDocument, Page, PutOutcome, SqliteOptions, SqliteStore, Store, StoreError};
+use arca_store::{NewDocument, PutOutcome, Query, SqliteOptions, SqliteStore, Store, StoreError};
 use serde_json::{Map, Value, json};
 
 fn obj(v: Value) -> Map<String, Value> {
@@ -127,8 +128,8 @@ async fn tenants_do_not_see_each_other() {
             .expect("get")
             .is_none()
     );
-    assert_eq!(store.count(&people(), &a).await, Ok(1));
-    assert_eq!(store.count(&people(), &none).await, Ok(0));
+    assert_eq!(store.count(&people(), &a, &Filter::all()).await, Ok(1));
+    assert_eq!(store.count(&people(), &none, &Filter::all()).await, Ok(0));
     assert_eq!(
         store.delete(&people(), &none, &id, None).await,
         Err(StoreError::NotFound)
@@ -244,30 +245,20 @@ async fn list_pages_in_id_order() {
             .await
             .expect("insert");
     }
-    let p1 = store
-        .list(
-            &people(),
-            &s,
-            Page {
-                after: None,
-                limit: 2,
-            },
-        )
-        .await
-        .expect("p1");
+    let q = |after: Option<arca_core::query::Cursor>| Query {
+        filter: Filter::all(),
+        sort: Sort::by_id(),
+        after,
+        limit: 2,
+    };
+    let p1 = store.find(&people(), &s, &q(None)).await.expect("p1");
     let ids: Vec<_> = p1.iter().map(|d| d.system.id.as_str().to_owned()).collect();
     assert_eq!(ids, ["a", "b"]);
-    let p2 = store
-        .list(
-            &people(),
-            &s,
-            Page {
-                after: Some(p1[1].system.id.clone()),
-                limit: 2,
-            },
-        )
-        .await
-        .expect("p2");
+    let cur = arca_core::query::Cursor {
+        key: vec![],
+        id: "b".into(),
+    };
+    let p2 = store.find(&people(), &s, &q(Some(cur))).await.expect("p2");
     assert_eq!(p2.len(), 1);
     assert_eq!(p2[0].system.id.as_str(), "c");
 }
@@ -285,5 +276,5 @@ async fn deleting_a_collection_drops_its_documents() {
     assert_eq!(store.delete_collection(&people()).await, Ok(true));
     assert_eq!(store.delete_collection(&people()).await, Ok(false));
     define(&store, &[]).await.expect("define again");
-    assert_eq!(store.count(&people(), &s).await, Ok(0));
+    assert_eq!(store.count(&people(), &s, &Filter::all()).await, Ok(0));
 }

@@ -35,10 +35,10 @@ fn walk<'a>(v: &'a Value, segs: &[String], out: &mut Vec<Option<&'a Value>>) {
         },
         Value::Array(items) => {
             let before = out.len();
-            if let Ok(i) = seg.parse::<usize>() {
-                if let Some(child) = items.get(i) {
-                    walk(child, rest, out);
-                }
+            if let Ok(i) = seg.parse::<usize>()
+                && let Some(child) = items.get(i)
+            {
+                walk(child, rest, out);
             }
             for item in items {
                 if item.is_object() {

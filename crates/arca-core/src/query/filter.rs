@@ -371,22 +371,22 @@ impl Parser<'_> {
     /// A literal value: `$claim` substituted, other `$` keys in objects
     /// refused (they would be operators in a place that takes values).
     fn literal(&mut self, v: &Value) -> Result<Value, FilterError> {
-        if let Some(obj) = v.as_object() {
-            if let Some(sub) = self.claim_value(obj)? {
-                return Ok(sub);
-            }
+        if let Some(obj) = v.as_object()
+            && let Some(sub) = self.claim_value(obj)?
+        {
+            return Ok(sub);
         }
         Ok(v.clone())
     }
 
     fn list(&mut self, op: &str, v: &Value) -> Result<Vec<Value>, FilterError> {
-        if let Some(obj) = v.as_object() {
-            if let Some(sub) = self.claim_value(obj)? {
-                return Ok(match sub {
-                    Value::Array(items) => items,
-                    other => vec![other],
-                });
-            }
+        if let Some(obj) = v.as_object()
+            && let Some(sub) = self.claim_value(obj)?
+        {
+            return Ok(match sub {
+                Value::Array(items) => items,
+                other => vec![other],
+            });
         }
         let list = v
             .as_array()

@@ -6,21 +6,26 @@
 //! Layout: `_arca_collections` holds definitions; each collection is a table
 //! `c_<name>(tenant, id, rev, created_at, updated_at, owner, doc JSONB)` with
 //! primary key `(tenant, id)`; declared indexes are expression indexes
-//! leading with `tenant`.
+//! leading with `tenant`. Queries: `plan` narrows candidates with SQL through
+//! an index where it can, and arca-core's evaluator decides every match.
 
+mod plan;
 mod sql;
 mod writer;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
+use arca_core::query::{Filter, Node, SortKey};
 use arca_core::{CollectionName, DocId, Document, IndexDef, Scope};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::{NewDocument, Page, PutOutcome, Store, StoreError, StoredCollection};
+use crate::{NewDocument, PutOutcome, Query, Store, StoreError, StoredCollection};
 use writer::{WriteOp, map_err};
 
 /// How the embedded engine is opened.
@@ -50,6 +55,9 @@ pub struct SqliteStore {
     path: PathBuf,
     id_seed: [u8; 5],
     id_counter: AtomicU32,
+    /// The paths leading each collection's declared indexes (what the
+    /// planner may narrow on), kept in step with the definitions.
+    indexed: RwLock<HashMap<CollectionName, Arc<HashSet<String>>>>,
 }
 
 fn open_conn(
@@ -113,12 +121,34 @@ impl SqliteStore {
             path: opts.path.clone(),
             id_seed: rand::random(),
             id_counter: AtomicU32::new(rand::random()),
+            indexed: RwLock::new(HashMap::new()),
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `EXPLAIN QUERY PLAN` of the candidate query `find` would run for
+    /// `filter` (for tests and diagnostics), one line per plan step.
+    pub async fn explain(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        filter: &Filter,
+    ) -> Result<Vec<String>, StoreError> {
+        let (sql, params) = self.candidate_sql(coll, scope, filter, None);
+        self.read(move |c| {
+            let mut st = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .map_err(map_err)?;
+            let rows = st
+                .query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(3))
+                .map_err(map_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
+        })
+        .await
     }
 
     fn new_id(&self) -> DocId {
@@ -128,6 +158,57 @@ impl SqliteStore {
             .unwrap_or(0);
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
         DocId::generated(u32::try_from(secs).unwrap_or(u32::MAX), self.id_seed, n)
+    }
+
+    fn set_indexed(&self, name: &CollectionName, defs: Option<&[IndexDef]>) {
+        let mut map = match self.indexed.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        match defs {
+            Some(d) => map.insert(name.clone(), Arc::new(sql::indexed_paths(d))),
+            None => map.remove(name),
+        };
+    }
+
+    fn indexed_paths(&self, name: &CollectionName) -> Arc<HashSet<String>> {
+        let map = match self.indexed.read() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The SQL that selects candidate rows for `filter` within the scope's
+    /// tenant, in `_id` order, optionally after an `_id`.
+    fn candidate_sql(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        filter: &Filter,
+        after_id: Option<&str>,
+    ) -> (String, Vec<Sql>) {
+        let table = sql::table(coll);
+        let tenant = scope.tenant_key();
+        let mut sql = format!("SELECT {} FROM {table} WHERE tenant = ?", sql::DOC_COLUMNS);
+        let mut params = vec![Sql::Text(tenant.to_owned())];
+        if let Some(p) = plan::prefilter(filter, &table, tenant, &self.indexed_paths(coll)) {
+            if p.condition.starts_with("rowid IN") {
+                // The index scans inside the subquery drive; `+` keeps SQLite
+                // from scanning the tenant's rows instead (the tenant is
+                // still checked here and inside the subquery).
+                sql = format!("SELECT {} FROM {table} WHERE +tenant = ?", sql::DOC_COLUMNS);
+            }
+            sql.push_str(" AND ");
+            sql.push_str(&p.condition);
+            params.extend(p.params);
+        }
+        if let Some(id) = after_id {
+            sql.push_str(" AND id > ?");
+            params.push(Sql::Text(id.to_owned()));
+        }
+        sql.push_str(" ORDER BY id");
+        (sql, params)
     }
 
     /// Runs `f` on a read connection on the blocking pool.
@@ -179,6 +260,27 @@ fn body_text(body: &Map<String, Value>) -> String {
     serde_json::to_string(body).unwrap_or_else(|_| "{}".into())
 }
 
+/// Streams candidate rows and hands those the evaluator accepts to `keep`;
+/// stops as soon as `keep` returns false.
+fn scan(
+    c: &Connection,
+    sql: &str,
+    params: &[Sql],
+    filter: &Filter,
+    mut keep: impl FnMut(Document, Value) -> bool,
+) -> Result<(), StoreError> {
+    let mut st = c.prepare_cached(sql).map_err(map_err)?;
+    let mut rows = st.query(params_from_iter(params.iter())).map_err(map_err)?;
+    while let Some(row) = rows.next().map_err(map_err)? {
+        let doc = sql::decode_document(row).map_err(map_err)??;
+        let json = doc.to_json();
+        if filter.matches(&json) && !keep(doc, json) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -187,44 +289,46 @@ impl Store for SqliteStore {
     }
 
     async fn collections(&self) -> Result<Vec<StoredCollection>, StoreError> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(
-                    "SELECT name, def, created_at, updated_at FROM _arca_collections ORDER BY name",
-                )
-                .map_err(map_err)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })
-                .map_err(map_err)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (name, def, created_at, updated_at) = row.map_err(map_err)?;
-                let (Ok(name), Ok(rec)) = (
-                    CollectionName::parse(&name),
-                    serde_json::from_str::<CollectionRecord>(&def),
-                ) else {
-                    tracing::error!(collection = %name, "unreadable collection definition skipped");
-                    continue;
-                };
-                out.push(StoredCollection {
-                    name,
-                    schema: rec.schema,
-                    indexes: rec.indexes,
-                    access: rec.access,
-                    created_at,
-                    updated_at,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        let all = self
+            .read(|c| {
+                let mut st = c
+                    .prepare("SELECT name, def, created_at, updated_at FROM _arca_collections ORDER BY name")
+                    .map_err(map_err)?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                        ))
+                    })
+                    .map_err(map_err)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (name, def, created_at, updated_at) = row.map_err(map_err)?;
+                    let (Ok(name), Ok(rec)) =
+                        (CollectionName::parse(&name), serde_json::from_str::<CollectionRecord>(&def))
+                    else {
+                        tracing::error!(collection = %name, "unreadable collection definition skipped");
+                        continue;
+                    };
+                    out.push(StoredCollection {
+                        name,
+                        schema: rec.schema,
+                        indexes: rec.indexes,
+                        access: rec.access,
+                        created_at,
+                        updated_at,
+                    });
+                }
+                Ok(out)
+            })
+            .await?;
+        for c in &all {
+            self.set_indexed(&c.name, Some(&c.indexes));
+        }
+        Ok(all)
     }
 
     async fn put_collection(
@@ -240,20 +344,26 @@ impl Store for SqliteStore {
             access: access.clone(),
         })
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let (name, indexes) = (name.clone(), indexes.to_vec());
-        self.write(|reply| WriteOp::PutCollection {
-            name,
-            record,
-            indexes,
-            reply,
-        })
-        .await
+        let (owned, defs) = (name.clone(), indexes.to_vec());
+        let out = self
+            .write(|reply| WriteOp::PutCollection {
+                name: owned,
+                record,
+                indexes: defs,
+                reply,
+            })
+            .await?;
+        self.set_indexed(name, Some(indexes));
+        Ok(out)
     }
 
     async fn delete_collection(&self, name: &CollectionName) -> Result<bool, StoreError> {
-        let name = name.clone();
-        self.write(|reply| WriteOp::DeleteCollection { name, reply })
-            .await
+        let owned = name.clone();
+        let out = self
+            .write(|reply| WriteOp::DeleteCollection { name: owned, reply })
+            .await?;
+        self.set_indexed(name, None);
+        Ok(out)
     }
 
     async fn insert(
@@ -292,17 +402,20 @@ impl Store for SqliteStore {
             sql::table(coll)
         );
         let (tenant, id) = (scope.tenant_key().to_owned(), id.clone());
-        self.read(move |c| {
-            let row = c
-                .prepare_cached(&sql)
-                .and_then(|mut st| {
-                    st.query_row(params![tenant, id.as_str()], sql::decode_document)
-                        .optional()
-                })
-                .map_err(map_err)?;
-            row.transpose()
-        })
-        .await
+        let doc = self
+            .read(move |c| {
+                let row = c
+                    .prepare_cached(&sql)
+                    .and_then(|mut st| {
+                        st.query_row(params![tenant, id.as_str()], sql::decode_document)
+                            .optional()
+                    })
+                    .map_err(map_err)?;
+                row.transpose()
+            })
+            .await?;
+        // Outside the row filter is the same as absent: no existence leaks.
+        Ok(doc.filter(|d| scope.filter().is_all() || scope.filter().matches(&d.to_json())))
     }
 
     async fn replace(
@@ -348,49 +461,98 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn list(
+    async fn find(
         &self,
         coll: &CollectionName,
         scope: &Scope,
-        page: Page,
+        query: &Query,
     ) -> Result<Vec<Document>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM {} WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-            sql::DOC_COLUMNS,
-            sql::table(coll)
+        let filter = scope.filter().clone().and(query.filter.clone());
+        if matches!(filter.root(), Node::Nothing) || query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (sort, limit, after) = (query.sort.clone(), query.limit, query.after.clone());
+        let by_id = sort.is_by_id();
+        let (sql, params) = self.candidate_sql(
+            coll,
+            scope,
+            &filter,
+            if by_id {
+                after.as_ref().map(|c| c.id.as_str())
+            } else {
+                None
+            },
         );
-        let tenant = scope.tenant_key().to_owned();
-        let after = page
-            .after
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
-        let limit = i64::try_from(page.limit).unwrap_or(1000);
         self.read(move |c| {
-            let mut st = c.prepare_cached(&sql).map_err(map_err)?;
-            let rows = st
-                .query_map(params![tenant, after, limit], sql::decode_document)
-                .map_err(map_err)?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.push(r.map_err(map_err)??);
+            if by_id {
+                // Candidates arrive in `_id` order: stop at the page's end.
+                let mut out = Vec::with_capacity(limit.min(64));
+                scan(c, &sql, &params, &filter, |doc, _| {
+                    out.push(doc);
+                    out.len() < limit
+                })?;
+                return Ok(out);
             }
-            Ok(out)
+            // Another order: every match is keyed and sorted in Rust.
+            let mut keyed: Vec<(SortKey, Document)> = Vec::new();
+            scan(c, &sql, &params, &filter, |doc, json| {
+                let key = sort.key(&json);
+                let past_cursor = after.as_ref().is_none_or(|cur| {
+                    sort.compare(
+                        &key,
+                        doc.system.id.as_str(),
+                        &SortKey(cur.key.clone()),
+                        &cur.id,
+                    ) == std::cmp::Ordering::Greater
+                });
+                if past_cursor {
+                    keyed.push((key, doc));
+                }
+                true
+            })?;
+            keyed.sort_by(|(ka, da), (kb, db)| {
+                sort.compare(ka, da.system.id.as_str(), kb, db.system.id.as_str())
+            });
+            keyed.truncate(limit);
+            Ok(keyed.into_iter().map(|(_, d)| d).collect())
         })
         .await
     }
 
-    async fn count(&self, coll: &CollectionName, scope: &Scope) -> Result<u64, StoreError> {
-        let sql = format!(
-            "SELECT count(*) FROM {} WHERE tenant = ?1",
-            sql::table(coll)
-        );
-        let tenant = scope.tenant_key().to_owned();
+    async fn count(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        filter: &Filter,
+    ) -> Result<u64, StoreError> {
+        let filter = scope.filter().clone().and(filter.clone());
+        if matches!(filter.root(), Node::Nothing) {
+            return Ok(0);
+        }
+        if filter.is_all() {
+            let sql = format!(
+                "SELECT count(*) FROM {} WHERE tenant = ?1",
+                sql::table(coll)
+            );
+            let tenant = scope.tenant_key().to_owned();
+            return self
+                .read(move |c| {
+                    let n: i64 = c
+                        .prepare_cached(&sql)
+                        .and_then(|mut st| st.query_row(params![tenant], |r| r.get(0)))
+                        .map_err(map_err)?;
+                    Ok(u64::try_from(n).unwrap_or(0))
+                })
+                .await;
+        }
+        let (sql, params) = self.candidate_sql(coll, scope, &filter, None);
         self.read(move |c| {
-            let n: i64 = c
-                .prepare_cached(&sql)
-                .and_then(|mut st| st.query_row(params![tenant], |r| r.get(0)))
-                .map_err(map_err)?;
-            Ok(u64::try_from(n).unwrap_or(0))
+            let mut n = 0u64;
+            scan(c, &sql, &params, &filter, |_, _| {
+                n += 1;
+                true
+            })?;
+            Ok(n)
         })
         .await
     }

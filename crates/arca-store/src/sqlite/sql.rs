@@ -59,6 +59,84 @@ pub fn field_expr(path: &str) -> String {
     }
 }
 
+/// A condition true when an array lies anywhere on `path` (a prefix or the
+/// value itself): the rows `json_extract` equality could miss. It is also
+/// the `WHERE` of the path's partial index, so the text must stay identical.
+pub fn path_has_array(path: &str) -> String {
+    let segs: Vec<&str> = path.split('.').collect();
+    let terms: Vec<String> = (1..=segs.len())
+        .map(|n| {
+            format!(
+                "json_type(doc, {}) = 'array'",
+                json_path(&segs[..n].join("."))
+            )
+        })
+        .collect();
+    format!("({})", terms.join(" OR "))
+}
+
+/// Every index a collection should have: the declared ones, plus for each
+/// user path that leads a declared index a plain expression index (when no
+/// plain declared index already serves) and the partial "array on this
+/// path" index the planner unions with it.
+pub fn desired_indexes(coll: &CollectionName, defs: &[IndexDef]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = defs
+        .iter()
+        .map(|d| (index_name(coll, d), create_index(coll, d)))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for d in defs {
+        let Some((first, _)) = d.fields.first() else {
+            continue;
+        };
+        if first.starts_with('_') || !seen.insert(first.clone()) {
+            continue;
+        }
+        let plain_declared = defs
+            .iter()
+            .any(|o| !o.unique && o.fields.first().is_some_and(|(p, _)| p == first));
+        let h = short_hash(first);
+        if !plain_declared {
+            out.push((
+                format!("ixq_{}_{h}", coll.as_str()),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS \"ixq_{c}_{h}\" ON {t} (tenant, {e})",
+                    c = coll.as_str(),
+                    t = table(coll),
+                    e = field_expr(first)
+                ),
+            ));
+        }
+        out.push((
+            format!("ixa_{}_{h}", coll.as_str()),
+            format!(
+                "CREATE INDEX IF NOT EXISTS \"ixa_{c}_{h}\" ON {t} (tenant) WHERE {w}",
+                c = coll.as_str(),
+                t = table(coll),
+                w = path_has_array(first)
+            ),
+        ));
+    }
+    out
+}
+
+/// The user paths that lead a declared index (what the planner may use).
+pub fn indexed_paths(defs: &[IndexDef]) -> std::collections::HashSet<String> {
+    defs.iter()
+        .filter_map(|d| d.fields.first().map(|(p, _)| p.clone()))
+        .filter(|p| !p.starts_with('_'))
+        .collect()
+}
+
+fn short_hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// MongoDB's unique-index equality, in SQL: a type bracket (numbers
 /// together, booleans apart from numbers, null and missing together) and
 /// the value, with null/missing mapped to one non-NULL sentinel because
@@ -79,14 +157,12 @@ fn unique_exprs(path: &str) -> String {
 /// A stable index name derived from the collection and the definition, so
 /// reconciling indexes is a set difference of names.
 pub fn index_name(coll: &CollectionName, def: &IndexDef) -> String {
-    let text = serde_json::to_string(def).unwrap_or_default();
     // FNV-1a: a tiny stable hash for a name, not for security.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("ix_{}_{h:016x}", coll.as_str())
+    format!(
+        "ix_{}_{}",
+        coll.as_str(),
+        short_hash(&serde_json::to_string(def).unwrap_or_default())
+    )
 }
 
 /// DDL of a declared index, leading with the tenant.

@@ -403,12 +403,8 @@ fn put_collection(
     .map_err(map_err)?;
     conn.execute_batch(&sql::create_table(name))
         .map_err(map_err)?;
-    // Reconcile indexes: drop those no longer declared, create the new ones.
-    let wanted: Vec<(String, &IndexDef)> = indexes
-        .iter()
-        .map(|d| (sql::index_name(name, d), d))
-        .collect();
-    let prefix = format!("ix_{}_", name.as_str());
+    // Reconcile indexes: drop those no longer wanted, create the new ones.
+    let wanted = sql::desired_indexes(name, indexes);
     let existing: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1")
         .and_then(|mut st| {
@@ -418,23 +414,26 @@ fn put_collection(
             .collect()
         })
         .map_err(map_err)?;
-    for ix in existing.iter().filter(|n| n.starts_with(&prefix)) {
+    for ix in existing.iter().filter(|n| !n.starts_with("sqlite_")) {
         if !wanted.iter().any(|(w, _)| w == ix) {
             conn.execute_batch(&format!("DROP INDEX IF EXISTS \"{ix}\""))
                 .map_err(map_err)?;
         }
     }
-    for (_, def) in &wanted {
-        if let Err(e) = conn.execute_batch(&sql::create_index(name, def)) {
-            return Err(match map_err(e) {
-                StoreError::Conflict(_) => StoreError::DuplicatesForUniqueIndex(
+    for (ix_name, ddl) in &wanted {
+        if let Err(e) = conn.execute_batch(ddl) {
+            let def = indexes
+                .iter()
+                .find(|d| &sql::index_name(name, d) == ix_name);
+            return Err(match (map_err(e), def) {
+                (StoreError::Conflict(_), Some(def)) => StoreError::DuplicatesForUniqueIndex(
                     def.fields
                         .iter()
                         .map(|(p, _)| p.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
                 ),
-                other => other,
+                (other, _) => other,
             });
         }
     }

@@ -85,7 +85,7 @@ impl DevKeys {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let mut claims = Map::new();
+        let mut claims = req.extra.clone();
         claims.insert("iss".into(), DEV_ISSUER.into());
         claims.insert("aud".into(), DEV_AUDIENCE.into());
         claims.insert("sub".into(), req.sub.into());
@@ -120,6 +120,8 @@ pub struct MintRequest<'a> {
     pub roles_claim: &'a str,
     /// Configured tenant claim name.
     pub tenant_claim: &'a str,
+    /// Further claims (set before the standard ones, which win).
+    pub extra: &'a Map<String, Value>,
 }
 
 fn set_dotted(claims: &mut Map<String, Value>, path: &str, value: Value) {

@@ -45,10 +45,13 @@ impl IndexDef {
 }
 
 /// Who may perform one action on a collection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessRule {
     /// Role names; `"*"` is any authenticated caller, `"public"` anyone.
     pub roles: Vec<String>,
+    /// A filter documents must match, with `{"$claim": NAME}` placeholders
+    /// (checked at definition time, substituted per request).
+    pub filter: Option<Value>,
 }
 
 impl AccessRule {
@@ -59,7 +62,7 @@ impl AccessRule {
 }
 
 /// Access rules per action; an absent action is denied to all but admins.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Access {
     /// `read`: get, list, count, aggregate, events.
     pub read: Option<AccessRule>,
@@ -243,14 +246,20 @@ fn parse_access(v: &Value) -> Result<Access, DefinitionError> {
 fn parse_rule(v: &Value) -> Result<AccessRule, String> {
     let obj = v.as_object().ok_or("a rule is an object with \"roles\"")?;
     for key in obj.keys() {
-        match key.as_str() {
-            "roles" => {}
-            // Row filters need the query language; until it lands a filter is
-            // refused rather than accepted and not enforced.
-            "filter" => return Err("\"filter\" rules are not supported yet".into()),
-            _ => return Err(format!("unknown key \"{key}\" (expected roles, filter)")),
+        if !matches!(key.as_str(), "roles" | "filter") {
+            return Err(format!("unknown key \"{key}\" (expected roles, filter)"));
         }
     }
+    let filter = match obj.get("filter") {
+        None | Some(Value::Null) => None,
+        Some(f) => {
+            // Checked with every claim present, so any shape error shows now,
+            // not at the first request.
+            crate::query::Filter::parse_with_claims(f, &AnyClaim)
+                .map_err(|e| format!("filter: {e}"))?;
+            Some(f.clone())
+        }
+    };
     let roles = obj
         .get("roles")
         .and_then(Value::as_array)
@@ -262,7 +271,16 @@ fn parse_rule(v: &Value) -> Result<AccessRule, String> {
             _ => Err("each role is a non-empty string".to_owned()),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(AccessRule { roles })
+    Ok(AccessRule { roles, filter })
+}
+
+/// A claim source where every claim exists (definition-time checks).
+struct AnyClaim;
+
+impl crate::query::Claims for AnyClaim {
+    fn claim(&self, _: &str) -> Option<Value> {
+        Some(Value::String(String::new()))
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +323,14 @@ mod tests {
             (json!({"access": {"list": {"roles": []}}}), "list"),
             (json!({"access": {"read": {"roles": "x"}}}), "roles"),
             (json!({"schema": {"type": "object", "x-foo": 1}}), "x-foo"),
+            (
+                json!({"access": {"read": {"roles": ["*"], "filter": {"$where": "1"}}}}),
+                "$where",
+            ),
+            (
+                json!({"access": {"read": {"roles": ["*"], "filter": {"a": {"$claim": 1}}}}}),
+                "claim name",
+            ),
         ] {
             let e = CollectionDef::parse(&body)
                 .expect_err("refused")

@@ -10,7 +10,8 @@ use arca_auth::Identity;
 use arca_core::document::ClientBody;
 use arca_core::query::{Cursor, Filter, Projection, Sort, cursor};
 use arca_core::{
-    Action, CollectionName, DocId, Document, DocumentError, merge_patch, split_client_body,
+    Action, CollectionName, DocId, Document, DocumentError, SystemFields, merge_patch,
+    split_client_body,
 };
 use arca_store::{NewDocument, Query, StoreError};
 use axum::Router;
@@ -20,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
-use crate::access::authorize;
+use crate::access::{Grant, authorize};
 use crate::error::{ApiError, ProblemKind};
 use crate::extract::{Caller, EntityTags, JsonBytes, PathParams, parse_document_json};
 use crate::respond::{json, timed};
@@ -100,6 +101,38 @@ fn document_response(
     res
 }
 
+/// A fresh time-ordered id (made here, before the insert, so that the
+/// create rule can see the whole new document, `_id` included).
+fn new_doc_id() -> DocId {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEED: OnceLock<[u8; 5]> = OnceLock::new();
+    static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let n = COUNTER
+        .get_or_init(|| AtomicU32::new(rand::random()))
+        .fetch_add(1, Ordering::Relaxed);
+    DocId::generated(
+        u32::try_from(secs).unwrap_or(u32::MAX),
+        *SEED.get_or_init(rand::random),
+        n,
+    )
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+fn outside_rule(action: &str) -> ApiError {
+    ApiError::new(
+        ProblemKind::Forbidden,
+        format!("the document does not match the collection's {action} rule for this caller"),
+    )
+}
+
 async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -107,16 +140,33 @@ async fn create(
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
-    let scope = authorize(&state, &caller, &coll, Action::Create)?;
+    let grant = authorize(&state, &caller, &coll, Action::Create)?;
     let ClientBody { id, fields, errors } =
         split_client_body(parse_document_json(&bytes)?, None).map_err(document_error)?;
     validate(&coll, &fields, &errors)?;
-    let doc = NewDocument {
-        id,
-        owner: owner_of(&caller),
+    let id = id.unwrap_or_else(new_doc_id);
+    let owner = owner_of(&caller);
+    // The create rule sees the document as it will be stored.
+    let ts = now_rfc3339();
+    let provisional = Document {
+        system: SystemFields {
+            id: id.clone(),
+            rev: 1,
+            created_at: ts.clone(),
+            updated_at: ts,
+            owner: owner.clone(),
+        },
         body: fields,
     };
-    let stored = timed("insert", state.store().insert(&coll.name, &scope, doc)).await?;
+    if !grant.action.matches(&provisional.to_json()) {
+        return Err(outside_rule("create"));
+    }
+    let doc = NewDocument {
+        id: Some(id),
+        owner,
+        body: provisional.body,
+    };
+    let stored = timed("insert", state.store().insert(&coll.name, &grant.read, doc)).await?;
     Ok(document_response(StatusCode::CREATED, &stored, Some(&coll)))
 }
 
@@ -131,9 +181,9 @@ async fn read(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
-    let scope = authorize(&state, &caller, &coll, Action::Read)?;
+    let grant = authorize(&state, &caller, &coll, Action::Read)?;
     let id = doc_id(&p[1])?;
-    let doc = timed("get", state.store().get(&coll.name, &scope, &id))
+    let doc = timed("get", state.store().get(&coll.name, &grant.read, &id))
         .await?
         .ok_or_else(not_found)?;
     if EntityTags::from_header(&headers, header::IF_NONE_MATCH)
@@ -148,22 +198,27 @@ async fn read(
     Ok(document_response(StatusCode::OK, &doc, None))
 }
 
-/// Reads the current document, lets `change` compute the new body, and
-/// writes it conditionally on the revision read. With `If-Match` a lost
-/// race is 412; without, the whole step is retried.
+/// Reads the current document within the read scope (404 outside), checks
+/// it against the update rule (403), lets `change` compute the new body,
+/// checks the result against the rule too (403), and writes it
+/// conditionally on the revision read. With `If-Match` a lost race is 412;
+/// without, the whole step is retried.
 async fn update_with(
     state: &AppState,
     coll: &Collection,
-    scope: &arca_core::Scope,
+    grant: &Grant,
     id: &DocId,
     if_match: Option<EntityTags>,
     earlier: &[arca_core::FieldError],
     change: impl Fn(&Document) -> Result<Map<String, Value>, ApiError>,
 ) -> Result<Document, ApiError> {
     for _ in 0..WRITE_RETRIES {
-        let current = timed("get", state.store().get(&coll.name, scope, id))
+        let current = timed("get", state.store().get(&coll.name, &grant.read, id))
             .await?
             .ok_or_else(not_found)?;
+        if !grant.action.matches(&current.to_json()) {
+            return Err(outside_rule("update"));
+        }
         if let Some(tags) = &if_match
             && !tags.matches_strong(current.system.rev)
         {
@@ -171,9 +226,20 @@ async fn update_with(
         }
         let body = change(&current)?;
         validate(coll, &body, earlier)?;
+        let next = Document {
+            system: SystemFields {
+                rev: current.system.rev + 1,
+                updated_at: now_rfc3339(),
+                ..current.system.clone()
+            },
+            body,
+        };
+        if !grant.action.matches(&next.to_json()) {
+            return Err(outside_rule("update"));
+        }
         match state
             .store()
-            .replace(&coll.name, scope, id, current.system.rev, body)
+            .replace(&coll.name, &grant.read, id, current.system.rev, next.body)
             .await
         {
             Ok(doc) => return Ok(doc),
@@ -195,12 +261,12 @@ async fn replace(
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
-    let scope = authorize(&state, &caller, &coll, Action::Update)?;
+    let grant = authorize(&state, &caller, &coll, Action::Update)?;
     let id = doc_id(&p[1])?;
     let ClientBody { fields, errors, .. } =
         split_client_body(parse_document_json(&bytes)?, Some(&id)).map_err(document_error)?;
     let if_match = EntityTags::from_header(&headers, header::IF_MATCH);
-    let doc = update_with(&state, &coll, &scope, &id, if_match, &errors, |_| {
+    let doc = update_with(&state, &coll, &grant, &id, if_match, &errors, |_| {
         Ok(fields.clone())
     })
     .await?;
@@ -215,7 +281,7 @@ async fn patch(
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
-    let scope = authorize(&state, &caller, &coll, Action::Update)?;
+    let grant = authorize(&state, &caller, &coll, Action::Update)?;
     let id = doc_id(&p[1])?;
     let patch_value = parse_document_json(&bytes)?;
     if !patch_value.is_object() {
@@ -230,7 +296,7 @@ async fn patch(
         ..
     } = split_client_body(patch_value, Some(&id)).map_err(document_error)?;
     let if_match = EntityTags::from_header(&headers, header::IF_MATCH);
-    let doc = update_with(&state, &coll, &scope, &id, if_match, &errors, |current| {
+    let doc = update_with(&state, &coll, &grant, &id, if_match, &errors, |current| {
         let mut body = current.body.clone();
         merge_patch(&mut body, patch.clone());
         Ok(body)
@@ -246,26 +312,36 @@ async fn remove(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
-    let scope = authorize(&state, &caller, &coll, Action::Delete)?;
+    let grant = authorize(&state, &caller, &coll, Action::Delete)?;
     let id = doc_id(&p[1])?;
-    let expected = match EntityTags::from_header(&headers, header::IF_MATCH) {
-        None => None,
-        Some(tags) => {
-            let current = timed("get", state.store().get(&coll.name, &scope, &id))
-                .await?
-                .ok_or_else(not_found)?;
-            if !tags.matches_strong(current.system.rev) {
-                return Err(StoreError::RevMismatch.into());
-            }
-            Some(current.system.rev)
+    let if_match = EntityTags::from_header(&headers, header::IF_MATCH);
+    for _ in 0..WRITE_RETRIES {
+        let current = timed("get", state.store().get(&coll.name, &grant.read, &id))
+            .await?
+            .ok_or_else(not_found)?;
+        if !grant.action.matches(&current.to_json()) {
+            return Err(outside_rule("delete"));
         }
-    };
-    timed(
-        "delete",
-        state.store().delete(&coll.name, &scope, &id, expected),
-    )
-    .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+        if let Some(tags) = &if_match
+            && !tags.matches_strong(current.system.rev)
+        {
+            return Err(StoreError::RevMismatch.into());
+        }
+        // Deleting at the revision that was checked keeps the check true.
+        match state
+            .store()
+            .delete(&coll.name, &grant.read, &id, Some(current.system.rev))
+            .await
+        {
+            Ok(()) => return Ok(StatusCode::NO_CONTENT.into_response()),
+            Err(StoreError::RevMismatch) if if_match.is_none() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        ProblemKind::Conflict,
+        "the document is changing too fast; retry",
+    ))
 }
 
 /// A listing's query parameters, parsed: `filter`, `sort`, `fields`,
@@ -356,7 +432,7 @@ async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
-    let scope = authorize(&state, &caller, &coll, Action::Read)?;
+    let scope = authorize(&state, &caller, &coll, Action::Read)?.read;
     let mut params = parse_list_params(raw.as_deref())?;
     let limit = params.query.limit;
     // One extra document tells whether a next page exists.
@@ -404,7 +480,7 @@ async fn count(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
-    let scope = authorize(&state, &caller, &coll, Action::Read)?;
+    let scope = authorize(&state, &caller, &coll, Action::Read)?.read;
     let mut filter_text = None;
     for (k, v) in form_urlencoded::parse(raw.as_deref().unwrap_or_default().as_bytes()) {
         if k == "filter" && filter_text.replace(v.into_owned()).is_some() {

@@ -37,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ops::router())
         .merge(collections::router())
         .merge(documents::router())
+        .merge(access::router())
         .fallback(middleware::route_not_found)
         .with_state(state.clone());
     middleware::layers(routes, state.config())

@@ -53,6 +53,10 @@ enum Command {
         /// Lifetime, e.g. 1h, 30m.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: HumanDuration,
+        /// A further claim as NAME=VALUE (VALUE is JSON, or else a string);
+        /// repeat for several.
+        #[arg(long = "claim", value_parser = parse_claim)]
+        claims: Vec<(String, serde_json::Value)>,
     },
     /// Print the effective configuration (secrets redacted).
     Config,
@@ -60,6 +64,16 @@ enum Command {
 
 fn parse_duration(s: &str) -> Result<HumanDuration, String> {
     HumanDuration::parse(s)
+}
+
+fn parse_claim(s: &str) -> Result<(String, serde_json::Value), String> {
+    let (name, value) = s.split_once('=').ok_or("expected NAME=VALUE")?;
+    if name.is_empty() {
+        return Err("expected NAME=VALUE with a non-empty NAME".into());
+    }
+    let v =
+        serde_json::from_str(value).unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+    Ok((name.to_owned(), v))
 }
 
 fn main() -> ExitCode {
@@ -81,7 +95,8 @@ fn main() -> ExitCode {
             roles,
             tenant,
             ttl,
-        } => match mint(&cfg, &sub, &roles, tenant.as_deref(), ttl) {
+            claims,
+        } => match mint(&cfg, &sub, &roles, tenant.as_deref(), ttl, claims) {
             Ok(t) => {
                 println!("{t}");
                 ExitCode::SUCCESS
@@ -124,9 +139,12 @@ fn mint(
     roles: &[String],
     tenant: Option<&str>,
     ttl: HumanDuration,
+    claims: Vec<(String, serde_json::Value)>,
 ) -> Result<String, String> {
     let keys = DevKeys::load_or_create(&cfg.store.data_dir())?;
+    let extra: serde_json::Map<String, serde_json::Value> = claims.into_iter().collect();
     keys.mint(&MintRequest {
+        extra: &extra,
         sub,
         roles,
         tenant,
@@ -214,6 +232,7 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
     if let Some(keys) = dev_keys {
         let token = keys.mint(&MintRequest {
             sub: "dev-admin",
+            extra: &serde_json::Map::new(),
             roles: std::slice::from_ref(&cfg.auth.admin_role),
             tenant: None,
             ttl: std::time::Duration::from_secs(12 * 3600),

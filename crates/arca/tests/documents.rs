@@ -625,8 +625,8 @@ async fn collection_definitions_round_trip_and_bad_ones_are_400() {
         ("ok", json!({"indexes": [{"fields": {"a": 2}}]}), "1 or -1"),
         (
             "ok",
-            json!({"access": {"read": {"roles": ["*"], "filter": {"a": 1}}}}),
-            "filter",
+            json!({"access": {"read": {"roles": ["*"], "filter": {"$where": "1"}}}}),
+            "$where",
         ),
     ] {
         let r = client()

@@ -212,6 +212,18 @@ impl Filter {
         }
     }
 
+    /// The filter that matches nothing.
+    pub fn nothing() -> Self {
+        Self {
+            root: Node::Nothing,
+        }
+    }
+
+    /// Whether the filter matches nothing at all.
+    pub fn is_nothing(&self) -> bool {
+        matches!(self.root, Node::Nothing)
+    }
+
     /// Parses a client's filter; `$claim` is not allowed here.
     pub fn parse(v: &Value) -> Result<Self, FilterError> {
         Parser {
@@ -253,6 +265,9 @@ impl Filter {
 
     /// `self ∧ other`.
     pub fn and(self, other: Filter) -> Filter {
+        if self.is_nothing() || other.is_nothing() {
+            return Filter::nothing();
+        }
         match (self.is_all(), other.is_all()) {
             (true, _) => other,
             (_, true) => self,

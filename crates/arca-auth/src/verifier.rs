@@ -122,6 +122,22 @@ impl Authenticator {
         )))
     }
 
+    /// An authenticator that never fetches keys and verifies nothing: for
+    /// offline tools (`arca openapi`) that only need the settings.
+    pub fn inert(settings: AuthSettings) -> Arc<Self> {
+        let issuer = settings.issuer.clone();
+        let audiences = settings.audience.as_ref().map(|a| a.values());
+        let http = reqwest::Client::new();
+        Arc::new(Self::build(
+            settings,
+            issuer,
+            audiences,
+            KeySource::Remote { http },
+            KeySet::default(),
+            false,
+        ))
+    }
+
     /// An authenticator that trusts only the dev key.
     pub fn dev(settings: AuthSettings, keys: &DevKeys) -> Result<Arc<Self>, String> {
         let set = keys.key_set()?;
@@ -166,6 +182,11 @@ impl Authenticator {
     /// The issuer tokens must carry.
     pub fn issuer(&self) -> Option<&str> {
         self.issuer.as_deref()
+    }
+
+    /// Whether this authenticator trusts only the local dev key.
+    pub fn is_dev(&self) -> bool {
+        matches!(self.source, KeySource::Dev)
     }
 
     /// Whether keys are loaded (readiness).

@@ -23,6 +23,22 @@ pub struct Config {
     pub auth: AuthSettings,
     /// `[log]`
     pub log: LogConfig,
+    /// `[docs]`
+    pub docs: DocsConfig,
+}
+
+/// `[docs]`: the API documentation routes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocsConfig {
+    /// Serve `/openapi.json` and `/docs` without a token.
+    pub public: bool,
+}
+
+impl Default for DocsConfig {
+    fn default() -> Self {
+        Self { public: true }
+    }
 }
 
 /// `[server]`: the HTTP listener and request limits.

@@ -133,7 +133,13 @@ fn outside_rule(action: &str) -> ApiError {
     )
 }
 
-async fn create(
+#[utoipa::path(post, operation_id = "create_document", path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
+    request_body(content = Object, content_type = "application/json", description = "The document (optionally with `_id`)"),
+    responses((status = 201, description = "Created", body = crate::openapi::AnyDocument,
+                headers(("ETag" = String, description = "\"<_rev>\""), ("Location" = String, description = "The document's URL"))),
+              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Duplicate _id or unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body over server.max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The document does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
     PathParams(p): PathParams,
@@ -174,7 +180,13 @@ fn owner_of(caller: &Option<Arc<Identity>>) -> String {
     caller.as_ref().map(|c| c.sub.clone()).unwrap_or_default()
 }
 
-async fn read(
+#[utoipa::path(get, operation_id = "read_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
+        ("If-None-Match" = Option<String>, Header, description = "ETag(s) already held")),
+    responses((status = 200, description = "The document", body = crate::openapi::AnyDocument,
+                headers(("ETag" = String, description = "\"<_rev>\""))),
+              (status = 304, description = "Not modified", headers(("ETag" = String))),
+              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
     PathParams(p): PathParams,
@@ -253,7 +265,15 @@ async fn update_with(
     ))
 }
 
-async fn replace(
+#[utoipa::path(put, operation_id = "replace_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "Required revision")),
+    request_body(content = Object, content_type = "application/json", description = "The full new body"),
+    responses((status = 200, description = "The new revision", body = crate::openapi::AnyDocument,
+                headers(("ETag" = String, description = "\"<_rev>\""))),
+              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body over server.max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The document does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn replace(
     State(state): State<AppState>,
     Caller(caller): Caller,
     PathParams(p): PathParams,
@@ -273,7 +293,16 @@ async fn replace(
     Ok(document_response(StatusCode::OK, &doc, None))
 }
 
-async fn patch(
+#[utoipa::path(patch, operation_id = "patch_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "Required revision")),
+    request_body(description = "JSON Merge Patch (RFC 7396)", content(
+        (Object = "application/merge-patch+json"), (Object = "application/json"))),
+    responses((status = 200, description = "The new revision", body = crate::openapi::AnyDocument,
+                headers(("ETag" = String, description = "\"<_rev>\""))),
+              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body over server.max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The result does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn patch(
     State(state): State<AppState>,
     Caller(caller): Caller,
     PathParams(p): PathParams,
@@ -305,7 +334,11 @@ async fn patch(
     Ok(document_response(StatusCode::OK, &doc, None))
 }
 
-async fn remove(
+#[utoipa::path(delete, operation_id = "delete_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "Required revision")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "The document kept changing; retry", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn remove(
     State(state): State<AppState>,
     Caller(caller): Caller,
     PathParams(p): PathParams,
@@ -425,7 +458,16 @@ fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
     })
 }
 
-async fn list(
+#[utoipa::path(get, operation_id = "list_documents", path = "/v1/collections/{name}/documents", tag = "documents",
+    params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"),
+        ("filter" = Option<String>, Query, description = "MongoDB-style filter (JSON)"),
+        ("sort" = Option<String>, Query, description = "Comma-separated fields, `-` for descending"),
+        ("fields" = Option<String>, Query, description = "Inclusion projection (comma-separated paths)"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 20", minimum = 1, maximum = 1000),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page")),
+    responses((status = 200, description = "A page of documents", body = crate::openapi::DocumentPage),
+              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
     PathParams(p): PathParams,
@@ -473,7 +515,11 @@ async fn list(
     ))
 }
 
-async fn count(
+#[utoipa::path(get, operation_id = "count_documents", path = "/v1/collections/{name}/count", tag = "documents",
+    params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("filter" = Option<String>, Query, description = "MongoDB-style filter (JSON)")),
+    responses((status = 200, description = "The count", body = crate::openapi::CountOutput),
+              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn count(
     State(state): State<AppState>,
     Caller(caller): Caller,
     PathParams(p): PathParams,

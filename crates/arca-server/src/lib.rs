@@ -18,6 +18,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod openapi;
 pub mod ops;
 pub mod respond;
 pub mod state;
@@ -38,6 +39,7 @@ pub fn app(state: AppState) -> Router {
         .merge(collections::router())
         .merge(documents::router())
         .merge(access::router())
+        .merge(openapi::router(state.config().docs.public))
         .fallback(middleware::route_not_found)
         .with_state(state.clone());
     middleware::layers(routes, state.config())

@@ -21,11 +21,16 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn healthz() -> Response {
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process serves", body = crate::openapi::Status)))]
+pub(crate) async fn healthz() -> Response {
     json_ok(r#"{"status":"ok"}"#)
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready: store answers, keys loaded", body = crate::openapi::Status),
+              (status = 503, description = "Not ready or shutting down", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_shutting_down() {
         return ApiError::new(ProblemKind::Unavailable, "shutting down").into_response();
     }
@@ -47,7 +52,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("arca_jwks_fetches").set(state.auth().jwks_fetches() as f64);
     metrics::gauge!("process_uptime_seconds").set(state.uptime().as_secs_f64());
     let body = state.metrics().render();

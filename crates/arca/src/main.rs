@@ -60,6 +60,9 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted).
     Config,
+    /// Print the OpenAPI document for the configured store (its
+    /// collections included), for client generation in pipelines.
+    Openapi,
 }
 
 fn parse_duration(s: &str) -> Result<HumanDuration, String> {
@@ -89,6 +92,28 @@ fn main() -> ExitCode {
         Command::Config => {
             print!("{}", cfg.to_redacted_toml());
             ExitCode::SUCCESS
+        }
+        Command::Openapi => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("arca: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(openapi(cfg)) {
+                Ok(doc) => {
+                    println!("{doc}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("arca: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Token {
             sub,
@@ -177,6 +202,33 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+/// Opens the configured embedded store.
+async fn open_store(cfg: &Config) -> Result<SqliteStore, String> {
+    let path = cfg
+        .store
+        .sqlite_path()
+        .ok_or("store.url: only sqlite:// is supported in this build")?;
+    let opts = SqliteOptions {
+        path,
+        synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
+        readers: cfg.store.sqlite.readers,
+    };
+    tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot open the store: {e}"))
+}
+
+/// The OpenAPI document of the configured store, pretty-printed.
+async fn openapi(cfg: Config) -> Result<String, String> {
+    let store: Arc<dyn Store> = Arc::new(open_store(&cfg).await?);
+    let auth = Authenticator::inert(cfg.auth.clone());
+    let state = arca_server::AppState::new(cfg, store, auth)
+        .await
+        .map_err(|e| format!("cannot load collections: {e}"))?;
+    serde_json::to_string_pretty(&arca_server::openapi::document(&state)).map_err(|e| e.to_string())
+}
+
 async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), String> {
     let started = std::time::Instant::now();
     let listen: SocketAddr = cfg.server.listen;
@@ -199,19 +251,7 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         }
         Authenticator::remote(cfg.auth.clone())?
     };
-    let path = cfg
-        .store
-        .sqlite_path()
-        .ok_or("store.url: only sqlite:// is supported in this build")?;
-    let opts = SqliteOptions {
-        path,
-        synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
-        readers: cfg.store.sqlite.readers,
-    };
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot open the store: {e}"))?;
+    let store = open_store(&cfg).await?;
     let db_path = store.path().display().to_string();
     let store: Arc<dyn Store> = Arc::new(store);
     let state = arca_server::AppState::new(cfg.clone(), store, auth.clone())

@@ -1,0 +1,518 @@
+//! The OpenAPI 3.1 document. The static part is generated from the code:
+//! each handler carries a `#[utoipa::path]` annotation and the payload
+//! types derive `ToSchema`. The dynamic part is added per request from the
+//! live catalogue, so the document follows collection changes without a
+//! restart: for each collection, component schemas made from its JSON
+//! Schema (plus the system fields) and concrete typed paths
+//! (`/v1/collections/orders/documents` takes and returns `OrdersDocument`),
+//! and the security scheme (OpenID Connect at `auth.issuer`, or HTTP bearer
+//! in dev mode).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::error::ApiError;
+use crate::extract::Caller;
+use crate::respond::json;
+use crate::state::{AppState, Collection};
+
+/// An RFC 9457 problem (every error response).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"type": "urn:arca:problem:invalid-document", "title": "Document does not fit the collection",
+    "status": 422, "detail": "1 validation error", "errors": [{"path": "/age", "message": "-1 is less than the minimum of 0"}]}))]
+pub struct Problem {
+    /// A stable URI per error kind (`urn:arca:problem:<slug>`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// A short summary of the kind.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong in this request.
+    pub detail: Option<String>,
+    /// One entry per validation failure (422).
+    pub errors: Option<Vec<FieldErrorDoc>>,
+}
+
+/// One validation failure.
+#[derive(Serialize, ToSchema)]
+pub struct FieldErrorDoc {
+    /// JSON pointer to the offending value.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// `{"status": "ok"}` / `{"status": "ready"}`.
+#[derive(Serialize, ToSchema)]
+pub struct Status {
+    /// `ok` or `ready`.
+    pub status: String,
+}
+
+/// A collection definition, as sent to `PUT /v1/collections/{name}`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"schema": {"type": "object", "properties": {"email": {"type": "string", "format": "email"}}, "required": ["email"]},
+    "indexes": [{"fields": {"email": 1}, "unique": true}],
+    "access": {"read": {"roles": ["*"], "filter": {"_owner": {"$claim": "sub"}}}, "create": {"roles": ["editor"]}}}))]
+pub struct CollectionInput {
+    /// JSON Schema (draft 2020-12, portable subset) of the documents.
+    #[schema(value_type = Object)]
+    pub schema: Option<Value>,
+    /// Declared indexes: `{"fields": {"path": 1 | -1}, "unique": bool, "sparse": bool}`.
+    #[schema(value_type = Vec<Object>)]
+    pub indexes: Option<Vec<Value>>,
+    /// Access rules per action (`read`, `create`, `update`, `delete`), each
+    /// `{"roles": [...], "filter": {...}}`.
+    #[schema(value_type = Object)]
+    pub access: Option<Value>,
+}
+
+/// A stored collection definition.
+#[derive(Serialize, ToSchema)]
+pub struct CollectionOutput {
+    /// The name.
+    pub name: String,
+    /// The schema as given.
+    #[schema(value_type = Object)]
+    pub schema: Value,
+    /// Declared indexes.
+    #[schema(value_type = Vec<Object>)]
+    pub indexes: Vec<Value>,
+    /// Access rules as given.
+    #[schema(value_type = Object)]
+    pub access: Value,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    /// RFC 3339 UTC.
+    pub updated_at: String,
+}
+
+/// `GET /v1/collections`.
+#[derive(Serialize, ToSchema)]
+pub struct CollectionList {
+    /// Every collection.
+    pub items: Vec<CollectionOutput>,
+}
+
+/// A document of any collection: the system fields and the user fields.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"_id": "6b0c5496846d0fce4ccb0ab8", "_rev": 1, "_created_at": "2026-11-29T16:36:38.740Z",
+    "_updated_at": "2026-11-29T16:36:38.740Z", "_owner": "ana", "name": "Ana"}))]
+pub struct AnyDocument {
+    /// Id (client-chosen or generated).
+    #[serde(rename = "_id")]
+    pub id: Option<String>,
+    /// Revision.
+    #[serde(rename = "_rev")]
+    pub rev: Option<u64>,
+    /// Creation time.
+    #[serde(rename = "_created_at")]
+    pub created_at: Option<String>,
+    /// Last write time.
+    #[serde(rename = "_updated_at")]
+    pub updated_at: Option<String>,
+    /// The creator's `sub`.
+    #[serde(rename = "_owner")]
+    pub owner: Option<String>,
+}
+
+/// A page of documents.
+#[derive(Serialize, ToSchema)]
+pub struct DocumentPage {
+    /// The documents (projected when `fields` is given).
+    pub items: Vec<AnyDocument>,
+    /// Cursor for the next page, or null on the last page.
+    pub next: Option<String>,
+}
+
+/// `{"count": n}`.
+#[derive(Serialize, ToSchema)]
+pub struct CountOutput {
+    /// Matching documents.
+    pub count: u64,
+}
+
+/// `POST /v1/collections/{name}/access/explain`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"action": "update"}))]
+pub struct ExplainInput {
+    /// `read`, `create`, `update` or `delete`.
+    pub action: String,
+    /// Admins only: explain for these claims instead of the caller's.
+    #[schema(value_type = Option<Object>)]
+    pub claims: Option<Value>,
+}
+
+/// The decision for an action and the effective filters.
+#[derive(Serialize, ToSchema)]
+pub struct ExplainOutput {
+    /// The collection.
+    pub collection: String,
+    /// The action.
+    pub action: String,
+    /// Whether the role stage admits the caller.
+    pub allowed: bool,
+    /// What the role stage would answer (200, 401 or 403).
+    pub status: u16,
+    /// Why.
+    pub reason: String,
+    /// The identity explained (null without a token).
+    #[schema(value_type = Option<Object>)]
+    pub identity: Option<Value>,
+    /// The action's rule as defined.
+    #[schema(value_type = Option<Object>)]
+    pub rule: Option<Value>,
+    /// The action's effective filter.
+    #[schema(value_type = Object)]
+    pub scope: Value,
+    /// The read scope's effective filter.
+    #[schema(value_type = Object)]
+    pub read_scope: Value,
+    /// How to read the answer.
+    pub note: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Arca",
+        description = "Self-hosted document API: collections validated by JSON Schema, MongoDB-style queries, OIDC bearer tokens, tenant segregation. Errors are application/problem+json (catalogue: docs/errors.md).",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        crate::ops::healthz,
+        crate::ops::readyz,
+        crate::ops::metrics,
+        openapi_json,
+        crate::collections::list,
+        crate::collections::read,
+        crate::collections::put,
+        crate::collections::remove,
+        crate::documents::list,
+        crate::documents::create,
+        crate::documents::read,
+        crate::documents::replace,
+        crate::documents::patch,
+        crate::documents::remove,
+        crate::documents::count,
+        crate::access::explain,
+    ),
+    components(schemas(Problem, FieldErrorDoc, Status, CollectionInput, CollectionOutput, CollectionList,
+        AnyDocument, DocumentPage, CountOutput, ExplainInput, ExplainOutput)),
+    tags(
+        (name = "operations", description = "Health, readiness, metrics, this document"),
+        (name = "collections", description = "Collection definitions (schema admins)"),
+        (name = "documents", description = "Documents of any collection"),
+        (name = "access", description = "Access rule debugging"),
+    )
+)]
+struct ApiDoc;
+
+/// The static part of the document, as JSON.
+fn base() -> Value {
+    static BASE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({})))
+        .clone()
+}
+
+/// The documentation routes: `/openapi.json`, and the interactive `/docs`
+/// page (Swagger UI, its assets embedded in the binary) unless
+/// `docs.public` is false — a browser cannot send a bearer token to it.
+pub fn router(public: bool) -> Router<AppState> {
+    let router = Router::new().route("/openapi.json", get(openapi_json));
+    if !public {
+        return router;
+    }
+    let ui = utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).try_it_out_enabled(true));
+    router.merge(ui)
+}
+
+/// The OpenAPI document of this server, with a schema and typed paths for
+/// every collection.
+#[utoipa::path(get, operation_id = "openapi", path = "/openapi.json", tag = "operations",
+    responses(
+        (status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object),
+        (status = 401, description = "docs.public is false and no valid token was sent", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn openapi_json(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Response, ApiError> {
+    if !state.config().docs.public && caller.is_none() {
+        return Err(ApiError::missing_token());
+    }
+    Ok(json(StatusCode::OK, &document(&state)))
+}
+
+/// Builds the whole document for the current catalogue.
+pub fn document(state: &AppState) -> Value {
+    let mut doc = base();
+    doc["openapi"] = json!("3.1.0");
+    doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    let bearer = json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "An access token from the identity provider (or `arca token` in dev mode)."});
+    let mut schemes = Map::new();
+    schemes.insert("bearer".into(), bearer);
+    let mut requirement = vec![json!({"bearer": []})];
+    if let Some(issuer) = state.auth().issuer().filter(|_| !state.auth().is_dev()) {
+        schemes.insert(
+            "oidc".into(),
+            json!({"type": "openIdConnect",
+                   "openIdConnectUrl": format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'))}),
+        );
+        requirement.insert(0, json!({"oidc": []}));
+    }
+    doc["components"]["securitySchemes"] = Value::Object(schemes);
+    // Every /v1 operation takes a token (some also work without one, per
+    // the collection's rules: the empty requirement says so).
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            if let Some(ops) = item.as_object_mut() {
+                for op in ops.values_mut() {
+                    let mut req = requirement.clone();
+                    if path.contains("/documents")
+                        || path.ends_with("/count")
+                        || path.ends_with("/explain")
+                    {
+                        req.push(json!({}));
+                    }
+                    op["security"] = Value::Array(req);
+                }
+            }
+        }
+    }
+    for c in state.collections() {
+        add_collection(&mut doc, &c, &requirement);
+    }
+    doc
+}
+
+/// `orders` -> `Orders`; `order_lines` -> `OrderLines`.
+fn type_name(name: &str) -> String {
+    name.split('_')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn system_properties() -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(
+        "_id".into(),
+        json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$", "readOnly": true}),
+    );
+    m.insert(
+        "_rev".into(),
+        json!({"type": "integer", "minimum": 1, "readOnly": true}),
+    );
+    m.insert(
+        "_created_at".into(),
+        json!({"type": "string", "format": "date-time", "readOnly": true}),
+    );
+    m.insert(
+        "_updated_at".into(),
+        json!({"type": "string", "format": "date-time", "readOnly": true}),
+    );
+    m.insert(
+        "_owner".into(),
+        json!({"type": ["string", "null"], "readOnly": true}),
+    );
+    m
+}
+
+/// A copy of `schema` without the keywords a projection can break
+/// (`required`, minimum counts): the shape of a listed, projected document.
+fn relaxed(schema: &Value) -> Value {
+    match schema {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "required" | "minProperties" | "minItems" | "$schema"
+                    )
+                })
+                .map(|(k, v)| (k.clone(), relaxed(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(relaxed).collect()),
+        other => other.clone(),
+    }
+}
+
+fn with_system_fields(schema: &Value, required: bool) -> Value {
+    let mut s = schema.clone();
+    if let Some(obj) = s.as_object_mut() {
+        obj.remove("$schema");
+        let props = obj.entry("properties").or_insert_with(|| json!({}));
+        if let Some(p) = props.as_object_mut() {
+            p.extend(system_properties());
+        }
+        if required {
+            let req = obj.entry("required").or_insert_with(|| json!([]));
+            if let Some(r) = req.as_array_mut() {
+                for f in ["_id", "_rev", "_created_at", "_updated_at", "_owner"] {
+                    r.push(json!(f));
+                }
+            }
+        }
+    }
+    s
+}
+
+fn problem(description: &str) -> Value {
+    json!({"description": description,
+           "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+}
+
+fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
+    let name = c.name.as_str();
+    let t = type_name(name);
+    let source = c.def.schema.source();
+    let mut input = source.clone();
+    if let Some(o) = input.as_object_mut() {
+        o.remove("$schema");
+        // System fields a client may send back (ignored) or use (`_id`).
+        if let Some(p) = o
+            .entry("properties")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+        {
+            p.insert(
+                "_id".into(),
+                json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}),
+            );
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    schemas[format!("{t}Document")] = with_system_fields(source, true);
+    schemas[format!("{t}Listed")] = with_system_fields(&relaxed(source), false);
+    schemas[format!("{t}Input")] = input;
+    schemas[format!("{t}Patch")] = json!({"type": "object",
+        "description": format!("JSON Merge Patch (RFC 7396) of a {name} document; the result is validated against {t}Document's schema.")});
+    let doc_ref = json!({"$ref": format!("#/components/schemas/{t}Document")});
+    let listed_ref = json!({"$ref": format!("#/components/schemas/{t}Listed")});
+    let input_ref = json!({"$ref": format!("#/components/schemas/{t}Input")});
+    let patch_ref = json!({"$ref": format!("#/components/schemas/{t}Patch")});
+    let mut security: Vec<Value> = requirement.to_vec();
+    security.push(json!({}));
+    let etag =
+        json!({"ETag": {"description": "The revision: \"<_rev>\"", "schema": {"type": "string"}}});
+    let common = |ok: Value| {
+        let mut r = json!({
+            "400": problem("Malformed request"),
+            "401": problem("Missing or invalid token"),
+            "403": problem("Not allowed by the collection's rules"),
+            "404": problem("No such collection or document (or not readable by the caller)"),
+            "503": problem("Store unavailable or request timed out"),
+        });
+        if let (Some(r), Some(ok)) = (r.as_object_mut(), ok.as_object()) {
+            r.extend(ok.clone());
+        }
+        r
+    };
+    let writes = |ok: Value| {
+        let mut r = common(ok);
+        r["409"] = problem("Duplicate _id or unique index value");
+        r["412"] = problem("If-Match does not match the current revision");
+        r["413"] = problem("Body over server.max_body_bytes");
+        r["415"] = problem("Body is not JSON");
+        r["422"] = problem("The document does not fit the collection");
+        r
+    };
+    let id_param = json!({"name": "id", "in": "path", "required": true,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}});
+    let query_params = json!([
+        {"name": "filter", "in": "query", "description": "MongoDB-style filter (JSON)", "schema": {"type": "string"}},
+        {"name": "sort", "in": "query", "description": "Comma-separated fields, `-` for descending", "schema": {"type": "string"}},
+        {"name": "fields", "in": "query", "description": "Inclusion projection (comma-separated paths)", "schema": {"type": "string"}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}},
+        {"name": "after", "in": "query", "description": "The `next` cursor of the previous page", "schema": {"type": "string"}},
+    ]);
+    let base = format!("/v1/collections/{name}");
+    let tag = json!([name]);
+    let paths = &mut doc["paths"];
+    paths[format!("{base}/documents")] = json!({
+        "get": {"tags": tag, "summary": format!("List {name} documents"), "operationId": format!("list_{name}"),
+                "security": security, "parameters": query_params,
+                "responses": common(json!({"200": {"description": "A page of documents",
+                    "content": {"application/json": {"schema": {"type": "object", "required": ["items", "next"],
+                        "properties": {"items": {"type": "array", "items": listed_ref}, "next": {"type": ["string", "null"]}}}}}}}))},
+        "post": {"tags": tag, "summary": format!("Create a {name} document"), "operationId": format!("create_{name}"),
+                 "security": security,
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": input_ref}}},
+                 "responses": writes(json!({"201": {"description": "Created",
+                     "headers": {"ETag": etag["ETag"], "Location": {"schema": {"type": "string"}}},
+                     "content": {"application/json": {"schema": doc_ref}}}}))},
+    });
+    let ok_doc = |d: &str| json!({"200": {"description": d, "headers": etag, "content": {"application/json": {"schema": doc_ref}}}});
+    let if_match = json!({"name": "If-Match", "in": "header", "schema": {"type": "string"}});
+    let mut get_ok = ok_doc("The document");
+    get_ok["304"] = json!({"description": "Not modified (If-None-Match)", "headers": etag});
+    paths[format!("{base}/documents/{{id}}")] = json!({
+        "parameters": [id_param],
+        "get": {"tags": tag, "summary": format!("Read a {name} document"), "operationId": format!("read_{name}"),
+                "security": security,
+                "parameters": [{"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
+                "responses": common(get_ok)},
+        "put": {"tags": tag, "summary": format!("Replace a {name} document"), "operationId": format!("replace_{name}"),
+                "security": security, "parameters": [if_match],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": input_ref}}},
+                "responses": writes(ok_doc("The new revision"))},
+        "patch": {"tags": tag, "summary": format!("Merge-patch a {name} document"), "operationId": format!("patch_{name}"),
+                  "security": security, "parameters": [if_match],
+                  "requestBody": {"required": true, "content": {
+                      "application/merge-patch+json": {"schema": patch_ref}, "application/json": {"schema": patch_ref}}},
+                  "responses": writes(ok_doc("The new revision"))},
+        "delete": {"tags": tag, "summary": format!("Delete a {name} document"), "operationId": format!("delete_{name}"),
+                   "security": security, "parameters": [if_match],
+                   "responses": writes(json!({"204": {"description": "Deleted"}}))},
+    });
+    paths[format!("{base}/count")] = json!({
+        "get": {"tags": tag, "summary": format!("Count {name} documents"), "operationId": format!("count_{name}"),
+                "security": security,
+                "parameters": [{"name": "filter", "in": "query", "schema": {"type": "string"}}],
+                "responses": common(json!({"200": {"description": "The count",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountOutput"}}}}}))},
+    });
+    if let Some(tags) = doc["tags"].as_array_mut() {
+        tags.push(json!({"name": name, "description": format!("The {name} collection")}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_pascal_case() {
+        assert_eq!(type_name("orders"), "Orders");
+        assert_eq!(type_name("order_lines"), "OrderLines");
+        assert_eq!(type_name("a1_b2"), "A1B2");
+    }
+
+    #[test]
+    fn relaxed_schemas_drop_what_projection_breaks() {
+        let s = json!({"type": "object", "required": ["a"], "properties": {"a": {"type": "object", "required": ["b"], "minProperties": 1}}});
+        assert_eq!(
+            relaxed(&s),
+            json!({"type": "object", "properties": {"a": {"type": "object"}}})
+        );
+    }
+}

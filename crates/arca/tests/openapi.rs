@@ -1,0 +1,295 @@
+//! The API description: `/openapi.json` (OpenAPI 3.1, typed per collection,
+//! following changes without a restart), the `/docs` page rendered by a
+//! real headless Chromium with no outside assets, `docs.public`, and
+//! `arca openapi`. (The spec is also checked by openapi-spec-validator and
+//! schemathesis in scripts/api-conformance.)
+
+mod common;
+use common::*;
+use std::process::Command;
+
+async fn spec(s: &Server) -> Value {
+    let r = client()
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .expect("spec");
+    assert_eq!(r.status(), 200);
+    r.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn the_spec_is_openapi_3_1_and_describes_every_route() {
+    let s = Server::dev();
+    let doc = spec(&s).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/v1/collections", "get"),
+        ("/v1/collections/{name}", "put"),
+        ("/v1/collections/{name}", "get"),
+        ("/v1/collections/{name}", "delete"),
+        ("/v1/collections/{name}/documents", "get"),
+        ("/v1/collections/{name}/documents", "post"),
+        ("/v1/collections/{name}/documents/{id}", "get"),
+        ("/v1/collections/{name}/documents/{id}", "put"),
+        ("/v1/collections/{name}/documents/{id}", "patch"),
+        ("/v1/collections/{name}/documents/{id}", "delete"),
+        ("/v1/collections/{name}/count", "get"),
+        ("/v1/collections/{name}/access/explain", "post"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    let problem = &doc["components"]["schemas"]["Problem"];
+    assert!(
+        problem["properties"]["type"].is_object() && problem["example"].is_object(),
+        "{problem}"
+    );
+    let create = &doc["paths"]["/v1/collections/{name}/documents"]["post"]["responses"];
+    for code in [
+        "201", "400", "401", "403", "404", "409", "413", "415", "422",
+    ] {
+        assert!(create[code].is_object(), "create documents {code}");
+    }
+    assert_eq!(
+        create["422"]["content"]["application/problem+json"]["schema"]["$ref"],
+        "#/components/schemas/Problem"
+    );
+    // Dev mode: HTTP bearer only.
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(doc["components"]["securitySchemes"]["oidc"].is_null());
+}
+
+#[tokio::test]
+async fn collections_get_typed_schemas_and_paths_that_follow_changes() {
+    let s = Server::dev();
+    let t = s.admin();
+    let orders = json!({"schema": {"type": "object", "properties": {"item": {"type": "string"}, "qty": {"type": "integer"}},
+                                    "required": ["item"], "additionalProperties": false}});
+    define(&s, &t, "order_lines", orders).await;
+    let doc = spec(&s).await;
+    let schema = &doc["components"]["schemas"]["OrderLinesDocument"];
+    assert_eq!(schema["properties"]["item"], json!({"type": "string"}));
+    assert_eq!(schema["properties"]["_rev"]["readOnly"], true);
+    assert!(
+        schema["required"]
+            .as_array()
+            .expect("required")
+            .contains(&json!("_id"))
+    );
+    let post = &doc["paths"]["/v1/collections/order_lines/documents"]["post"];
+    assert_eq!(
+        post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/OrderLinesInput"
+    );
+    assert_eq!(
+        post["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/OrderLinesDocument"
+    );
+    assert!(doc["paths"]["/v1/collections/order_lines/documents/{id}"]["patch"]["requestBody"]["content"]["application/merge-patch+json"].is_object());
+    // A change shows at once, without a restart.
+    define(
+        &s,
+        &t,
+        "order_lines",
+        json!({"schema": {"type": "object", "properties": {"sku": {"type": "string"}}}}),
+    )
+    .await;
+    let doc = spec(&s).await;
+    let props = &doc["components"]["schemas"]["OrderLinesDocument"]["properties"];
+    assert!(
+        props["sku"].is_object() && props["item"].is_null(),
+        "{props}"
+    );
+    let r = client()
+        .delete(s.url("/v1/collections/order_lines"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    let doc = spec(&s).await;
+    assert!(doc["paths"]["/v1/collections/order_lines/documents"].is_null());
+    assert!(doc["components"]["schemas"]["OrderLinesDocument"].is_null());
+}
+
+#[tokio::test]
+async fn with_an_issuer_the_security_scheme_is_openid_connect() {
+    // The IdP need not be up: the spec only names it.
+    let port = free_port();
+    let s = Server::start(Opts {
+        dev: false,
+        env: vec![(
+            "ARCA_AUTH__ISSUER".into(),
+            format!("http://127.0.0.1:{port}/realms/x"),
+        )],
+        wait_ready: false,
+        ..Opts::default()
+    });
+    let doc = spec(&s).await;
+    assert_eq!(
+        doc["components"]["securitySchemes"]["oidc"],
+        json!({"type": "openIdConnect", "openIdConnectUrl": format!("http://127.0.0.1:{port}/realms/x/.well-known/openid-configuration")})
+    );
+    assert_eq!(
+        doc["paths"]["/v1/collections"]["get"]["security"][0],
+        json!({"oidc": []})
+    );
+}
+
+#[tokio::test]
+async fn the_docs_page_loads_only_its_own_assets() {
+    let s = Server::dev();
+    let html = client()
+        .get(s.url("/docs/"))
+        .send()
+        .await
+        .expect("docs")
+        .text()
+        .await
+        .expect("html");
+    let mut refs = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            refs.push(part.split('"').next().unwrap_or_default().to_owned());
+        }
+    }
+    assert!(refs.len() >= 3, "{html}");
+    for r in &refs {
+        assert!(
+            !r.starts_with("http") && !r.starts_with("//"),
+            "external asset {r}"
+        );
+        let url = s.url(&format!("/docs/{}", r.trim_start_matches("./")));
+        assert_eq!(
+            client().get(&url).send().await.expect("asset").status(),
+            200,
+            "{url}"
+        );
+    }
+}
+
+#[test]
+fn the_docs_page_renders_in_a_real_browser() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let version = Command::new(&chromium).arg("--version").output();
+    assert!(
+        version.as_ref().is_ok_and(|o| o.status.success()),
+        "Chromium is needed for this test (scripts/test installs Debian's chromium)"
+    );
+    let s = Server::dev();
+    let profile = TempDir::new("chromium");
+    let out = Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.0.display()))
+        .arg(s.url("/docs/"))
+        .output()
+        .expect("chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // Swagger UI fetched /openapi.json and rendered it: the title and the
+    // operations are in the DOM, which only happens once its scripts ran.
+    assert!(
+        dom.contains("class=\"title\">Arca"),
+        "title not rendered: {}",
+        &dom[..dom.len().min(2000)]
+    );
+    assert!(
+        dom.contains("data-path=\"/v1/collections/{name}/documents\""),
+        "operations not rendered"
+    );
+}
+
+#[tokio::test]
+async fn with_docs_not_public_the_spec_needs_a_token_and_the_page_is_off() {
+    let s = Server::start(Opts {
+        env: vec![("ARCA_DOCS__PUBLIC".into(), "false".into())],
+        ..Opts::default()
+    });
+    problem(
+        client()
+            .get(s.url("/openapi.json"))
+            .send()
+            .await
+            .expect("spec"),
+        401,
+    )
+    .await;
+    let t = s.token("reader", &[], None);
+    assert_eq!(
+        client()
+            .get(s.url("/openapi.json"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .expect("spec")
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(s.url("/docs/"))
+            .send()
+            .await
+            .expect("docs")
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn arca_openapi_prints_the_spec_of_the_configured_store() {
+    let data = std::sync::Arc::new(TempDir::new("openapi-cli"));
+    {
+        let s = Server::start(Opts {
+            data: Some(data.clone()),
+            ..Opts::default()
+        });
+        define(
+            &s,
+            &s.admin(),
+            "invoices",
+            json!({"schema": {"type": "object", "properties": {"total": {"type": "number"}}}}),
+        )
+        .await;
+    }
+    let out = Command::new(BIN)
+        .arg("openapi")
+        .env(
+            "ARCA_STORE__URL",
+            format!("sqlite://{}/arca.db", data.0.display()),
+        )
+        .env_remove("ARCA_CONFIG")
+        .output()
+        .expect("arca openapi");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        doc["components"]["schemas"]["InvoicesDocument"]["properties"]["total"],
+        json!({"type": "number"})
+    );
+}

@@ -199,6 +199,19 @@ pub fn load(
         let Some(rest) = name.strip_prefix("ARCA_") else {
             continue;
         };
+        // `ARCA_X__Y_FILE=/path` reads the value of x.y from a file, so
+        // secrets can be mounted as files rather than set in the environment.
+        let (rest, raw) = match rest.strip_suffix("_FILE").filter(|r| r.contains("__")) {
+            Some(key) => {
+                let text = std::fs::read_to_string(&raw).map_err(|e| {
+                    ConfigError(format!(
+                        "environment variable {name}: cannot read {raw}: {e}"
+                    ))
+                })?;
+                (key, text.trim_end_matches(['\n', '\r']).to_owned())
+            }
+            None => (rest, raw),
+        };
         if !rest.contains("__") {
             continue; // ARCA_CONFIG and other non-key variables
         }
@@ -408,6 +421,22 @@ mod tests {
             Some(vec!["a".to_owned(), "b".to_owned()])
         );
         assert_eq!(c.store.sqlite.synchronous, Synchronous::Normal);
+    }
+
+    #[test]
+    fn file_variables_read_values_from_files() {
+        let path = std::env::temp_dir().join(format!("arca-cfg-file-{}", std::process::id()));
+        std::fs::write(&path, "sqlite:///secret/place.db\n").expect("write");
+        let c = load(
+            None,
+            env(&[("ARCA_STORE__URL_FILE", path.to_str().expect("utf8"))]),
+        )
+        .expect("valid");
+        assert_eq!(c.store.url, "sqlite:///secret/place.db");
+        let _ = std::fs::remove_file(&path);
+        let e = load(None, env(&[("ARCA_STORE__URL_FILE", "/nonexistent/x")]))
+            .expect_err("missing file");
+        assert!(e.0.contains("ARCA_STORE__URL_FILE"), "{e}");
     }
 
     #[test]

@@ -63,6 +63,9 @@ enum Command {
     /// Print the OpenAPI document for the configured store (its
     /// collections included), for client generation in pipelines.
     Openapi,
+    /// Exit 0 when the server at `server.listen` answers `/healthz` with
+    /// 200 (for container health checks in images without a shell).
+    Healthcheck,
 }
 
 fn parse_duration(s: &str) -> Result<HumanDuration, String> {
@@ -93,6 +96,13 @@ fn main() -> ExitCode {
             print!("{}", cfg.to_redacted_toml());
             ExitCode::SUCCESS
         }
+        Command::Healthcheck => match healthcheck(cfg.server.listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("arca: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Openapi => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -199,6 +209,36 @@ fn init_logging(cfg: &Config) {
             .init();
     } else {
         builder.init();
+    }
+}
+
+/// GET /healthz on the listen address (a wildcard address means this host).
+fn healthcheck(listen: SocketAddr) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let mut conn =
+        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).map_err(|e| e.to_string())?;
+    if &head[9..12] == b"200" {
+        Ok(())
+    } else {
+        Err(format!(
+            "/healthz answered {}",
+            String::from_utf8_lossy(&head[9..12])
+        ))
     }
 }
 

@@ -443,3 +443,26 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     // And the listener is closed.
     assert!(std::net::TcpStream::connect(&s.addr).is_err());
 }
+
+#[tokio::test]
+async fn healthcheck_command_reflects_the_server() {
+    let s = Server::dev();
+    let run = |listen: &str| {
+        Command::new(BIN)
+            .arg("healthcheck")
+            .env("ARCA_SERVER__LISTEN", listen)
+            .env_remove("ARCA_CONFIG")
+            .status()
+            .expect("arca healthcheck")
+    };
+    assert!(run(&s.addr).success());
+    let port = s.addr.rsplit(':').next().expect("port").to_owned();
+    assert!(
+        run(&format!("0.0.0.0:{port}")).success(),
+        "a wildcard address means this host"
+    );
+    assert!(
+        !run(&format!("127.0.0.1:{}", free_port())).success(),
+        "nothing listening: unhealthy"
+    );
+}

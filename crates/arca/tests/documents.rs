@@ -1065,3 +1065,79 @@ async fn concurrent_patches_with_the_same_if_match_succeed_exactly_once() {
         .expect("j");
     assert_eq!(doc["_rev"], 2);
 }
+
+#[tokio::test]
+async fn import_loads_ndjson_with_the_same_checks_as_post() {
+    let data = Arc::new(TempDir::new("import"));
+    {
+        let s = Server::start(Opts {
+            data: Some(data.clone()),
+            ..Opts::default()
+        });
+        define(&s, &s.admin(), "people", people_def()).await;
+    }
+    let url = format!("sqlite://{}/arca.db", data.0.display());
+    let import = |text: &str| {
+        let file = data.0.join("in.ndjson");
+        std::fs::write(&file, text).expect("write");
+        std::process::Command::new(BIN)
+            .args(["import", "--collection", "people", "--owner", "loader"])
+            .arg(&file)
+            .env("ARCA_STORE__URL", &url)
+            .env_remove("ARCA_CONFIG")
+            .output()
+            .expect("arca import")
+    };
+    let lines: String = (0..500)
+        .map(|i| format!("{{\"_id\": \"p{i}\", \"name\": \"n{i}\", \"age\": {i}}}\n"))
+        .collect();
+    let out = import(&lines);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 500 documents"));
+    let bad = import("{\"_id\": \"ok1\", \"name\": \"a\"}\n{\"_id\": \"bad\", \"age\": -1}\n");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("/age") && err.contains("1 documents before it"),
+        "{err}"
+    );
+    let s = Server::start(Opts {
+        data: Some(data),
+        ..Opts::default()
+    });
+    let t = s.token("reader", &["editor"], None);
+    let n: Value = client()
+        .get(s.url("/v1/collections/people/count"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("c")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(
+        n["count"], 501,
+        "the 500, then the valid line before the bad one"
+    );
+    let doc: Value = client()
+        .get(s.url(&format!("{PEOPLE}/p42")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("g")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(
+        (
+            doc["age"].clone(),
+            doc["_owner"].clone(),
+            doc["_rev"].clone()
+        ),
+        (json!(42), json!("loader"), json!(1))
+    );
+}

@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Arca against the DRF design and against the HTTP ceiling, in one run.
+
+Starts a JWKS/OIDC issuer (shared/peers/mint.py), Arca (release build,
+embedded engine, synchronous=FULL) and the DRF peer (gunicorn, 2 workers x 4
+threads), seeds both with the same N documents (timed), then drives each
+scenario with wrk for a fixed time at the same connection count:
+
+  get      GET a random document by id
+  list     list with an equality filter on the indexed field, limit 10
+  create   create a validated document (durable)
+  ceiling  a constant response through the same middleware stack (/healthz)
+
+For each run it reports req/s, p50, p99, non-2xx responses, the server's CPU
+seconds during the run (utime+stime of the server and its children, from
+/proc) and requests per server CPU-second, plus Arca's RSS idle and peak,
+time to ready, the effect of the verified-token cache, and the list p99 at
+a larger N (100k vs 1M). A run with any non-2xx response is marked invalid.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WRK = ROOT / "bench" / "wrk"
+CLK = os.sysconf("SC_CLK_TCK")
+ITEMS = {
+    "schema": {
+        "type": "object",
+        "properties": {
+            "category": {"type": "string"},
+            "name": {"type": "string", "minLength": 1},
+            "price": {"type": "number", "minimum": 0},
+            "qty": {"type": "integer", "minimum": 0},
+        },
+        "required": ["category", "name"],
+    },
+    "indexes": [{"fields": {"category": 1}}],
+    "access": {"read": {"roles": ["*"]}, "create": {"roles": ["*"]}},
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, token=None, body=None, timeout=30):
+    req = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_status(url, want=200, timeout=60, step=0.002):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if http("GET", url, timeout=2)[0] == want:
+                return True
+        except OSError:
+            pass
+        time.sleep(step)
+    raise SystemExit(f"{url} never answered {want}")
+
+
+def cpu_seconds(pid):
+    """utime+stime of pid and all its descendants, in seconds."""
+    children = {}
+    stats = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            raw = (d / "stat").read_text()
+        except OSError:
+            continue
+        rest = raw[raw.rindex(")") + 2:].split()
+        ppid, ut, st = int(rest[1]), int(rest[11]), int(rest[12])
+        stats[int(d.name)] = ut + st
+        children.setdefault(ppid, []).append(int(d.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += stats.get(p, 0)
+        todo.extend(children.get(p, []))
+    return total / CLK
+
+
+def rss_kib(pid, field):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def to_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+def wrk(url, script, token, args, server_pid, env=None):
+    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+           "-s", str(WRK / script), "-H", f"Authorization: Bearer {token}", url]
+    before = cpu_seconds(server_pid)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=True).stdout
+    cpu = cpu_seconds(server_pid) - before
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", out) or [0, 0])[1])
+    sock = re.search(r"Socket errors: (.*)", out)
+    errors = non2xx + (sum(int(x) for x in re.findall(r"\d+", sock.group(1))) if sock else 0)
+    return {"rps": rps, "p50": p50, "p99": p99, "errors": errors, "cpu": cpu,
+            "per_cpu": total / cpu if cpu > 0 else float("inf"), "requests": total}
+
+
+class Proc:
+    def __init__(self, cmd, env, cwd=None, log=None):
+        self.t0 = time.monotonic()
+        self.log = open(log, "w") if log else subprocess.DEVNULL
+        self.p = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+    def stop(self):
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+
+
+def ndjson(path, start, count):
+    with open(path, "w") as f:
+        for i in range(start, start + count):
+            f.write(json.dumps({"_id": f"d{i:07d}", "category": f"c{i % 100}", "name": f"item {i}",
+                                "price": round((i % 1000) * 1.25, 2), "qty": i % 50}) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arca", required=True)
+    ap.add_argument("--shared", required=True)
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--scale-n", type=int, default=1_000_000, help="N for the list-at-scale run")
+    ap.add_argument("--no-scale", action="store_true")
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-drf", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="arca-bench-"))
+    procs = []
+    results = {}
+    facts = {}
+    try:
+        # Issuer: JWKS + discovery, and the tokens.
+        peers = work / "peers"
+        shutil.copytree(Path(args.shared) / "peers", peers)
+        idp_port = free_port()
+        issuer = f"http://127.0.0.1:{idp_port}"
+        mint_env = {"MINT_KEYS_DIR": str(work / "keys")}
+        procs.append(Proc([args.python, str(peers / "mint.py"), "serve", "--port", str(idp_port)], mint_env))
+        wait_status(f"{issuer}/jwks.json")
+        token = subprocess.run([args.python, str(peers / "mint.py"), "token", "--sub", "bench", "--role", "admin",
+                                "--aud", "api://arca", "--iss", issuer, "--ttl", "7200"],
+                               env={**os.environ, **mint_env}, capture_output=True, text=True, check=True).stdout.strip()
+
+        # Arca: define, import N documents (timed), restart (time to ready).
+        arca_port = free_port()
+        arca_url = f"http://127.0.0.1:{arca_port}"
+        arca_env = {"ARCA_STORE__URL": f"sqlite://{work}/arca/arca.db", "ARCA_SERVER__LISTEN": f"127.0.0.1:{arca_port}",
+                    "ARCA_AUTH__ISSUER": issuer, "ARCA_AUTH__AUDIENCE": "api://arca", "ARCA_LOG__LEVEL": "warn",
+                    "ARCA_LOG__FORMAT": "json"}
+
+        def start_arca(extra=None):
+            p = Proc([args.arca, "serve"], {**arca_env, **(extra or {})}, log=work / "arca.log")
+            wait_status(f"{arca_url}/readyz", step=0.001)
+            return p, (time.monotonic() - p.t0) * 1000
+
+        arca, _ = start_arca()
+        assert http("PUT", f"{arca_url}/v1/collections/items", token, ITEMS)[0] in (200, 201)
+        arca.stop()
+        data = work / "seed.ndjson"
+        ndjson(data, 0, args.n)
+        t = time.monotonic()
+        subprocess.run([args.arca, "import", "--collection", "items", str(data)], env={**os.environ, **arca_env},
+                       check=True, capture_output=True)
+        facts["arca_seed_s"] = time.monotonic() - t
+        arca, ready_ms = start_arca()
+        facts["arca_ready_ms"] = ready_ms
+        facts["arca_rss_idle_kib"] = rss_kib(arca.p.pid, "VmRSS")
+        env = {"BENCH_N": str(args.n)}
+        for name in ("get", "list", "create", "ceiling"):
+            results[("arca", name)] = wrk(arca_url, f"{name}.lua", token, args, arca.p.pid, env)
+        facts["arca_rss_peak_kib"] = rss_kib(arca.p.pid, "VmHWM")
+        arca.stop()
+        # The verified-token cache: the same GET scenario without it.
+        arca, _ = start_arca({"ARCA_AUTH__TOKEN_CACHE_SIZE": "0"})
+        results[("arca (no token cache)", "get")] = wrk(arca_url, "get.lua", token, args, arca.p.pid, env)
+        arca.stop()
+
+        # List at scale: import up to scale-n documents, list again.
+        if not args.no_scale and args.scale_n > args.n:
+            more = work / "more.ndjson"
+            ndjson(more, args.n, args.scale_n - args.n)
+            t = time.monotonic()
+            subprocess.run([args.arca, "import", "--collection", "items", str(more)], env={**os.environ, **arca_env},
+                           check=True, capture_output=True)
+            facts["arca_scale_seed_s"] = time.monotonic() - t
+            more.unlink()
+            arca, _ = start_arca()
+            results[(f"arca @ {args.scale_n:,}", "list")] = wrk(arca_url, "list.lua", token, args, arca.p.pid, env)
+            arca.stop()
+
+        # The DRF peer: same issuer, same collection, same N.
+        if not args.skip_drf:
+            drf_port = free_port()
+            drf_url = f"http://127.0.0.1:{drf_port}"
+            drf_dir = peers / "drf"
+            drf_env = {"PEER_DATA_DIR": str(work / "drf"), "PEER_JWKS_URL": f"{issuer}/jwks.json",
+                       "PEER_AUDIENCE": "api://arca", "PEER_ISSUER": issuer}
+            (work / "drf").mkdir()
+            subprocess.run([args.python, "manage.py", "migrate", "-v", "0"], cwd=drf_dir,
+                           env={**os.environ, **drf_env}, check=True)
+            gunicorn = str(Path(args.python).parent / "gunicorn")
+            drf = Proc([gunicorn, "arcapeer.wsgi:application", "--bind", f"127.0.0.1:{drf_port}", "--workers", "2",
+                        "--threads", "4", "--worker-class", "gthread", "--no-control-socket",
+                        "--pid", str(work / "drf" / "gunicorn.pid")], drf_env, cwd=drf_dir, log=work / "drf.log")
+            wait_status(f"{drf_url}/healthz")
+            facts["drf_ready_ms"] = (time.monotonic() - drf.t0) * 1000
+            assert http("PUT", f"{drf_url}/v1/collections/items", token, ITEMS)[0] in (200, 201)
+            seed = (
+                "import json\n"
+                "from django.utils import timezone\n"
+                "from documents.models import Collection, Document\n"
+                "c = Collection.objects.get(name='items'); now = timezone.now(); batch = []\n"
+                f"for line in open({str(data)!r}):\n"
+                "    d = json.loads(line); i = d.pop('_id')\n"
+                "    batch.append(Document(collection=c, doc_id=i, rev=1, owner='import', created_at=now, updated_at=now, data=d))\n"
+                "    if len(batch) == 5000:\n"
+                "        Document.objects.bulk_create(batch); batch = []\n"
+                "Document.objects.bulk_create(batch)\n"
+            )
+            t = time.monotonic()
+            subprocess.run([args.python, "manage.py", "shell", "-c", seed], cwd=drf_dir,
+                           env={**os.environ, **drf_env}, check=True)
+            facts["drf_seed_s"] = time.monotonic() - t
+            for name in ("get", "list", "create", "ceiling"):
+                results[("drf", name)] = wrk(drf_url, f"{name}.lua", token, args, drf.p.pid, env)
+            drf.stop()
+    finally:
+        for p in procs:
+            p.stop()
+
+    report(args, results, facts)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args, results, facts):
+    lines = []
+    machine = f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, load {os.getloadavg()[0]:.2f}"
+    lines.append(f"N = {args.n:,} documents; wrk -t{args.threads} -c{args.connections} -d{args.duration}s; {machine}")
+    lines.append("")
+    lines.append("| server | scenario | req/s | p50 ms | p99 ms | errors | server CPU s | req per CPU-s |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    invalid = []
+    for (server, name), r in results.items():
+        lines.append(f"| {server} | {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | "
+                     f"{r['cpu']:.2f} | {r['per_cpu']:,.0f} |")
+        if r["errors"]:
+            invalid.append(f"{server}/{name}")
+    lines.append("")
+    a = {k[1]: v for k, v in results.items() if k[0] == "arca"}
+    d = {k[1]: v for k, v in results.items() if k[0] == "drf"}
+    if d:
+        for name in ("get", "list", "create", "ceiling"):
+            lines.append(f"- Arca/DRF per CPU-second, {name}: {a[name]['per_cpu'] / d[name]['per_cpu']:.1f}x")
+    lines.append(f"- Arca GET / ceiling (per CPU-second): {100 * a['get']['per_cpu'] / a['ceiling']['per_cpu']:.0f} %")
+    nc = results.get(("arca (no token cache)", "get"))
+    if nc:
+        lines.append(f"- verified-token cache: GET {a['get']['per_cpu']:,.0f} req/CPU-s with it, "
+                     f"{nc['per_cpu']:,.0f} without ({a['get']['per_cpu'] / nc['per_cpu']:.1f}x)")
+    scale = [(k, v) for k, v in results.items() if k[0].startswith("arca @")]
+    for (server, _), r in scale:
+        lines.append(f"- list p99 at {args.n:,}: {a['list']['p99']:.2f} ms; {server.removeprefix('arca @ ')}: "
+                     f"{r['p99']:.2f} ms ({r['p99'] / a['list']['p99']:.2f}x)")
+    lines.append(f"- Arca RSS idle {facts['arca_rss_idle_kib'] / 1024:.1f} MiB, peak {facts['arca_rss_peak_kib'] / 1024:.1f} MiB; "
+                 f"time to ready {facts['arca_ready_ms']:.0f} ms (process start to /readyz 200, {args.n:,} documents)")
+    lines.append(f"- seeding {args.n:,} documents: Arca `arca import` {facts['arca_seed_s']:.1f} s"
+                 + (f", DRF bulk_create {facts['drf_seed_s']:.1f} s" if "drf_seed_s" in facts else "")
+                 + (f"; Arca up to {args.scale_n:,}: +{facts['arca_scale_seed_s']:.1f} s" if "arca_scale_seed_s" in facts else ""))
+    if "drf_ready_ms" in facts:
+        lines.append(f"- DRF time to ready {facts['drf_ready_ms']:.0f} ms")
+    lines.append("")
+    lines.append("INVALID RUN: non-2xx responses in " + ", ".join(invalid) if invalid else "Valid run: no non-2xx response.")
+    text = "\n".join(lines)
+    print(text)
+    (ROOT / "bench" / "last-run.md").write_text(text + "\n")
+    if invalid:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

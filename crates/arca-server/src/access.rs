@@ -163,18 +163,15 @@ pub fn authorize(
 }
 
 /// Collection definitions need the schema admin role, whatever the tenant.
-pub fn require_schema_admin(
-    state: &AppState,
-    caller: &Option<Arc<Identity>>,
-) -> Result<(), ApiError> {
+pub fn require_schema_admin(state: &AppState, caller: &Identity) -> Result<(), ApiError> {
     let role = state.auth().settings().schema_admin();
-    match caller {
-        None => Err(ApiError::missing_token()),
-        Some(id) if id.has_role(role) => Ok(()),
-        Some(_) => Err(ApiError::new(
+    if caller.has_role(role) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             ProblemKind::Forbidden,
             format!("managing collections needs the {role} role"),
-        )),
+        ))
     }
 }
 

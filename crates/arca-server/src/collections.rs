@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::access::require_schema_admin;
 use crate::error::{ApiError, ProblemKind};
-use crate::extract::{Caller, JsonBytes, PathParams, parse_json};
+use crate::extract::{Authenticated, JsonBytes, PathParams, parse_json};
 use crate::respond::{json, timed};
 use crate::state::{AppState, Collection};
 
@@ -47,7 +47,7 @@ fn name_or_404(raw: &str) -> Result<CollectionName, ApiError> {
               (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Authenticated(caller): Authenticated,
 ) -> Result<Response, ApiError> {
     require_schema_admin(&state, &caller)?;
     let items: Vec<Value> = state
@@ -63,7 +63,7 @@ pub(crate) async fn list(
               (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn read(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Authenticated(caller): Authenticated,
     PathParams(p): PathParams,
 ) -> Result<Response, ApiError> {
     require_schema_admin(&state, &caller)?;
@@ -79,7 +79,7 @@ pub(crate) async fn read(
               (status = 409, description = "A new unique index meets duplicates; nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body over server.max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn put(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Authenticated(caller): Authenticated,
     PathParams(p): PathParams,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
@@ -109,7 +109,7 @@ pub(crate) async fn put(
     responses((status = 204, description = "Deleted with its documents"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Authenticated(caller): Authenticated,
     PathParams(p): PathParams,
 ) -> Result<Response, ApiError> {
     require_schema_admin(&state, &caller)?;

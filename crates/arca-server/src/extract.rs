@@ -182,6 +182,21 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The caller, who must have sent a valid token: the required form of
+/// `Caller` (no token -> `401` with a `Bearer` challenge).
+pub struct Authenticated(pub Arc<Identity>);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller(Some(id)) => Ok(Self(id)),
+            Caller(None) => Err(ApiError::missing_token()),
+        }
+    }
+}
+
 /// What an `If-Match` / `If-None-Match` header asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntityTags {

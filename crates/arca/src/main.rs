@@ -373,6 +373,7 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
             tenant_claim: &cfg.auth.tenant_claim,
         })?;
         println!("arca dev mode: listening on http://{local} (data in {db_path})");
+        println!("API docs: http://{local}/docs/  (OpenAPI: http://{local}/openapi.json)");
         println!("admin token (12 h; more with `arca token --sub NAME --role ROLE`):");
         println!("ARCA_TOKEN={token}");
     }

@@ -130,23 +130,40 @@ impl SqliteStore {
         &self.path
     }
 
-    /// `EXPLAIN QUERY PLAN` of the candidate query `find` would run for
-    /// `filter` (for tests and diagnostics), one line per plan step.
+    /// `EXPLAIN QUERY PLAN` of the queries `find` runs for `filter` in
+    /// `_id` order (for tests and diagnostics), one line per plan step.
     pub async fn explain(
         &self,
         coll: &CollectionName,
         scope: &Scope,
         filter: &Filter,
     ) -> Result<Vec<String>, StoreError> {
-        let (sql, params) = self.candidate_sql(coll, scope, filter, None);
+        let tenant = Sql::Text(scope.tenant_key().to_owned());
+        let queries: Vec<(String, Vec<Sql>)> =
+            match plan::prefer_ordered(filter, &self.indexed_paths(coll)) {
+                Some((path, value)) => {
+                    let (a, b) = ordered_sql(coll, &path);
+                    vec![
+                        (a, vec![tenant.clone(), value, Sql::Text(String::new())]),
+                        (b, vec![tenant, Sql::Text(String::new())]),
+                    ]
+                }
+                None => vec![self.candidate_sql(coll, scope, filter, None)],
+            };
         self.read(move |c| {
-            let mut st = c
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .map_err(map_err)?;
-            let rows = st
-                .query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(3))
-                .map_err(map_err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(map_err)
+            let mut out = Vec::new();
+            for (sql, params) in queries {
+                let mut st = c
+                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .map_err(map_err)?;
+                let rows = st
+                    .query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(3))
+                    .map_err(map_err)?;
+                for r in rows {
+                    out.push(r.map_err(map_err)?);
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -254,6 +271,89 @@ impl SqliteStore {
         rx.await
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
+}
+
+/// The two `_id`-ordered scans of an equality on `path`: by the expression
+/// index (`tenant`, value, `id` bound as ?1, ?2, ?3), and by the "array on
+/// this path" index (`tenant`, `id` as ?1, ?2).
+fn ordered_sql(coll: &CollectionName, path: &str) -> (String, String) {
+    let t = sql::table(coll);
+    (
+        format!(
+            "SELECT {} FROM {t} WHERE tenant = ?1 AND {} = ?2 AND id > ?3 ORDER BY id",
+            sql::DOC_COLUMNS,
+            sql::field_expr(path)
+        ),
+        format!(
+            "SELECT {} FROM {t} WHERE tenant = ?1 AND {} AND id > ?2 ORDER BY id",
+            sql::DOC_COLUMNS,
+            sql::path_has_array(path)
+        ),
+    )
+}
+
+/// Merges two `_id`-ordered candidate streams (a document in both counts
+/// once), keeps what the evaluator accepts, stops at `limit`.
+fn merged_scan(
+    c: &Connection,
+    (a_sql, a_params): (&str, &[Sql]),
+    (b_sql, b_params): (&str, &[Sql]),
+    filter: &Filter,
+    limit: usize,
+) -> Result<Vec<Document>, StoreError> {
+    let mut sa = c.prepare_cached(a_sql).map_err(map_err)?;
+    let mut sb = c.prepare_cached(b_sql).map_err(map_err)?;
+    let mut ra = sa
+        .query(params_from_iter(a_params.iter()))
+        .map_err(map_err)?;
+    let mut rb = sb
+        .query(params_from_iter(b_params.iter()))
+        .map_err(map_err)?;
+    let next = |rows: &mut rusqlite::Rows<'_>| -> Result<Option<Document>, StoreError> {
+        match rows.next().map_err(map_err)? {
+            Some(row) => Ok(Some(sql::decode_document(row).map_err(map_err)??)),
+            None => Ok(None),
+        }
+    };
+    let (mut na, mut nb) = (next(&mut ra)?, next(&mut rb)?);
+    let mut out = Vec::with_capacity(limit.min(64));
+    loop {
+        let doc = match (na.take(), nb.take()) {
+            (None, None) => break,
+            (Some(x), None) => {
+                na = next(&mut ra)?;
+                x
+            }
+            (None, Some(y)) => {
+                nb = next(&mut rb)?;
+                y
+            }
+            (Some(x), Some(y)) => match x.system.id.cmp(&y.system.id) {
+                std::cmp::Ordering::Less => {
+                    nb = Some(y);
+                    na = next(&mut ra)?;
+                    x
+                }
+                std::cmp::Ordering::Greater => {
+                    na = Some(x);
+                    nb = next(&mut rb)?;
+                    y
+                }
+                std::cmp::Ordering::Equal => {
+                    na = next(&mut ra)?;
+                    nb = next(&mut rb)?;
+                    x
+                }
+            },
+        };
+        if filter.matches(&doc.to_json()) {
+            out.push(doc);
+            if out.len() == limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn body_text(body: &Map<String, Value>) -> String {
@@ -473,6 +573,26 @@ impl Store for SqliteStore {
         }
         let (sort, limit, after) = (query.sort.clone(), query.limit, query.after.clone());
         let by_id = sort.is_by_id();
+        if by_id {
+            if let Some((path, value)) = plan::prefer_ordered(&filter, &self.indexed_paths(coll)) {
+                // Equality on an indexed path in `_id` order: two index scans
+                // already in `_id` order, merged; a page costs its own size.
+                let (a, b) = ordered_sql(coll, &path);
+                let tenant = scope.tenant_key().to_owned();
+                let after_id = after.map(|c| c.id).unwrap_or_default();
+                return self
+                    .read(move |c| {
+                        let pa = [
+                            Sql::Text(tenant.clone()),
+                            value,
+                            Sql::Text(after_id.clone()),
+                        ];
+                        let pb = [Sql::Text(tenant), Sql::Text(after_id)];
+                        merged_scan(c, (&a, &pa), (&b, &pb), &filter, limit)
+                    })
+                    .await;
+            }
+        }
         let (sql, params) = self.candidate_sql(
             coll,
             scope,

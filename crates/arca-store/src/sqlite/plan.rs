@@ -143,3 +143,26 @@ pub fn prefilter(
     }
     best
 }
+
+/// An equality on the first field of a declared index, among the
+/// top-level conjuncts: `(path, value)`. With the `_id` order, such a
+/// filter is served by two scans already in `_id` order (the expression
+/// index, which ends with `id`, and the "array on this path" index) merged
+/// in Rust, so a page costs its own size whatever the collection's.
+pub fn prefer_ordered(filter: &Filter, indexed: &HashSet<String>) -> Option<(String, Sql)> {
+    let mut parts = Vec::new();
+    conjuncts(filter.root(), &mut parts);
+    parts.into_iter().find_map(|node| {
+        let Node::Field(path, conds) = node else {
+            return None;
+        };
+        if !indexed.contains(path.as_str()) {
+            return None;
+        }
+        conds.iter().find_map(|c| match c {
+            // Booleans are left out: SQLite stores them as 0/1.
+            Cond::Eq(v) => sql_value(v, false).map(|p| (path.as_str().to_owned(), p)),
+            _ => None,
+        })
+    })
+}

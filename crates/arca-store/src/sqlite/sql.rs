@@ -92,15 +92,15 @@ pub fn desired_indexes(coll: &CollectionName, defs: &[IndexDef]) -> Vec<(String,
         if first.starts_with('_') || !seen.insert(first.clone()) {
             continue;
         }
-        let plain_declared = defs
-            .iter()
-            .any(|o| !o.unique && o.fields.first().is_some_and(|(p, _)| p == first));
-        let h = short_hash(first);
+        let plain_declared = defs.iter().any(|o| serves_ordered_scan(o, first));
+        // "v2": these indexes end with `id` since the ordered scans; the new
+        // names make older databases rebuild them.
+        let h = short_hash(&format!("v2:{first}"));
         if !plain_declared {
             out.push((
                 format!("ixq_{}_{h}", coll.as_str()),
                 format!(
-                    "CREATE INDEX IF NOT EXISTS \"ixq_{c}_{h}\" ON {t} (tenant, {e})",
+                    "CREATE INDEX IF NOT EXISTS \"ixq_{c}_{h}\" ON {t} (tenant, {e}, id)",
                     c = coll.as_str(),
                     t = table(coll),
                     e = field_expr(first)
@@ -110,7 +110,7 @@ pub fn desired_indexes(coll: &CollectionName, defs: &[IndexDef]) -> Vec<(String,
         out.push((
             format!("ixa_{}_{h}", coll.as_str()),
             format!(
-                "CREATE INDEX IF NOT EXISTS \"ixa_{c}_{h}\" ON {t} (tenant) WHERE {w}",
+                "CREATE INDEX IF NOT EXISTS \"ixa_{c}_{h}\" ON {t} (tenant, id) WHERE {w}",
                 c = coll.as_str(),
                 t = table(coll),
                 w = path_has_array(first)
@@ -157,11 +157,16 @@ fn unique_exprs(path: &str) -> String {
 /// A stable index name derived from the collection and the definition, so
 /// reconciling indexes is a set difference of names.
 pub fn index_name(coll: &CollectionName, def: &IndexDef) -> String {
-    // FNV-1a: a tiny stable hash for a name, not for security.
+    // FNV-1a: a tiny stable hash for a name, not for security. "v2": plain
+    // indexes end with `id` since the ordered scans.
+    let v = if def.unique { "" } else { "v2:" };
     format!(
         "ix_{}_{}",
         coll.as_str(),
-        short_hash(&serde_json::to_string(def).unwrap_or_default())
+        short_hash(&format!(
+            "{v}{}",
+            serde_json::to_string(def).unwrap_or_default()
+        ))
     )
 }
 
@@ -195,13 +200,22 @@ pub fn create_index(coll: &CollectionName, def: &IndexDef) -> String {
     } else {
         String::new()
     };
+    // A non-unique index ends with `id`, so an equality on its fields
+    // yields rows already in `_id` order (pages stop early, no sort).
+    let tail = if def.unique { "" } else { ", id" };
     format!(
-        "CREATE {}INDEX IF NOT EXISTS \"{}\" ON {} (tenant, {}){sparse}",
+        "CREATE {}INDEX IF NOT EXISTS \"{}\" ON {} (tenant, {}{tail}){sparse}",
         if def.unique { "UNIQUE " } else { "" },
         index_name(coll, def),
         table(coll),
         cols.join(", ")
     )
+}
+
+/// Whether `def` is a plain index on exactly `path` (it then serves the
+/// planner's ordered equality scans itself).
+pub fn serves_ordered_scan(def: &IndexDef, path: &str) -> bool {
+    !def.unique && !def.sparse && def.fields.len() == 1 && def.fields[0].0 == path
 }
 
 /// Decodes a row selected with `DOC_COLUMNS`.

@@ -573,25 +573,25 @@ impl Store for SqliteStore {
         }
         let (sort, limit, after) = (query.sort.clone(), query.limit, query.after.clone());
         let by_id = sort.is_by_id();
-        if by_id {
-            if let Some((path, value)) = plan::prefer_ordered(&filter, &self.indexed_paths(coll)) {
-                // Equality on an indexed path in `_id` order: two index scans
-                // already in `_id` order, merged; a page costs its own size.
-                let (a, b) = ordered_sql(coll, &path);
-                let tenant = scope.tenant_key().to_owned();
-                let after_id = after.map(|c| c.id).unwrap_or_default();
-                return self
-                    .read(move |c| {
-                        let pa = [
-                            Sql::Text(tenant.clone()),
-                            value,
-                            Sql::Text(after_id.clone()),
-                        ];
-                        let pb = [Sql::Text(tenant), Sql::Text(after_id)];
-                        merged_scan(c, (&a, &pa), (&b, &pb), &filter, limit)
-                    })
-                    .await;
-            }
+        if by_id
+            && let Some((path, value)) = plan::prefer_ordered(&filter, &self.indexed_paths(coll))
+        {
+            // Equality on an indexed path in `_id` order: two index scans
+            // already in `_id` order, merged; a page costs its own size.
+            let (a, b) = ordered_sql(coll, &path);
+            let tenant = scope.tenant_key().to_owned();
+            let after_id = after.map(|c| c.id).unwrap_or_default();
+            return self
+                .read(move |c| {
+                    let pa = [
+                        Sql::Text(tenant.clone()),
+                        value,
+                        Sql::Text(after_id.clone()),
+                    ];
+                    let pb = [Sql::Text(tenant), Sql::Text(after_id)];
+                    merged_scan(c, (&a, &pa), (&b, &pb), &filter, limit)
+                })
+                .await;
         }
         let (sql, params) = self.candidate_sql(
             coll,

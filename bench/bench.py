@@ -194,7 +194,9 @@ def main():
         arca_url = f"http://127.0.0.1:{arca_port}"
         arca_env = {"ARCA_STORE__URL": f"sqlite://{work}/arca/arca.db", "ARCA_SERVER__LISTEN": f"127.0.0.1:{arca_port}",
                     "ARCA_AUTH__ISSUER": issuer, "ARCA_AUTH__AUDIENCE": "api://arca", "ARCA_LOG__LEVEL": "warn",
-                    "ARCA_LOG__FORMAT": "json"}
+                    "ARCA_LOG__FORMAT": "json",
+                    # The container image's setting (deploy/Dockerfile).
+                    "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 
         def start_arca(extra=None):
             p = Proc([args.arca, "serve"], {**arca_env, **(extra or {})}, log=work / "arca.log")

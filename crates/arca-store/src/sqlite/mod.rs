@@ -1,7 +1,10 @@
 //! The embedded engine: one SQLite file in WAL mode. Writes go to a single
-//! writer thread (group commit, see `writer`); reads run on tokio's blocking
-//! pool over a small set of read connections, so no SQLite call ever runs
-//! on an async worker thread.
+//! writer thread (group commit, see `writer`); reads go to a few dedicated
+//! reader threads, each owning one read connection, so no SQLite call ever
+//! runs on an async worker thread. (Dedicated threads rather than tokio's
+//! blocking pool: under load that pool grew to dozens of short-lived threads,
+//! each with its own allocator heap, and the shared connection pool needed a
+//! lock; a fixed set of readers bounds both.)
 //!
 //! Layout: `_arca_collections` holds definitions; each collection is a table
 //! `c_<name>(tenant, id, rev, created_at, updated_at, owner, doc JSONB)` with
@@ -16,14 +19,14 @@ mod writer;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use arca_core::query::{Filter, Node, SortKey};
 use arca_core::{CollectionName, DocId, Document, IndexDef, Scope};
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use serde_json::{Map, Value};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{NewDocument, PutOutcome, Query, Store, StoreError, StoredCollection};
 use writer::{WriteOp, map_err};
@@ -47,11 +50,13 @@ struct CollectionRecord {
     access: Value,
 }
 
+/// A read to run on a reader thread.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
 /// The embedded SQLite engine.
 pub struct SqliteStore {
     writes: mpsc::Sender<WriteOp>,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    read_slots: Arc<Semaphore>,
+    reads: crossbeam_channel::Sender<ReadJob>,
     path: PathBuf,
     id_seed: [u8; 5],
     id_counter: AtomicU32,
@@ -105,9 +110,21 @@ impl SqliteStore {
                 )",
             )
             .map_err(map_err)?;
-        let mut readers = Vec::with_capacity(opts.readers);
-        for _ in 0..opts.readers.max(1) {
-            readers.push(open_conn(&opts.path, true, opts.synchronous_full)?);
+        let (reads, jobs) = crossbeam_channel::unbounded::<ReadJob>();
+        for n in 0..opts.readers.max(1) {
+            let conn = open_conn(&opts.path, true, opts.synchronous_full)?;
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("arca-sqlite-reader-{n}"))
+                .spawn(move || {
+                    // Ends when the store (the only sender) is dropped.
+                    for job in jobs.iter() {
+                        job(&conn);
+                    }
+                })
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot start a reader thread: {e}"))
+                })?;
         }
         let (tx, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
@@ -116,8 +133,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             writes: tx,
-            read_slots: Arc::new(Semaphore::new(readers.len())),
-            readers: Arc::new(Mutex::new(readers)),
+            reads,
             path: opts.path.clone(),
             id_seed: rand::random(),
             id_counter: AtomicU32::new(rand::random()),
@@ -228,34 +244,26 @@ impl SqliteStore {
         (sql, params)
     }
 
-    /// Runs `f` on a read connection on the blocking pool.
+    /// Runs `f` on a reader thread's connection and awaits its result.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let permit = self
-            .read_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("store closed".into()))?;
-        let pool = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let conn = pool
-                .lock()
-                .map_err(|_| StoreError::Unavailable("reader pool poisoned".into()))?
-                .pop()
-                .ok_or_else(|| StoreError::Unavailable("no read connection".into()))?;
-            let out = f(&conn);
-            if let Ok(mut p) = pool.lock() {
-                p.push(conn);
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            // A panic in `f` drops `tx`: the caller sees "unavailable",
+            // and the reader thread survives it.
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
+            if let Ok(out) = out {
+                let _ = tx.send(out);
             }
-            out
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+        });
+        self.reads
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("readers stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the read failed".into()))?
     }
 
     /// Queues a write and waits for the commit that holds it.

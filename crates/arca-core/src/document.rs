@@ -63,6 +63,24 @@ impl Document {
     }
 }
 
+/// Serializes like `to_json`, without building the intermediate tree
+/// (responses write documents straight out of this).
+impl serde::Serialize for Document {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.body.len() + 5))?;
+        m.serialize_entry("_id", self.system.id.as_str())?;
+        m.serialize_entry("_rev", &self.system.rev)?;
+        m.serialize_entry("_created_at", &self.system.created_at)?;
+        m.serialize_entry("_updated_at", &self.system.updated_at)?;
+        m.serialize_entry("_owner", &self.system.owner)?;
+        for (k, v) in &self.body {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
 /// Why a client body cannot become a document (`422`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DocumentError {

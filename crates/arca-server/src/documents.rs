@@ -88,7 +88,7 @@ fn document_response(
     doc: &Document,
     location: Option<&Collection>,
 ) -> Response {
-    let mut res = json(status, &doc.to_json());
+    let mut res = crate::respond::json_of(status, doc);
     if let Ok(v) = HeaderValue::from_str(&doc.etag()) {
         res.headers_mut().insert(header::ETAG, v);
     }
@@ -377,6 +377,13 @@ pub(crate) async fn remove(
     ))
 }
 
+/// A page as the list route writes it.
+#[derive(serde::Serialize)]
+struct PageOut<'a> {
+    items: &'a [Document],
+    next: &'a Value,
+}
+
 /// A listing's query parameters, parsed: `filter`, `sort`, `fields`,
 /// `limit` (1 to 1000, default 20) and the `after` cursor, which must come
 /// from a listing with the same filter and sort.
@@ -499,20 +506,21 @@ pub(crate) async fn list(
     } else {
         None
     };
-    let items: Vec<Value> = docs
-        .iter()
-        .map(|d| {
-            let json = d.to_json();
-            match &params.fields {
-                Some(p) => p.apply(&json),
-                None => json,
-            }
-        })
-        .collect();
-    Ok(json(
-        StatusCode::OK,
-        &json!({"items": items, "next": next.unwrap_or(Value::Null)}),
-    ))
+    let next = next.unwrap_or(Value::Null);
+    Ok(match &params.fields {
+        Some(p) => {
+            let items: Vec<Value> = docs.iter().map(|d| p.apply(&d.to_json())).collect();
+            json(StatusCode::OK, &json!({"items": items, "next": next}))
+        }
+        // Without a projection the documents are written out directly.
+        None => crate::respond::json_of(
+            StatusCode::OK,
+            &PageOut {
+                items: &docs,
+                next: &next,
+            },
+        ),
+    })
 }
 
 #[utoipa::path(get, operation_id = "count_documents", path = "/v1/collections/{name}/count", tag = "documents",

@@ -12,6 +12,11 @@ use crate::error::{ApiError, ProblemKind};
 
 /// A JSON response.
 pub fn json(status: StatusCode, body: &Value) -> Response {
+    json_of(status, body)
+}
+
+/// A JSON response from anything serializable.
+pub fn json_of<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut res = (status, bytes).into_response();
     res.headers_mut().insert(

@@ -23,6 +23,62 @@ pub fn resolve<'a>(doc: &'a Value, path: &FieldPath) -> Vec<Option<&'a Value>> {
     out
 }
 
+/// What a filter is evaluated against: a JSON object, or a stored document
+/// seen as one (its system fields and body) without being copied into one.
+pub trait Root {
+    /// The top-level field `key`.
+    fn field(&self, key: &str) -> Option<&Value>;
+}
+
+impl Root for Value {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.as_object().and_then(|m| m.get(key))
+    }
+}
+
+/// A `Document` as a filter root; system fields are made into values only
+/// when a filter names one.
+struct DocumentRoot<'a> {
+    doc: &'a crate::Document,
+    system: std::cell::OnceCell<[Value; 5]>,
+}
+
+impl Root for DocumentRoot<'_> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        let i = match key {
+            "_id" => 0,
+            "_rev" => 1,
+            "_created_at" => 2,
+            "_updated_at" => 3,
+            "_owner" => 4,
+            _ => return self.doc.body.get(key),
+        };
+        let s = &self.doc.system;
+        let sys = self.system.get_or_init(|| {
+            [
+                Value::String(s.id.as_str().to_owned()),
+                Value::from(s.rev),
+                Value::String(s.created_at.clone()),
+                Value::String(s.updated_at.clone()),
+                Value::String(s.owner.clone()),
+            ]
+        });
+        Some(&sys[i])
+    }
+}
+
+fn resolve_root<'a, R: Root + ?Sized>(root: &'a R, path: &FieldPath) -> Vec<Option<&'a Value>> {
+    let mut out = Vec::with_capacity(1);
+    match path.segments().split_first() {
+        Some((first, rest)) => match root.field(first) {
+            Some(v) => walk(v, rest, &mut out),
+            None => out.push(None),
+        },
+        None => out.push(None),
+    }
+    out
+}
+
 fn walk<'a>(v: &'a Value, segs: &[String], out: &mut Vec<Option<&'a Value>>) {
     let Some((seg, rest)) = segs.split_first() else {
         out.push(Some(v));
@@ -58,16 +114,31 @@ impl Filter {
     pub fn matches(&self, doc: &Value) -> bool {
         node_matches(self.root(), doc)
     }
+
+    /// Whether a stored document matches (same as `matches` on its
+    /// `to_json()`, without building it).
+    pub fn matches_document(&self, doc: &crate::Document) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        node_matches(
+            self.root(),
+            &DocumentRoot {
+                doc,
+                system: std::cell::OnceCell::new(),
+            },
+        )
+    }
 }
 
-fn node_matches(node: &Node, doc: &Value) -> bool {
+fn node_matches<R: Root + ?Sized>(node: &Node, doc: &R) -> bool {
     match node {
         Node::And(list) => list.iter().all(|n| node_matches(n, doc)),
         Node::Or(list) => list.iter().any(|n| node_matches(n, doc)),
         Node::Nor(list) => !list.iter().any(|n| node_matches(n, doc)),
         Node::Nothing => false,
         Node::Field(path, conds) => {
-            let values = resolve(doc, path);
+            let values = resolve_root(doc, path);
             conds.iter().all(|c| cond_matches(c, &values))
         }
     }

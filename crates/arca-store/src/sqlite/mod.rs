@@ -354,7 +354,7 @@ fn merged_scan(
                 }
             },
         };
-        if filter.matches(&doc.to_json()) {
+        if filter.matches_document(&doc) {
             out.push(doc);
             if out.len() == limit {
                 break;
@@ -375,14 +375,13 @@ fn scan(
     sql: &str,
     params: &[Sql],
     filter: &Filter,
-    mut keep: impl FnMut(Document, Value) -> bool,
+    mut keep: impl FnMut(Document) -> bool,
 ) -> Result<(), StoreError> {
     let mut st = c.prepare_cached(sql).map_err(map_err)?;
     let mut rows = st.query(params_from_iter(params.iter())).map_err(map_err)?;
     while let Some(row) = rows.next().map_err(map_err)? {
         let doc = sql::decode_document(row).map_err(map_err)??;
-        let json = doc.to_json();
-        if filter.matches(&json) && !keep(doc, json) {
+        if filter.matches_document(&doc) && !keep(doc) {
             break;
         }
     }
@@ -523,7 +522,7 @@ impl Store for SqliteStore {
             })
             .await?;
         // Outside the row filter is the same as absent: no existence leaks.
-        Ok(doc.filter(|d| scope.filter().is_all() || scope.filter().matches(&d.to_json())))
+        Ok(doc.filter(|d| scope.filter().matches_document(d)))
     }
 
     async fn replace(
@@ -615,7 +614,7 @@ impl Store for SqliteStore {
             if by_id {
                 // Candidates arrive in `_id` order: stop at the page's end.
                 let mut out = Vec::with_capacity(limit.min(64));
-                scan(c, &sql, &params, &filter, |doc, _| {
+                scan(c, &sql, &params, &filter, |doc| {
                     out.push(doc);
                     out.len() < limit
                 })?;
@@ -623,8 +622,8 @@ impl Store for SqliteStore {
             }
             // Another order: every match is keyed and sorted in Rust.
             let mut keyed: Vec<(SortKey, Document)> = Vec::new();
-            scan(c, &sql, &params, &filter, |doc, json| {
-                let key = sort.key(&json);
+            scan(c, &sql, &params, &filter, |doc| {
+                let key = sort.key(&doc.to_json());
                 let past_cursor = after.as_ref().is_none_or(|cur| {
                     sort.compare(
                         &key,
@@ -676,7 +675,7 @@ impl Store for SqliteStore {
         let (sql, params) = self.candidate_sql(coll, scope, &filter, None);
         self.read(move |c| {
             let mut n = 0u64;
-            scan(c, &sql, &params, &filter, |_, _| {
+            scan(c, &sql, &params, &filter, |_| {
                 n += 1;
                 true
             })?;

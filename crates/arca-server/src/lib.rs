@@ -54,6 +54,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // The Prometheus exporter buffers every histogram sample until it is
+    // drained; without a scrape that buffer would grow for ever. Drain it
+    // every few seconds.
+    let metrics = state.metrics().clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.run_upkeep();
+        }
+    });
     let delay = state.config().server.shutdown_delay.0;
     let grace = state.config().server.shutdown_timeout.0;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -19,11 +19,10 @@ struct Setup {
 fn setup(idp_env: &[(&str, &str)], arca_env: &[(&str, &str)]) -> Setup {
     let dir = TempDir::new("idp");
     let keys = dir.0.join("keys.json");
-    let port = free_port();
     let keys_str = path_str(&keys);
     let mut env: Vec<(&str, &str)> = vec![("JWKS_OUT", keys_str.as_str())];
     env.extend_from_slice(idp_env);
-    let idp = Idp::start(port, &env);
+    let idp = Idp::start_any(&env);
     let mut arca: Vec<(String, String)> = vec![
         ("ARCA_AUTH__ISSUER".into(), idp.issuer.clone()),
         ("ARCA_AUTH__AUDIENCE".into(), AUD.into()),

@@ -259,6 +259,27 @@ pub fn http_status(url: &str) -> std::io::Result<u16> {
     }
 }
 
+/// The body of a plain blocking GET when it answers 200.
+pub fn http_body(url: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -331,9 +352,27 @@ pub fn free_port() -> u16 {
 }
 
 impl Idp {
+    /// Starts the provider on a free port, retrying on another port if the
+    /// chosen one was taken meanwhile (ports are picked, released, then
+    /// bound: another process can slip in between).
+    pub fn start_any(env: &[(&str, &str)]) -> Self {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start(free_port(), env, Duration::from_secs(15)) {
+                Ok(idp) => return idp,
+                Err(e) => last = e,
+            }
+        }
+        panic!("the IdP did not start on any of 5 ports: {last}");
+    }
+
     /// Starts the provider on `port` with extra environment (`FA_COMPAT`,
     /// `AUDIENCE`, `JWKS_FILE`, `JWKS_OUT`...), waiting until discovery answers.
     pub fn start(port: u16, env: &[(&str, &str)]) -> Self {
+        Self::try_start(port, env, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(port: u16, env: &[(&str, &str)], within: Duration) -> Result<Self, String> {
         let dir = idp_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -371,28 +410,37 @@ impl Idp {
             });
         }
         let issuer = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + within;
         loop {
-            if http_status(&format!("{issuer}/.well-known/openid-configuration")).ok() == Some(200)
+            // The discovery document must name this issuer: a 200 from some
+            // other process that took the port does not count.
+            if http_body(&format!("{issuer}/.well-known/openid-configuration"))
+                .is_some_and(|b| b.contains(&format!("\"issuer\":\"{issuer}\"")))
             {
                 break;
             }
             if let Ok(Some(s)) = child.try_wait() {
-                panic!("IdP exited with {s}: {:?}", lines.lock().expect("lines"));
+                return Err(format!(
+                    "IdP on port {port} exited with {s}: {:?}",
+                    lines.lock().expect("lines")
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "IdP did not start: {:?}",
-                lines.lock().expect("lines")
-            );
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "IdP on port {port} did not answer: {:?}",
+                    lines.lock().expect("lines")
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self {
+        Ok(Self {
             child,
             issuer,
             port,
             lines,
-        }
+        })
     }
 
     /// A client-credentials access token.

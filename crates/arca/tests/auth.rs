@@ -293,13 +293,14 @@ async fn jwks_fetches(server: &Server) -> f64 {
 async fn unknown_kids_cause_at_most_one_refetch_per_interval() {
     let s = setup(&[], &[("ARCA_AUTH__JWKS_MIN_REFETCH", "30s")]);
     let url = s.with_collection().await;
+    // Forge first (a Node process each), then send them all at once, so the
+    // whole burst falls well inside one refetch interval.
+    let tokens: Vec<String> = (0..40)
+        .map(|i| forge(&s.keys, json!({"key": "fresh", "header": {"kid": format!("random-{i}")}, "claims": s.claims(json!({}))})))
+        .collect();
     let before = jwks_fetches(&s.server).await;
     let mut tasks = Vec::new();
-    for i in 0..40 {
-        let token = forge(
-            &s.keys,
-            json!({"key": "fresh", "header": {"kid": format!("random-{i}")}, "claims": s.claims(json!({}))}),
-        );
+    for token in tokens {
         let url = url.clone();
         tasks.push(tokio::spawn(async move { status_with(&url, &token).await }));
     }
@@ -440,13 +441,18 @@ async fn nested_roles_claim_and_tenant_claim_are_configurable() {
 async fn a_cached_token_still_expires() {
     let s = setup(&[], &[("ARCA_AUTH__LEEWAY", "0s")]);
     let url = s.with_collection().await;
-    let short = s.forge("RS256", json!({"exp": now_secs() + 2}));
+    let exp = now_secs() + 6;
+    let short = s.forge("RS256", json!({"exp": exp}));
     assert_eq!(status_with(&url, &short).await.0, 200);
     assert_eq!(
         status_with(&url, &short).await.0,
         200,
         "served from the cache"
     );
-    tokio::time::sleep(Duration::from_millis(3200)).await;
+    // Wait until the token has expired (whole seconds, plus a margin).
+    while now_secs() <= exp {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_rejected(&url, &short, "expired").await;
 }

@@ -85,5 +85,19 @@ fn documents_match_exactly_as_their_json_does() {
                 case["filter"]
             );
         }
+        for s in [
+            "age",
+            "-tags",
+            "address.city,-_rev",
+            "-_created_at",
+            "_owner,items.qty",
+        ] {
+            let sort = arca_core::query::Sort::parse(s).expect("sort");
+            assert_eq!(
+                sort.key_document(&doc),
+                sort.key(&doc.to_json()),
+                "sort {s} on {id}"
+            );
+        }
     }
 }

@@ -38,9 +38,19 @@ impl Root for Value {
 
 /// A `Document` as a filter root; system fields are made into values only
 /// when a filter names one.
-struct DocumentRoot<'a> {
+pub(crate) struct DocumentRoot<'a> {
     doc: &'a crate::Document,
     system: std::cell::OnceCell<[Value; 5]>,
+}
+
+impl<'a> DocumentRoot<'a> {
+    /// A root over `doc`.
+    pub(crate) fn new(doc: &'a crate::Document) -> Self {
+        Self {
+            doc,
+            system: std::cell::OnceCell::new(),
+        }
+    }
 }
 
 impl Root for DocumentRoot<'_> {
@@ -67,7 +77,10 @@ impl Root for DocumentRoot<'_> {
     }
 }
 
-fn resolve_root<'a, R: Root + ?Sized>(root: &'a R, path: &FieldPath) -> Vec<Option<&'a Value>> {
+pub(crate) fn resolve_root<'a, R: Root + ?Sized>(
+    root: &'a R,
+    path: &FieldPath,
+) -> Vec<Option<&'a Value>> {
     let mut out = Vec::with_capacity(1);
     match path.segments().split_first() {
         Some((first, rest)) => match root.field(first) {

@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use super::eval::resolve;
+use super::eval::{DocumentRoot, Root, resolve_root};
 use super::filter::{FieldPath, FilterError};
 use super::order::compare;
 
@@ -84,12 +84,21 @@ impl Sort {
 
     /// The sort key of `doc`.
     pub fn key(&self, doc: &Value) -> SortKey {
+        self.key_of(doc)
+    }
+
+    /// The sort key of a stored document (as `key` of its `to_json()`).
+    pub fn key_document(&self, doc: &crate::Document) -> SortKey {
+        self.key_of(&DocumentRoot::new(doc))
+    }
+
+    fn key_of<R: Root + ?Sized>(&self, doc: &R) -> SortKey {
         SortKey(
             self.fields
                 .iter()
                 .map(|(path, desc)| {
                     let mut best: Option<&Value> = None;
-                    for v in resolve(doc, path).into_iter().flatten() {
+                    for v in resolve_root(doc, path).into_iter().flatten() {
                         let candidates: Box<dyn Iterator<Item = &Value>> = match v {
                             Value::Array(items) => Box::new(items.iter()),
                             other => Box::new(std::iter::once(other)),

@@ -364,6 +364,39 @@ fn merged_scan(
     Ok(out)
 }
 
+/// A document ranked by a sort order (for the bounded top-`limit` heap:
+/// the heap's greatest element is the worst of the kept ones).
+struct Ranked<'a> {
+    key: SortKey,
+    doc: Document,
+    sort: &'a arca_core::query::Sort,
+}
+
+impl Ord for Ranked<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort.compare(
+            &self.key,
+            self.doc.system.id.as_str(),
+            &other.key,
+            other.doc.system.id.as_str(),
+        )
+    }
+}
+
+impl PartialOrd for Ranked<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Ranked<'_> {}
+
 fn body_text(body: &Map<String, Value>) -> String {
     serde_json::to_string(body).unwrap_or_else(|_| "{}".into())
 }
@@ -620,28 +653,35 @@ impl Store for SqliteStore {
                 })?;
                 return Ok(out);
             }
-            // Another order: every match is keyed and sorted in Rust.
-            let mut keyed: Vec<(SortKey, Document)> = Vec::new();
+            // Another order: every match is keyed in Rust and only the best
+            // `limit` are kept (a bounded heap: memory stays O(limit)
+            // however large the collection).
+            let mut best: std::collections::BinaryHeap<Ranked<'_>> =
+                std::collections::BinaryHeap::new();
+            let cursor = after
+                .as_ref()
+                .map(|c| (SortKey(c.key.clone()), c.id.clone()));
             scan(c, &sql, &params, &filter, |doc| {
-                let key = sort.key(&doc.to_json());
-                let past_cursor = after.as_ref().is_none_or(|cur| {
-                    sort.compare(
-                        &key,
-                        doc.system.id.as_str(),
-                        &SortKey(cur.key.clone()),
-                        &cur.id,
-                    ) == std::cmp::Ordering::Greater
+                let key = sort.key_document(&doc);
+                let past_cursor = cursor.as_ref().is_none_or(|(k, id)| {
+                    sort.compare(&key, doc.system.id.as_str(), k, id) == std::cmp::Ordering::Greater
                 });
                 if past_cursor {
-                    keyed.push((key, doc));
+                    let entry = Ranked {
+                        key,
+                        doc,
+                        sort: &sort,
+                    };
+                    if best.len() < limit {
+                        best.push(entry);
+                    } else if best.peek().is_some_and(|worst| entry < *worst) {
+                        best.pop();
+                        best.push(entry);
+                    }
                 }
                 true
             })?;
-            keyed.sort_by(|(ka, da), (kb, db)| {
-                sort.compare(ka, da.system.id.as_str(), kb, db.system.id.as_str())
-            });
-            keyed.truncate(limit);
-            Ok(keyed.into_iter().map(|(_, d)| d).collect())
+            Ok(best.into_sorted_vec().into_iter().map(|r| r.doc).collect())
         })
         .await
     }

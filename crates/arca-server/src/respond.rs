@@ -53,6 +53,10 @@ impl From<StoreError> for ApiError {
                     "existing documents hold duplicate values for the new unique index on {what}; the definition was not changed"
                 ),
             ),
+            StoreError::Timeout => ApiError::new(
+                ProblemKind::Timeout,
+                "the query ran past the time limit; narrow the filter (an indexed field) or page with a smaller limit",
+            ),
             StoreError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "store unavailable");
                 ApiError::new(ProblemKind::Unavailable, "the store is unavailable")

@@ -34,6 +34,9 @@ pub enum StoreError {
     /// A unique index cannot be added: existing documents hold duplicates.
     #[error("existing documents hold duplicate values for the unique index on {0}")]
     DuplicatesForUniqueIndex(String),
+    /// A read ran past its time limit and was stopped.
+    #[error("the query ran past its time limit")]
+    Timeout,
     /// The engine is unavailable (disk full, I/O error, shutting down).
     #[error("store unavailable: {0}")]
     Unavailable(String),

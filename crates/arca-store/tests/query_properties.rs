@@ -137,6 +137,7 @@ async fn load(
         path: dir.path().join("p.db"),
         synchronous_full: false,
         readers: 2,
+        read_timeout: std::time::Duration::from_secs(30),
     })
     .expect("open");
     store

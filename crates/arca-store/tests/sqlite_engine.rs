@@ -18,6 +18,7 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
         path: dir.path().join("arca.db"),
         synchronous_full: true,
         readers: 2,
+        read_timeout: std::time::Duration::from_secs(30),
     })
     .expect("open")
 }
@@ -277,4 +278,45 @@ async fn deleting_a_collection_drops_its_documents() {
     assert_eq!(store.delete_collection(&people()).await, Ok(false));
     define(&store, &[]).await.expect("define again");
     assert_eq!(store.count(&people(), &s, &Filter::all()).await, Ok(0));
+}
+
+#[tokio::test]
+async fn a_read_past_its_time_limit_is_interrupted_and_the_reader_recovers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = SqliteStore::open(&SqliteOptions {
+        path: dir.path().join("slow.db"),
+        synchronous_full: false,
+        readers: 1,
+        read_timeout: std::time::Duration::from_millis(1),
+    })
+    .expect("open");
+    define(&store, &[]).await.expect("define");
+    let s = Scope::tenant(Tenant::None);
+    for i in 0..3000 {
+        store
+            .insert(
+                &people(),
+                &s,
+                new_doc(None, json!({"n": i, "pad": "x".repeat(200)})),
+            )
+            .await
+            .expect("insert");
+    }
+    // A full scan with an unindexed filter takes far more than 1 ms.
+    let slow = Filter::parse(&json!({"n": {"$gt": 1_000_000}})).expect("filter");
+    let r = store
+        .find(
+            &people(),
+            &s,
+            &Query {
+                filter: slow,
+                sort: Sort::parse("-n").expect("sort"),
+                after: None,
+                limit: 5,
+            },
+        )
+        .await;
+    assert_eq!(r.map(|v| v.len()), Err(StoreError::Timeout));
+    // The same (only) reader serves the next read.
+    assert_eq!(store.ping().await, Ok(()));
 }

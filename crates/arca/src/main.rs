@@ -310,6 +310,7 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<SqliteStore, String> {
         path,
         synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
         readers: cfg.store.sqlite.readers,
+        read_timeout: cfg.server.request_timeout.0,
     };
     tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
         .await

@@ -38,8 +38,11 @@ pub struct SqliteOptions {
     pub path: PathBuf,
     /// `synchronous = FULL` (true) or `NORMAL` (false).
     pub synchronous_full: bool,
-    /// Number of read connections.
+    /// Number of read connections (one reader thread each).
     pub readers: usize,
+    /// A read running longer is interrupted (`StoreError::Timeout`), so a
+    /// request that already timed out does not keep a reader busy.
+    pub read_timeout: std::time::Duration,
 }
 
 /// What `_arca_collections.def` holds.
@@ -111,15 +114,29 @@ impl SqliteStore {
             )
             .map_err(map_err)?;
         let (reads, jobs) = crossbeam_channel::unbounded::<ReadJob>();
+        let read_timeout = opts.read_timeout;
         for n in 0..opts.readers.max(1) {
-            let conn = open_conn(&opts.path, true, opts.synchronous_full)?;
+            let mut conn = open_conn(&opts.path, true, opts.synchronous_full)?;
+            // One progress handler per connection, checking the running
+            // job's deadline every 1000 VM steps.
+            let epoch = std::time::Instant::now();
+            let deadline = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+            let watched = deadline.clone();
+            conn.progress_handler(
+                1000,
+                Some(move || epoch.elapsed().as_millis() as u64 > watched.load(Ordering::Relaxed)),
+            )
+            .map_err(map_err)?;
             let jobs = jobs.clone();
             std::thread::Builder::new()
                 .name(format!("arca-sqlite-reader-{n}"))
                 .spawn(move || {
                     // Ends when the store (the only sender) is dropped.
                     for job in jobs.iter() {
+                        let limit = (epoch.elapsed() + read_timeout).as_millis() as u64;
+                        deadline.store(limit, Ordering::Relaxed);
                         job(&conn);
+                        deadline.store(u64::MAX, Ordering::Relaxed);
                     }
                 })
                 .map_err(|e| {

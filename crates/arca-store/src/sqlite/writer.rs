@@ -101,6 +101,11 @@ pub fn map_err(e: rusqlite::Error) -> StoreError {
             m.into()
         });
     }
+    if let rusqlite::Error::SqliteFailure(f, _) = &e {
+        if f.code == ErrorCode::OperationInterrupted {
+            return StoreError::Timeout;
+        }
+    }
     if e.to_string().contains("no such table") {
         return StoreError::CollectionMissing;
     }

@@ -101,10 +101,10 @@ pub fn map_err(e: rusqlite::Error) -> StoreError {
             m.into()
         });
     }
-    if let rusqlite::Error::SqliteFailure(f, _) = &e {
-        if f.code == ErrorCode::OperationInterrupted {
-            return StoreError::Timeout;
-        }
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && f.code == ErrorCode::OperationInterrupted
+    {
+        return StoreError::Timeout;
     }
     if e.to_string().contains("no such table") {
         return StoreError::CollectionMissing;

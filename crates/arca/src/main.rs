@@ -93,6 +93,23 @@ enum Command {
     Healthcheck,
 }
 
+/// The tokio runtime for a command (multi-threaded for the server and
+/// imports); `None` after printing why it could not start.
+fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut b = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    match b.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("arca: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
 fn parse_duration(s: &str) -> Result<HumanDuration, String> {
     HumanDuration::parse(s)
 }
@@ -127,15 +144,8 @@ fn main() -> ExitCode {
             owner,
             file,
         } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("arca: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime(true) else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(import::run(
                 cfg,
@@ -162,15 +172,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Openapi => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("arca: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime(false) else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(openapi(cfg)) {
                 Ok(doc) => {
@@ -204,15 +207,8 @@ fn main() -> ExitCode {
             dev_allow_remote,
         } => {
             init_logging(&cfg);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("arca: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime(true) else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(serve(cfg, dev, dev_allow_remote)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -236,50 +236,45 @@ impl Drop for Server {
     }
 }
 
-/// The status of a plain blocking GET, used while waiting for readiness
-/// (no async runtime needed).
-pub fn http_status(url: &str) -> std::io::Result<u16> {
-    {
-        use std::io::{Read, Write};
-        let rest = url.strip_prefix("http://").unwrap_or(url);
-        let (host, path) = rest
-            .split_once('/')
-            .map(|(h, p)| (h, format!("/{p}")))
-            .unwrap_or((rest, "/".into()));
-        let mut s = std::net::TcpStream::connect(host)?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf)?;
-        buf.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other("bad response"))
-    }
-}
-
-/// The body of a plain blocking GET when it answers 200.
-pub fn http_body(url: &str) -> Option<String> {
+/// A plain blocking GET (no async runtime needed): status and body.
+pub fn raw_get(url: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").unwrap_or(url);
     let (host, path) = rest
         .split_once('/')
         .map(|(h, p)| (h, format!("/{p}")))
         .unwrap_or((rest, "/".into()));
-    let mut s = std::net::TcpStream::connect(host).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    )?;
     let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let (head, body) = buf.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("bad response"))?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The status of a plain blocking GET (used while waiting for readiness).
+pub fn http_status(url: &str) -> std::io::Result<u16> {
+    raw_get(url).map(|(status, _)| status)
+}
+
+/// The body of a plain blocking GET when it answers 200.
+pub fn http_body(url: &str) -> Option<String> {
+    raw_get(url)
+        .ok()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
 }
 
 pub fn client() -> reqwest::Client {

@@ -263,23 +263,8 @@ async fn create_must_match_the_create_filter_and_results_must_stay_in_the_update
         }}),
     )
     .await;
-    let red = s.token("u", &["member"], None);
-    let red = {
-        // A token with a `team` claim, minted with `arca token --claim`.
-        let out = std::process::Command::new(BIN)
-            .args([
-                "token", "--sub", "u", "--role", "member", "--claim", "team=red",
-            ])
-            .envs(s.env.iter().cloned())
-            .output()
-            .expect("token");
-        assert!(out.status.success());
-        let _ = red;
-        String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    };
+    // A token with a `team` claim, minted with `arca token --claim`.
+    let red = s.token_with_claims("u", &["member"], None, &["team=red"]);
     let url = s.url("/v1/collections/tasks/documents");
     let r = client()
         .post(&url)
@@ -363,17 +348,7 @@ async fn claims_that_look_like_operators_are_matched_as_plain_values() {
             .expect("post");
         assert_eq!(r.status(), 201);
     }
-    let mint = |claim: &str| {
-        let out = std::process::Command::new(BIN)
-            .args(["token", "--sub", "x", "--role", "member", "--claim", claim])
-            .envs(s.env.iter().cloned())
-            .output()
-            .expect("token");
-        String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
-    };
+    let mint = |claim: &str| s.token_with_claims("x", &["member"], None, &[claim]);
     for claim in [
         r#"team={"$ne": null}"#,
         r#"team={"$exists": true}"#,

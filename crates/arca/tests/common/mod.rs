@@ -176,6 +176,17 @@ impl Server {
 
     /// Mints a dev token with `arca token` against this server's data dir.
     pub fn token(&self, sub: &str, roles: &[&str], tenant: Option<&str>) -> String {
+        self.token_with_claims(sub, roles, tenant, &[])
+    }
+
+    /// Same, with further claims as `NAME=VALUE` (`arca token --claim`).
+    pub fn token_with_claims(
+        &self,
+        sub: &str,
+        roles: &[&str],
+        tenant: Option<&str>,
+        claims: &[&str],
+    ) -> String {
         let mut cmd = Command::new(BIN);
         cmd.arg("token").arg("--sub").arg(sub);
         for r in roles {
@@ -184,20 +195,14 @@ impl Server {
         if let Some(t) = tenant {
             cmd.arg("--tenant").arg(t);
         }
+        for c in claims {
+            cmd.arg("--claim").arg(c);
+        }
         cmd.env_remove("ARCA_CONFIG");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("arca token");
-        assert!(
-            out.status.success(),
-            "arca token failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned()
+        stdout_of(&mut cmd, "arca token")
     }
 
     pub fn admin(&self) -> String {
@@ -491,15 +496,19 @@ pub fn raw_request(addr: &str, request: &[u8]) -> (u16, String) {
 
 /// Forges an edge-case token with `fixtures/idp/sign.mjs` (see there).
 pub fn forge(keys_file: &Path, spec: Value) -> String {
-    let out = Command::new("node")
-        .arg(idp_dir().join("sign.mjs"))
+    let mut cmd = Command::new("node");
+    cmd.arg(idp_dir().join("sign.mjs"))
         .arg(keys_file)
-        .arg(spec.to_string())
-        .output()
-        .expect("node sign.mjs");
+        .arg(spec.to_string());
+    stdout_of(&mut cmd, "node sign.mjs")
+}
+
+/// Runs `cmd`, asserts it succeeded, returns its trimmed stdout.
+pub fn stdout_of(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
-        "sign.mjs: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout)

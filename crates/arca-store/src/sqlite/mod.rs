@@ -23,6 +23,7 @@ use std::sync::{Arc, RwLock};
 
 use arca_core::query::{Filter, Node, SortKey};
 use arca_core::{CollectionName, DocId, Document, IndexDef, Scope};
+use rusqlite::config::DbConfig;
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 use serde_json::{Map, Value};
@@ -89,6 +90,12 @@ fn open_conn(
         pragmas.insert_str(0, "PRAGMA journal_mode = WAL; ");
     }
     conn.execute_batch(&pragmas).map_err(map_err)?;
+    // Plans never depend on bound values. Without this, SQLite (built with
+    // STAT4) marks statements whose plan a parameter could change and
+    // re-prepares them whenever the value differs: in the list profile
+    // every cached statement was parsed and planned again on each call.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(map_err)?;
     conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
@@ -739,5 +746,65 @@ impl Store for SqliteStore {
             Ok(n)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    /// The cached statements of a list page must run as prepared: a plan
+    /// that depended on the bound values was re-prepared (parsed and
+    /// planned again) on every call with a new value.
+    #[tokio::test]
+    async fn cached_statements_are_not_re_prepared_for_new_values() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let opts = SqliteOptions {
+            path: dir.path().join("arca.db"),
+            synchronous_full: true,
+            readers: 1,
+            read_timeout: std::time::Duration::from_secs(30),
+        };
+        let store = SqliteStore::open(&opts).expect("open");
+        let coll = CollectionName::parse("things").expect("name");
+        let index = IndexDef {
+            fields: vec![("category".into(), 1)],
+            unique: false,
+            sparse: false,
+        };
+        store
+            .put_collection(
+                &coll,
+                &serde_json::json!({"type": "object"}),
+                &[index],
+                &serde_json::json!({}),
+            )
+            .await
+            .expect("define");
+        let scope = Scope::tenant(arca_core::Tenant::None);
+        for i in 0..100 {
+            let body = serde_json::json!({"category": format!("c{}", i % 5)});
+            let doc = NewDocument {
+                id: None,
+                owner: "u".into(),
+                body: body.as_object().cloned().unwrap_or_default(),
+            };
+            store.insert(&coll, &scope, doc).await.expect("insert");
+        }
+        let conn = open_conn(&opts.path, true, true).expect("reader");
+        let (a, b) = ordered_sql(&coll, "category");
+        let no_tenant = || Sql::Text(String::new());
+        for value in ["c1", "c2", "c3", "c4"] {
+            let filter = Filter::parse(&serde_json::json!({ "category": value })).expect("filter");
+            let pa = [no_tenant(), Sql::Text(value.into()), no_tenant()];
+            let pb = [no_tenant(), no_tenant()];
+            let page = merged_scan(&conn, (&a, &pa), (&b, &pb), &filter, 5).expect("scan");
+            assert_eq!(page.len(), 5, "{value}");
+        }
+        for sql in [a, b] {
+            let st = conn.prepare_cached(&sql).expect("cached");
+            assert_eq!(st.get_status(StatementStatus::RePrepare), 0, "{sql}");
+        }
     }
 }

@@ -320,3 +320,72 @@ async fn a_read_past_its_time_limit_is_interrupted_and_the_reader_recovers() {
     // The same (only) reader serves the next read.
     assert_eq!(store.ping().await, Ok(()));
 }
+
+/// Point reads queued together share one read transaction on a reader
+/// thread. Under a steady stream of other point reads (so batches form),
+/// every read must still see each write acknowledged before it was asked:
+/// a just-created document is found, and a just-replaced one has its new
+/// revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_reads_see_every_write_acknowledged_before_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = std::sync::Arc::new(open(&dir));
+    define(&store, &[]).await.expect("define");
+    let scope = Scope::tenant(Tenant::None);
+    let hot = store
+        .insert(&people(), &scope, new_doc(Some("hot"), json!({"n": 0})))
+        .await
+        .expect("insert");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let noise: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, stop, id) = (store.clone(), stop.clone(), hot.system.id.clone());
+            tokio::spawn(async move {
+                let scope = Scope::tenant(Tenant::None);
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let got = store.get(&people(), &scope, &id).await.expect("get");
+                    assert!(got.is_some());
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let scope = Scope::tenant(Tenant::None);
+                for i in 0..25 {
+                    let id = format!("w{w}-{i}");
+                    let doc = store
+                        .insert(&people(), &scope, new_doc(Some(&id), json!({"n": i})))
+                        .await
+                        .expect("insert");
+                    let seen = store
+                        .get(&people(), &scope, &doc.system.id)
+                        .await
+                        .expect("get");
+                    assert_eq!(seen.map(|d| d.system.rev), Some(1), "{id} after create");
+                    store
+                        .replace(&people(), &scope, &doc.system.id, 1, obj(json!({"n": -i})))
+                        .await
+                        .expect("replace");
+                    let seen = store
+                        .get(&people(), &scope, &doc.system.id)
+                        .await
+                        .expect("get");
+                    assert_eq!(seen.map(|d| d.system.rev), Some(2), "{id} after replace");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for n in noise {
+        assert!(n.await.expect("reader") > 0);
+    }
+}

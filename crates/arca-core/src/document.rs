@@ -81,6 +81,55 @@ impl serde::Serialize for Document {
     }
 }
 
+/// A document whose body is kept as the JSON text the store holds, for
+/// reads that only pass it on: no parse into a tree, no serialization
+/// back (on a GET by id that pair was most of the request's own work).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentText {
+    /// Server-owned fields.
+    pub system: SystemFields,
+    /// The client's fields as one minified JSON object (`{}` when none),
+    /// exactly as `serde_json` wrote it when the document was stored.
+    body: String,
+}
+
+impl DocumentText {
+    /// `body` must be a JSON object's text; anything else is `None`.
+    pub fn new(system: SystemFields, body: String) -> Option<Self> {
+        let object = body.starts_with('{') && body.ends_with('}');
+        object.then_some(Self { system, body })
+    }
+
+    /// The same bytes as `serde_json::to_vec` of the parsed `Document`:
+    /// system fields first, then the body's members in stored order.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        let s = &self.system;
+        let mut out = Vec::with_capacity(self.body.len() + s.owner.len() + 120);
+        // Writing strings into a Vec cannot fail.
+        let string = |out: &mut Vec<u8>, key: &str, v: &str| {
+            out.extend_from_slice(key.as_bytes());
+            let _ = serde_json::to_writer(&mut *out, v);
+        };
+        string(&mut out, "{\"_id\":", s.id.as_str());
+        out.extend_from_slice(b",\"_rev\":");
+        let _ = serde_json::to_writer(&mut out, &s.rev);
+        string(&mut out, ",\"_created_at\":", &s.created_at);
+        string(&mut out, ",\"_updated_at\":", &s.updated_at);
+        string(&mut out, ",\"_owner\":", &s.owner);
+        let members = &self.body[1..];
+        if members.trim_start() != "}" {
+            out.push(b',');
+        }
+        out.extend_from_slice(members.as_bytes());
+        out
+    }
+
+    /// The strong ETag of this revision: `"<rev>"`.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.system.rev)
+    }
+}
+
 /// Why a client body cannot become a document (`422`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DocumentError {
@@ -177,6 +226,49 @@ mod tests {
             Value::Object(m) => m,
             _ => panic!("object expected"),
         }
+    }
+
+    fn system(owner: &str) -> SystemFields {
+        SystemFields {
+            id: DocId::parse("d-1_x").expect("id"),
+            rev: 42,
+            created_at: "2026-11-29T10:00:00.000Z".into(),
+            updated_at: "2026-11-29T10:00:01.000Z".into(),
+            owner: owner.into(),
+        }
+    }
+
+    #[test]
+    fn stored_text_is_sent_exactly_as_the_parsed_document_would_be() {
+        for (owner, body) in [
+            ("ana", json!({})),
+            (
+                "ana",
+                json!({"a": 1, "b": [1.5, "x", null], "c": {"d": true}}),
+            ),
+            (
+                "quote\" back\\ \u{1} é 😀",
+                json!({"z": "\n\t\u{7f}", "a": -0.0, "n": 1e300}),
+            ),
+            (
+                "",
+                json!({"key with space": {"": []}, "big": 18446744073709551615u64}),
+            ),
+        ] {
+            let doc = Document {
+                system: system(owner),
+                body: obj(body),
+            };
+            let stored = serde_json::to_string(&doc.body).expect("text");
+            let text = DocumentText::new(doc.system.clone(), stored).expect("object");
+            assert_eq!(
+                String::from_utf8(text.to_json_bytes()).expect("utf8"),
+                serde_json::to_string(&doc).expect("json")
+            );
+            assert_eq!(text.etag(), doc.etag());
+        }
+        assert!(DocumentText::new(system("a"), "[1]".into()).is_none());
+        assert!(DocumentText::new(system("a"), String::new()).is_none());
     }
 
     #[test]

@@ -195,19 +195,22 @@ pub(crate) async fn read(
     let coll = collection(&state, &p[0])?;
     let grant = authorize(&state, &caller, &coll, Action::Read)?;
     let id = doc_id(&p[1])?;
-    let doc = timed("get", state.store().get(&coll.name, &grant.read, &id))
+    // The stored text goes out as is: nothing here needs the parsed body.
+    let doc = timed("get", state.store().get_text(&coll.name, &grant.read, &id))
         .await?
         .ok_or_else(not_found)?;
-    if EntityTags::from_header(&headers, header::IF_NONE_MATCH)
+    let etag = HeaderValue::from_str(&doc.etag()).ok();
+    let mut res = if EntityTags::from_header(&headers, header::IF_NONE_MATCH)
         .is_some_and(|t| t.matches_weak(doc.system.rev))
     {
-        let mut res = StatusCode::NOT_MODIFIED.into_response();
-        if let Ok(v) = HeaderValue::from_str(&doc.etag()) {
-            res.headers_mut().insert(header::ETAG, v);
-        }
-        return Ok(res);
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        crate::respond::json_bytes(StatusCode::OK, doc.to_json_bytes())
+    };
+    if let Some(v) = etag {
+        res.headers_mut().insert(header::ETAG, v);
     }
-    Ok(document_response(StatusCode::OK, &doc, None))
+    Ok(res)
 }
 
 /// Reads the current document within the read scope (404 outside), checks

@@ -17,7 +17,11 @@ pub fn json(status: StatusCode, body: &Value) -> Response {
 
 /// A JSON response from anything serializable.
 pub fn json_of<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    json_bytes(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+/// A JSON response from bytes already serialized.
+pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
     let mut res = (status, bytes).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

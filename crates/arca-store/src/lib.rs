@@ -8,7 +8,7 @@
 pub mod sqlite;
 
 use arca_core::query::{Cursor, Filter, Sort};
-use arca_core::{CollectionName, DocId, Document, IndexDef, Scope};
+use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope};
 use serde_json::{Map, Value};
 
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -135,6 +135,23 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
         id: &DocId,
     ) -> Result<Option<Document>, StoreError>;
+
+    /// `get`, with the body as the stored JSON text, for reads that only
+    /// pass the document on. Engines that store text override it to skip
+    /// the parse; the default serializes what `get` returns.
+    async fn get_text(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        id: &DocId,
+    ) -> Result<Option<DocumentText>, StoreError> {
+        let Some(doc) = self.get(coll, scope, id).await? else {
+            return Ok(None);
+        };
+        let body = serde_json::to_string(&doc.body)
+            .map_err(|e| StoreError::Unavailable(format!("cannot serialize a document: {e}")))?;
+        Ok(DocumentText::new(doc.system, body))
+    }
 
     /// Replaces the body of the document at `expected_rev` and bumps its
     /// revision, atomically: `RevMismatch` if it changed meanwhile,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use arca_core::query::{Filter, Node, SortKey};
-use arca_core::{CollectionName, DocId, Document, IndexDef, Scope};
+use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope};
 use rusqlite::config::DbConfig;
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
@@ -410,6 +410,35 @@ fn ordered_sql(coll: &CollectionName, path: &str) -> (String, String) {
     )
 }
 
+impl SqliteStore {
+    /// Reads the row of `id` in the scope's tenant and decodes it.
+    async fn point_read<T: Send + 'static>(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        id: &DocId,
+        decode: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
+    ) -> Result<Option<T>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE tenant = ?1 AND id = ?2",
+            sql::DOC_COLUMNS,
+            sql::table(coll)
+        );
+        let (tenant, id) = (scope.tenant_key().to_owned(), id.clone());
+        self.read_point(move |c| {
+            let row = c
+                .prepare_cached(&sql)
+                .and_then(|mut st| {
+                    st.query_row(params![tenant, id.as_str()], decode)
+                        .optional()
+                })
+                .map_err(map_err)?;
+            row.transpose()
+        })
+        .await
+    }
+}
+
 /// Merges two `_id`-ordered candidate streams (a document in both counts
 /// once), keeps what the evaluator accepts, stops at `limit`.
 fn merged_scan(
@@ -646,26 +675,28 @@ impl Store for SqliteStore {
         scope: &Scope,
         id: &DocId,
     ) -> Result<Option<Document>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM {} WHERE tenant = ?1 AND id = ?2",
-            sql::DOC_COLUMNS,
-            sql::table(coll)
-        );
-        let (tenant, id) = (scope.tenant_key().to_owned(), id.clone());
         let doc = self
-            .read_point(move |c| {
-                let row = c
-                    .prepare_cached(&sql)
-                    .and_then(|mut st| {
-                        st.query_row(params![tenant, id.as_str()], sql::decode_document)
-                            .optional()
-                    })
-                    .map_err(map_err)?;
-                row.transpose()
-            })
+            .point_read(coll, scope, id, sql::decode_document)
             .await?;
         // Outside the row filter is the same as absent: no existence leaks.
         Ok(doc.filter(|d| scope.filter().matches_document(d)))
+    }
+
+    async fn get_text(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        id: &DocId,
+    ) -> Result<Option<DocumentText>, StoreError> {
+        if !scope.filter().is_all() {
+            // The row filter needs the parsed document.
+            let Some(doc) = self.get(coll, scope, id).await? else {
+                return Ok(None);
+            };
+            return Ok(DocumentText::new(doc.system, body_text(&doc.body)));
+        }
+        self.point_read(coll, scope, id, sql::decode_document_text)
+            .await
     }
 
     async fn replace(

@@ -3,7 +3,7 @@
 //! validated and quoted, so identifiers here can never carry injected SQL;
 //! values always travel as bound parameters.
 
-use arca_core::{CollectionName, DocId, Document, IndexDef, SystemFields};
+use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, SystemFields};
 use rusqlite::Row;
 use serde_json::{Map, Value};
 
@@ -220,30 +220,40 @@ pub fn serves_ordered_scan(def: &IndexDef, path: &str) -> bool {
 
 /// Decodes a row selected with `DOC_COLUMNS`.
 pub fn decode_document(row: &Row<'_>) -> rusqlite::Result<Result<Document, StoreError>> {
-    let id: String = row.get(0)?;
-    let rev: i64 = row.get(1)?;
-    let created_at: String = row.get(2)?;
-    let updated_at: String = row.get(3)?;
-    let owner: String = row.get(4)?;
     let doc: String = row.get(5)?;
     let body = match serde_json::from_str::<Value>(&doc) {
         Ok(Value::Object(m)) => m,
         Ok(_) | Err(_) => Map::new(),
     };
+    Ok(decode_system(row)?.map(|system| Document { system, body }))
+}
+
+/// Decodes a `DOC_COLUMNS` row keeping the body as stored text.
+pub fn decode_document_text(row: &Row<'_>) -> rusqlite::Result<Result<DocumentText, StoreError>> {
+    let doc: String = row.get(5)?;
+    Ok(decode_system(row)?.and_then(|system| {
+        DocumentText::new(system, doc)
+            .ok_or_else(|| StoreError::Unavailable("a stored document is not a JSON object".into()))
+    }))
+}
+
+fn decode_system(row: &Row<'_>) -> rusqlite::Result<Result<SystemFields, StoreError>> {
+    let id: String = row.get(0)?;
+    let rev: i64 = row.get(1)?;
+    let created_at: String = row.get(2)?;
+    let updated_at: String = row.get(3)?;
+    let owner: String = row.get(4)?;
     let Ok(id) = DocId::parse(&id) else {
         return Ok(Err(StoreError::Unavailable(format!(
             "corrupt document id {id:?}"
         ))));
     };
-    Ok(Ok(Document {
-        system: SystemFields {
-            id,
-            rev: u64::try_from(rev).unwrap_or(0),
-            created_at,
-            updated_at,
-            owner,
-        },
-        body,
+    Ok(Ok(SystemFields {
+        id,
+        rev: u64::try_from(rev).unwrap_or(0),
+        created_at,
+        updated_at,
+        owner,
     }))
 }
 

@@ -103,31 +103,81 @@ impl DocumentText {
     /// The same bytes as `serde_json::to_vec` of the parsed `Document`:
     /// system fields first, then the body's members in stored order.
     pub fn to_json_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() + self.system.owner.len() + 120);
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends `to_json_bytes` to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
         let s = &self.system;
-        let mut out = Vec::with_capacity(self.body.len() + s.owner.len() + 120);
         // Writing strings into a Vec cannot fail.
         let string = |out: &mut Vec<u8>, key: &str, v: &str| {
             out.extend_from_slice(key.as_bytes());
             let _ = serde_json::to_writer(&mut *out, v);
         };
-        string(&mut out, "{\"_id\":", s.id.as_str());
+        string(out, "{\"_id\":", s.id.as_str());
         out.extend_from_slice(b",\"_rev\":");
-        let _ = serde_json::to_writer(&mut out, &s.rev);
-        string(&mut out, ",\"_created_at\":", &s.created_at);
-        string(&mut out, ",\"_updated_at\":", &s.updated_at);
-        string(&mut out, ",\"_owner\":", &s.owner);
+        let _ = serde_json::to_writer(&mut *out, &s.rev);
+        string(out, ",\"_created_at\":", &s.created_at);
+        string(out, ",\"_updated_at\":", &s.updated_at);
+        string(out, ",\"_owner\":", &s.owner);
         let members = &self.body[1..];
         if members.trim_start() != "}" {
             out.push(b',');
         }
         out.extend_from_slice(members.as_bytes());
-        out
     }
 
     /// The strong ETag of this revision: `"<rev>"`.
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.system.rev)
     }
+}
+
+/// Parses only the top-level members named in `keys` out of a body's JSON
+/// object text; the other members are scanned over, never built. For
+/// evaluating a filter or a sort that reads a few fields of documents
+/// that are then sent as their stored text. (serde_json has no
+/// "pick these keys" mode, hence this small visitor.)
+pub fn parse_body_fields(text: &str, keys: &[&str]) -> serde_json::Result<Map<String, Value>> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Pick<'k>(&'k [&'k str]);
+
+    impl<'de> Visitor<'de> for Pick<'_> {
+        type Value = Map<String, Value>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Map::with_capacity(self.0.len());
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if self.0.contains(&key.as_ref()) {
+                    let value: Value = map.next_value()?;
+                    out.insert(key.into_owned(), value);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Pick<'_> {
+        type Value = Map<String, Value>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(text);
+    let out = Pick(keys).deserialize(&mut de)?;
+    de.end()?;
+    Ok(out)
 }
 
 /// Why a client body cannot become a document (`422`).
@@ -236,6 +286,19 @@ mod tests {
             updated_at: "2026-11-29T10:00:01.000Z".into(),
             owner: owner.into(),
         }
+    }
+
+    #[test]
+    fn picking_fields_parses_only_those_and_keeps_them_whole() {
+        let text = r#"{"a":1,"skip":{"deep":[1,{"x":"\u00e9"}]},"b":[1.5,"\"q\""],"c":null}"#;
+        let full: Map<String, Value> = serde_json::from_str(text).expect("json");
+        let picked = parse_body_fields(text, &["b", "a", "missing"]).expect("parse");
+        assert_eq!(picked.len(), 2);
+        assert_eq!(picked.get("a"), full.get("a"));
+        assert_eq!(picked.get("b"), full.get("b"));
+        assert!(parse_body_fields(text, &[]).expect("parse").is_empty());
+        assert!(parse_body_fields("[1]", &["a"]).is_err());
+        assert!(parse_body_fields(r#"{"a":1} x"#, &["a"]).is_err());
     }
 
     #[test]

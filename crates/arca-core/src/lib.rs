@@ -16,7 +16,8 @@ pub mod scope;
 
 pub use collection::{Access, AccessRule, Action, CollectionDef, DefinitionError, IndexDef};
 pub use document::{
-    ClientBody, Document, DocumentError, DocumentText, SystemFields, merge_patch, split_client_body,
+    ClientBody, Document, DocumentError, DocumentText, SystemFields, merge_patch,
+    parse_body_fields, split_client_body,
 };
 pub use duration::HumanDuration;
 pub use name::{CollectionName, DocId, NameError, Tenant};

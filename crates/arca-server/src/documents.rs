@@ -380,13 +380,6 @@ pub(crate) async fn remove(
     ))
 }
 
-/// A page as the list route writes it.
-#[derive(serde::Serialize)]
-struct PageOut<'a> {
-    items: &'a [Document],
-    next: &'a Value,
-}
-
 /// A listing's query parameters, parsed: `filter`, `sort`, `fields`,
 /// `limit` (1 to 1000, default 20) and the `after` cursor, which must come
 /// from a listing with the same filter and sort.
@@ -489,41 +482,67 @@ pub(crate) async fn list(
     let limit = params.query.limit;
     // One extra document tells whether a next page exists.
     params.query.limit = limit + 1;
+    let cursor_after = |key: Vec<Value>, id: &DocId| {
+        Value::String(
+            Cursor {
+                key,
+                id: id.as_str().to_owned(),
+            }
+            .encode(&params.fingerprint),
+        )
+    };
+    let Some(projection) = &params.fields else {
+        // No projection: the stored texts go out as they are.
+        let mut docs = timed(
+            "find",
+            state.store().find_text(&coll.name, &scope, &params.query),
+        )
+        .await?;
+        let mut next = Value::Null;
+        if docs.len() > limit {
+            docs.truncate(limit);
+            if let Some(last) = docs.last() {
+                let whole: Value = serde_json::from_slice(&last.to_json_bytes())
+                    .map_err(|e| ApiError::internal(format!("a stored document: {e}")))?;
+                next = cursor_after(params.query.sort.key(&whole).0, &last.system.id);
+            }
+        }
+        return Ok(page_response(&docs, &next));
+    };
     let mut docs = timed(
         "find",
         state.store().find(&coll.name, &scope, &params.query),
     )
     .await?;
-    let next = if docs.len() > limit {
+    let mut next = Value::Null;
+    if docs.len() > limit {
         docs.truncate(limit);
-        docs.last().map(|d| {
-            let key = params.query.sort.key(&d.to_json()).0;
-            Value::String(
-                Cursor {
-                    key,
-                    id: d.system.id.as_str().to_owned(),
-                }
-                .encode(&params.fingerprint),
-            )
-        })
-    } else {
-        None
-    };
-    let next = next.unwrap_or(Value::Null);
-    Ok(match &params.fields {
-        Some(p) => {
-            let items: Vec<Value> = docs.iter().map(|d| p.apply(&d.to_json())).collect();
-            json(StatusCode::OK, &json!({"items": items, "next": next}))
+        if let Some(last) = docs.last() {
+            next = cursor_after(params.query.sort.key(&last.to_json()).0, &last.system.id);
         }
-        // Without a projection the documents are written out directly.
-        None => crate::respond::json_of(
-            StatusCode::OK,
-            &PageOut {
-                items: &docs,
-                next: &next,
-            },
-        ),
-    })
+    }
+    let items: Vec<Value> = docs
+        .iter()
+        .map(|d| projection.apply(&d.to_json()))
+        .collect();
+    Ok(json(StatusCode::OK, &json!({"items": items, "next": next})))
+}
+
+/// `{"items": [...], "next": ...}` written from the documents' texts.
+fn page_response(docs: &[arca_core::DocumentText], next: &Value) -> Response {
+    let mut out = Vec::with_capacity(64 + docs.len() * 256);
+    out.extend_from_slice(b"{\"items\":[");
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        doc.write_json(&mut out);
+    }
+    out.extend_from_slice(b"],\"next\":");
+    // Writing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, next);
+    out.push(b'}');
+    crate::respond::json_bytes(StatusCode::OK, out)
 }
 
 #[utoipa::path(get, operation_id = "count_documents", path = "/v1/collections/{name}/count", tag = "documents",

@@ -187,6 +187,29 @@ pub trait Store: Send + Sync + 'static {
         query: &Query,
     ) -> Result<Vec<Document>, StoreError>;
 
+    /// `find`, with each body as the stored JSON text, for listings sent
+    /// without a projection. Engines that store text override it to parse
+    /// only what the filter and sort read; the default serializes `find`.
+    async fn find_text(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+    ) -> Result<Vec<DocumentText>, StoreError> {
+        self.find(coll, scope, query)
+            .await?
+            .into_iter()
+            .map(|doc| {
+                let body = serde_json::to_string(&doc.body).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot serialize a document: {e}"))
+                })?;
+                DocumentText::new(doc.system, body).ok_or_else(|| {
+                    StoreError::Unavailable("a document body is not a JSON object".into())
+                })
+            })
+            .collect()
+    }
+
     /// The number of documents of the scope matching `filter`.
     /// MongoDB: `countDocuments({$and: [{_tenant}, scope filter, filter]})`.
     async fn count(

@@ -218,14 +218,22 @@ proptest! {
                     .filter(|d| f.matches(&d.to_json()))
                     .map(|d| d.system.id.to_string())
                     .collect();
-                let got: Vec<String> = store
-                    .find(&coll(), &scope, &Query { filter: f.clone(), sort: Sort::by_id(), after: None, limit: 1000 })
-                    .await
-                    .expect("find")
-                    .iter()
-                    .map(|d| d.system.id.to_string())
-                    .collect();
+                let query = Query { filter: f.clone(), sort: Sort::by_id(), after: None, limit: 1000 };
+                let found = store.find(&coll(), &scope, &query).await.expect("find");
+                let got: Vec<String> = found.iter().map(|d| d.system.id.to_string()).collect();
                 prop_assert_eq!(&got, &expected, "filter {}", fv);
+                // The text listing (partial parse for the filter) finds the
+                // same documents and sends them byte for byte as parsed.
+                let texts: Vec<Vec<u8>> = store
+                    .find_text(&coll(), &scope, &query)
+                    .await
+                    .expect("find_text")
+                    .iter()
+                    .map(|t| t.to_json_bytes())
+                    .collect();
+                let parsed: Vec<Vec<u8>> =
+                    found.iter().map(|d| serde_json::to_vec(d).expect("json")).collect();
+                prop_assert_eq!(texts, parsed, "text listing of {}", fv);
                 let n = store.count(&coll(), &scope, &f).await.expect("count");
                 prop_assert_eq!(n as usize, expected.len(), "count of {}", fv);
             }
@@ -248,6 +256,15 @@ proptest! {
             loop {
                 let q = Query { filter: Filter::all(), sort: sort.clone(), after: after.clone(), limit: page };
                 let batch = store.find(&coll(), &scope, &q).await.expect("page");
+                let text_ids: Vec<String> = store
+                    .find_text(&coll(), &scope, &q)
+                    .await
+                    .expect("text page")
+                    .iter()
+                    .map(|t| t.system.id.to_string())
+                    .collect();
+                let ids: Vec<String> = batch.iter().map(|d| d.system.id.to_string()).collect();
+                prop_assert_eq!(text_ids, ids, "the text page sorts the same");
                 for d in &batch {
                     seen.push(d.system.id.to_string());
                 }

@@ -258,6 +258,26 @@ impl Filter {
         &self.root
     }
 
+    /// Adds the top-level fields the filter reads to `out` (the first
+    /// segment of every path it names). A document holding only those
+    /// fields matches exactly when the whole document does.
+    pub fn top_level_fields<'a>(&'a self, out: &mut Vec<&'a str>) {
+        fn walk<'a>(node: &'a Node, out: &mut Vec<&'a str>) {
+            match node {
+                Node::And(v) | Node::Or(v) | Node::Nor(v) => v.iter().for_each(|n| walk(n, out)),
+                Node::Field(path, _) => {
+                    if let Some(first) = path.segments().first()
+                        && !out.contains(&first.as_str())
+                    {
+                        out.push(first);
+                    }
+                }
+                Node::Nothing => {}
+            }
+        }
+        walk(&self.root, out)
+    }
+
     /// Whether the filter matches everything (no conditions).
     pub fn is_all(&self) -> bool {
         matches!(&self.root, Node::And(v) if v.is_empty())

@@ -29,6 +29,17 @@ impl Sort {
         Self { fields: Vec::new() }
     }
 
+    /// Adds the top-level fields the sort reads to `out`.
+    pub fn top_level_fields<'a>(&'a self, out: &mut Vec<&'a str>) {
+        for (path, _) in &self.fields {
+            if let Some(first) = path.segments().first()
+                && !out.contains(&first.as_str())
+            {
+                out.push(first);
+            }
+        }
+    }
+
     /// Parses `-age,name` (`-` descending, `+` or nothing ascending).
     pub fn parse(text: &str) -> Result<Self, FilterError> {
         let mut fields = Vec::new();

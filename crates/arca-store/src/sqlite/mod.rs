@@ -411,6 +411,94 @@ fn ordered_sql(coll: &CollectionName, path: &str) -> (String, String) {
 }
 
 impl SqliteStore {
+    /// `find`, decoding bodies as `body` says.
+    async fn find_found(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+        body: Body,
+    ) -> Result<Vec<Found>, StoreError> {
+        let filter = scope.filter().clone().and(query.filter.clone());
+        if matches!(filter.root(), Node::Nothing) || query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (sort, limit, after) = (query.sort.clone(), query.limit, query.after.clone());
+        let by_id = sort.is_by_id();
+        if by_id
+            && let Some((path, value)) = plan::prefer_ordered(&filter, &self.indexed_paths(coll))
+        {
+            // Equality on an indexed path in `_id` order: two index scans
+            // already in `_id` order, merged; a page costs its own size.
+            let (a, b) = ordered_sql(coll, &path);
+            let tenant = scope.tenant_key().to_owned();
+            let after_id = after.map(|c| c.id).unwrap_or_default();
+            return self
+                .read(move |c| {
+                    let pa = [
+                        Sql::Text(tenant.clone()),
+                        value,
+                        Sql::Text(after_id.clone()),
+                    ];
+                    let pb = [Sql::Text(tenant), Sql::Text(after_id)];
+                    merged_scan(c, (&a, &pa), (&b, &pb), &filter, &body, limit)
+                })
+                .await;
+        }
+        let (sql, params) = self.candidate_sql(
+            coll,
+            scope,
+            &filter,
+            if by_id {
+                after.as_ref().map(|c| c.id.as_str())
+            } else {
+                None
+            },
+        );
+        self.read(move |c| {
+            if by_id {
+                // Candidates arrive in `_id` order: stop at the page's end.
+                let mut out = Vec::with_capacity(limit.min(64));
+                scan(c, &sql, &params, &filter, &body, |doc| {
+                    out.push(doc);
+                    out.len() < limit
+                })?;
+                return Ok(out);
+            }
+            // Another order: every match is keyed in Rust and only the best
+            // `limit` are kept (a bounded heap: memory stays O(limit)
+            // however large the collection).
+            let mut best: std::collections::BinaryHeap<Ranked<'_>> =
+                std::collections::BinaryHeap::new();
+            let cursor = after
+                .as_ref()
+                .map(|c| (SortKey(c.key.clone()), c.id.clone()));
+            scan(c, &sql, &params, &filter, &body, |doc| {
+                let key = sort.key_document(&doc.doc);
+                let past_cursor = cursor.as_ref().is_none_or(|(k, id)| {
+                    sort.compare(&key, doc.doc.system.id.as_str(), k, id)
+                        == std::cmp::Ordering::Greater
+                });
+                if past_cursor {
+                    let entry = Ranked {
+                        key,
+                        doc,
+                        sort: &sort,
+                    };
+                    if best.len() < limit {
+                        best.push(entry);
+                    } else if best.peek().is_some_and(|worst| entry < *worst) {
+                        best.pop();
+                        best.push(entry);
+                    }
+                }
+                true
+            })?;
+            Ok(best.into_sorted_vec().into_iter().map(|r| r.doc).collect())
+        })
+        .await
+    }
+
     /// Reads the row of `id` in the scope's tenant and decodes it.
     async fn point_read<T: Send + 'static>(
         &self,
@@ -446,8 +534,9 @@ fn merged_scan(
     (a_sql, a_params): (&str, &[Sql]),
     (b_sql, b_params): (&str, &[Sql]),
     filter: &Filter,
+    body: &Body,
     limit: usize,
-) -> Result<Vec<Document>, StoreError> {
+) -> Result<Vec<Found>, StoreError> {
     let mut sa = c.prepare_cached(a_sql).map_err(map_err)?;
     let mut sb = c.prepare_cached(b_sql).map_err(map_err)?;
     let mut ra = sa
@@ -456,9 +545,9 @@ fn merged_scan(
     let mut rb = sb
         .query(params_from_iter(b_params.iter()))
         .map_err(map_err)?;
-    let next = |rows: &mut rusqlite::Rows<'_>| -> Result<Option<Document>, StoreError> {
+    let next = |rows: &mut rusqlite::Rows<'_>| -> Result<Option<Found>, StoreError> {
         match rows.next().map_err(map_err)? {
-            Some(row) => Ok(Some(sql::decode_document(row).map_err(map_err)??)),
+            Some(row) => Ok(Some(body.decode(row).map_err(map_err)??)),
             None => Ok(None),
         }
     };
@@ -475,7 +564,7 @@ fn merged_scan(
                 nb = next(&mut rb)?;
                 y
             }
-            (Some(x), Some(y)) => match x.system.id.cmp(&y.system.id) {
+            (Some(x), Some(y)) => match x.doc.system.id.cmp(&y.doc.system.id) {
                 std::cmp::Ordering::Less => {
                     nb = Some(y);
                     na = next(&mut ra)?;
@@ -493,7 +582,7 @@ fn merged_scan(
                 }
             },
         };
-        if filter.matches_document(&doc) {
+        if filter.matches_document(&doc.doc) {
             out.push(doc);
             if out.len() == limit {
                 break;
@@ -507,7 +596,7 @@ fn merged_scan(
 /// the heap's greatest element is the worst of the kept ones).
 struct Ranked<'a> {
     key: SortKey,
-    doc: Document,
+    doc: Found,
     sort: &'a arca_core::query::Sort,
 }
 
@@ -515,9 +604,9 @@ impl Ord for Ranked<'_> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.sort.compare(
             &self.key,
-            self.doc.system.id.as_str(),
+            self.doc.doc.system.id.as_str(),
             &other.key,
-            other.doc.system.id.as_str(),
+            other.doc.doc.system.id.as_str(),
         )
     }
 }
@@ -547,17 +636,52 @@ fn scan(
     sql: &str,
     params: &[Sql],
     filter: &Filter,
-    mut keep: impl FnMut(Document) -> bool,
+    body: &Body,
+    mut keep: impl FnMut(Found) -> bool,
 ) -> Result<(), StoreError> {
     let mut st = c.prepare_cached(sql).map_err(map_err)?;
     let mut rows = st.query(params_from_iter(params.iter())).map_err(map_err)?;
     while let Some(row) = rows.next().map_err(map_err)? {
-        let doc = sql::decode_document(row).map_err(map_err)??;
-        if filter.matches_document(&doc) && !keep(doc) {
+        let found = body.decode(row).map_err(map_err)??;
+        if filter.matches_document(&found.doc) && !keep(found) {
             break;
         }
     }
     Ok(())
+}
+
+/// How a listing decodes the bodies of the rows it reads.
+#[derive(Debug, Clone)]
+enum Body {
+    /// Parse the whole body.
+    Full,
+    /// Parse only these top-level fields (what the filter and the sort
+    /// read) and keep the stored text for the response.
+    Fields(Vec<String>),
+}
+
+/// A row a listing kept: the document (whole or partial, see `Body`) and,
+/// with `Body::Fields`, its stored text.
+struct Found {
+    doc: Document,
+    text: Option<String>,
+}
+
+impl Body {
+    fn decode(&self, row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Found, StoreError>> {
+        match self {
+            Body::Full => Ok(sql::decode_document(row)?.map(|doc| Found { doc, text: None })),
+            Body::Fields(keys) => {
+                let text: String = row.get(5)?;
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let body = arca_core::parse_body_fields(&text, &keys).unwrap_or_default();
+                Ok(sql::decode_system(row)?.map(|system| Found {
+                    doc: Document { system, body },
+                    text: Some(text),
+                }))
+            }
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -748,83 +872,34 @@ impl Store for SqliteStore {
         scope: &Scope,
         query: &Query,
     ) -> Result<Vec<Document>, StoreError> {
-        let filter = scope.filter().clone().and(query.filter.clone());
-        if matches!(filter.root(), Node::Nothing) || query.limit == 0 {
-            return Ok(Vec::new());
-        }
-        let (sort, limit, after) = (query.sort.clone(), query.limit, query.after.clone());
-        let by_id = sort.is_by_id();
-        if by_id
-            && let Some((path, value)) = plan::prefer_ordered(&filter, &self.indexed_paths(coll))
-        {
-            // Equality on an indexed path in `_id` order: two index scans
-            // already in `_id` order, merged; a page costs its own size.
-            let (a, b) = ordered_sql(coll, &path);
-            let tenant = scope.tenant_key().to_owned();
-            let after_id = after.map(|c| c.id).unwrap_or_default();
-            return self
-                .read(move |c| {
-                    let pa = [
-                        Sql::Text(tenant.clone()),
-                        value,
-                        Sql::Text(after_id.clone()),
-                    ];
-                    let pb = [Sql::Text(tenant), Sql::Text(after_id)];
-                    merged_scan(c, (&a, &pa), (&b, &pb), &filter, limit)
+        let found = self.find_found(coll, scope, query, Body::Full).await?;
+        Ok(found.into_iter().map(|f| f.doc).collect())
+    }
+
+    async fn find_text(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+    ) -> Result<Vec<DocumentText>, StoreError> {
+        // Only what the filters and the sort read is parsed.
+        let mut keys = Vec::new();
+        scope.filter().top_level_fields(&mut keys);
+        query.filter.top_level_fields(&mut keys);
+        query.sort.top_level_fields(&mut keys);
+        let keys = keys.into_iter().map(str::to_owned).collect();
+        let found = self
+            .find_found(coll, scope, query, Body::Fields(keys))
+            .await?;
+        found
+            .into_iter()
+            .map(|f| {
+                let text = f.text.unwrap_or_default();
+                DocumentText::new(f.doc.system, text).ok_or_else(|| {
+                    StoreError::Unavailable("a stored document is not a JSON object".into())
                 })
-                .await;
-        }
-        let (sql, params) = self.candidate_sql(
-            coll,
-            scope,
-            &filter,
-            if by_id {
-                after.as_ref().map(|c| c.id.as_str())
-            } else {
-                None
-            },
-        );
-        self.read(move |c| {
-            if by_id {
-                // Candidates arrive in `_id` order: stop at the page's end.
-                let mut out = Vec::with_capacity(limit.min(64));
-                scan(c, &sql, &params, &filter, |doc| {
-                    out.push(doc);
-                    out.len() < limit
-                })?;
-                return Ok(out);
-            }
-            // Another order: every match is keyed in Rust and only the best
-            // `limit` are kept (a bounded heap: memory stays O(limit)
-            // however large the collection).
-            let mut best: std::collections::BinaryHeap<Ranked<'_>> =
-                std::collections::BinaryHeap::new();
-            let cursor = after
-                .as_ref()
-                .map(|c| (SortKey(c.key.clone()), c.id.clone()));
-            scan(c, &sql, &params, &filter, |doc| {
-                let key = sort.key_document(&doc);
-                let past_cursor = cursor.as_ref().is_none_or(|(k, id)| {
-                    sort.compare(&key, doc.system.id.as_str(), k, id) == std::cmp::Ordering::Greater
-                });
-                if past_cursor {
-                    let entry = Ranked {
-                        key,
-                        doc,
-                        sort: &sort,
-                    };
-                    if best.len() < limit {
-                        best.push(entry);
-                    } else if best.peek().is_some_and(|worst| entry < *worst) {
-                        best.pop();
-                        best.push(entry);
-                    }
-                }
-                true
-            })?;
-            Ok(best.into_sorted_vec().into_iter().map(|r| r.doc).collect())
-        })
-        .await
+            })
+            .collect()
     }
 
     async fn count(
@@ -854,9 +929,13 @@ impl Store for SqliteStore {
                 .await;
         }
         let (sql, params) = self.candidate_sql(coll, scope, &filter, None);
+        // Counting parses only the fields the filter reads.
+        let mut keys = Vec::new();
+        filter.top_level_fields(&mut keys);
+        let body = Body::Fields(keys.into_iter().map(str::to_owned).collect());
         self.read(move |c| {
             let mut n = 0u64;
-            scan(c, &sql, &params, &filter, |_| {
+            scan(c, &sql, &params, &filter, &body, |_| {
                 n += 1;
                 true
             })?;
@@ -916,7 +995,8 @@ mod tests {
             let filter = Filter::parse(&serde_json::json!({ "category": value })).expect("filter");
             let pa = [no_tenant(), Sql::Text(value.into()), no_tenant()];
             let pb = [no_tenant(), no_tenant()];
-            let page = merged_scan(&conn, (&a, &pa), (&b, &pb), &filter, 5).expect("scan");
+            let page =
+                merged_scan(&conn, (&a, &pa), (&b, &pb), &filter, &Body::Full, 5).expect("scan");
             assert_eq!(page.len(), 5, "{value}");
         }
         for sql in [a, b] {

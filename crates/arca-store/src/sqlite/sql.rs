@@ -237,7 +237,7 @@ pub fn decode_document_text(row: &Row<'_>) -> rusqlite::Result<Result<DocumentTe
     }))
 }
 
-fn decode_system(row: &Row<'_>) -> rusqlite::Result<Result<SystemFields, StoreError>> {
+pub fn decode_system(row: &Row<'_>) -> rusqlite::Result<Result<SystemFields, StoreError>> {
     let id: String = row.get(0)?;
     let rev: i64 = row.get(1)?;
     let created_at: String = row.get(2)?;

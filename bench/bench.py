@@ -11,6 +11,10 @@ scenario with wrk for a fixed time at the same connection count:
   create   create a validated document (durable)
   ceiling  a constant response through the same middleware stack (/healthz)
 
+Both servers stay up and each scenario runs Arca then DRF back to back, for
+--rounds rounds (default 3): the shared machine's slow and fast phases then
+hit both alike, and the ratios are medians of round-by-round pairs.
+
 For each run it reports req/s, p50, p99, non-2xx responses, the server's CPU
 seconds during the run (utime+stime of the server and its children, from
 /proc) and requests per server CPU-second, plus Arca's RSS idle and peak,
@@ -170,6 +174,8 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-drf", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="each scenario runs this many times, Arca and DRF interleaved; medians are reported")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="arca-bench-"))
@@ -216,27 +222,10 @@ def main():
         facts["arca_ready_ms"] = ready_ms
         facts["arca_rss_idle_kib"] = rss_kib(arca.p.pid, "VmRSS")
         env = {"BENCH_N": str(args.n)}
-        for name in ("get", "list", "create", "ceiling"):
-            results[("arca", name)] = wrk(arca_url, f"{name}.lua", token, args, arca.p.pid, env)
-        facts["arca_rss_peak_kib"] = rss_kib(arca.p.pid, "VmHWM")
-        arca.stop()
-        # The verified-token cache: the same GET scenario without it.
-        arca, _ = start_arca({"ARCA_AUTH__TOKEN_CACHE_SIZE": "0"})
-        results[("arca (no token cache)", "get")] = wrk(arca_url, "get.lua", token, args, arca.p.pid, env)
-        arca.stop()
-
-        # List at scale: import up to scale-n documents, list again.
-        if not args.no_scale and args.scale_n > args.n:
-            more = work / "more.ndjson"
-            ndjson(more, args.n, args.scale_n - args.n)
-            t = time.monotonic()
-            subprocess.run([args.arca, "import", "--collection", "items", str(more)], env={**os.environ, **arca_env},
-                           check=True, capture_output=True)
-            facts["arca_scale_seed_s"] = time.monotonic() - t
-            more.unlink()
-            arca, _ = start_arca()
-            results[(f"arca @ {args.scale_n:,}", "list")] = wrk(arca_url, "list.lua", token, args, arca.p.pid, env)
-            arca.stop()
+        # Both servers stay up (an idle one costs nothing) so that each
+        # scenario runs Arca then DRF back to back, round after round: the
+        # shared machine's slow and fast phases hit both alike.
+        servers = [("arca", arca_url, arca)]
 
         # The DRF peer: same issuer, same collection, same N.
         if not args.skip_drf:
@@ -249,11 +238,12 @@ def main():
             subprocess.run([args.python, "manage.py", "migrate", "-v", "0"], cwd=drf_dir,
                            env={**os.environ, **drf_env}, check=True)
             gunicorn = str(Path(args.python).parent / "gunicorn")
-            drf = Proc([gunicorn, "arcapeer.wsgi:application", "--bind", f"127.0.0.1:{drf_port}", "--workers", "2",
+            drf_proc = Proc([gunicorn, "arcapeer.wsgi:application", "--bind", f"127.0.0.1:{drf_port}", "--workers", "2",
                         "--threads", "4", "--worker-class", "gthread", "--no-control-socket",
                         "--pid", str(work / "drf" / "gunicorn.pid")], drf_env, cwd=drf_dir, log=work / "drf.log")
+            procs.append(drf_proc)
             wait_status(f"{drf_url}/healthz")
-            facts["drf_ready_ms"] = (time.monotonic() - drf.t0) * 1000
+            facts["drf_ready_ms"] = (time.monotonic() - drf_proc.t0) * 1000
             assert http("PUT", f"{drf_url}/v1/collections/items", token, ITEMS)[0] in (200, 201)
             seed = (
                 "import json\n"
@@ -271,9 +261,34 @@ def main():
             subprocess.run([args.python, "manage.py", "shell", "-c", seed], cwd=drf_dir,
                            env={**os.environ, **drf_env}, check=True)
             facts["drf_seed_s"] = time.monotonic() - t
+            servers.append(("drf", drf_url, drf_proc))
+
+        for _ in range(args.rounds):
             for name in ("get", "list", "create", "ceiling"):
-                results[("drf", name)] = wrk(drf_url, f"{name}.lua", token, args, drf.p.pid, env)
-            drf.stop()
+                for server, url, proc in servers:
+                    r = wrk(url, f"{name}.lua", token, args, proc.p.pid, env)
+                    results.setdefault((server, name), []).append(r)
+        facts["arca_rss_peak_kib"] = rss_kib(arca.p.pid, "VmHWM")
+        for _, _, proc in servers:
+            proc.stop()
+
+        # The verified-token cache: the same GET scenario without it.
+        arca, _ = start_arca({"ARCA_AUTH__TOKEN_CACHE_SIZE": "0"})
+        results[("arca (no token cache)", "get")] = [wrk(arca_url, "get.lua", token, args, arca.p.pid, env)]
+        arca.stop()
+
+        # List at scale: import up to scale-n documents, list again.
+        if not args.no_scale and args.scale_n > args.n:
+            more = work / "more.ndjson"
+            ndjson(more, args.n, args.scale_n - args.n)
+            t = time.monotonic()
+            subprocess.run([args.arca, "import", "--collection", "items", str(more)], env={**os.environ, **arca_env},
+                           check=True, capture_output=True)
+            facts["arca_scale_seed_s"] = time.monotonic() - t
+            more.unlink()
+            arca, _ = start_arca()
+            results[(f"arca @ {args.scale_n:,}", "list")] = [wrk(arca_url, "list.lua", token, args, arca.p.pid, env)]
+            arca.stop()
     finally:
         for p in procs:
             p.stop()
@@ -282,31 +297,64 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def summary(runs):
+    """One row from a scenario's rounds: medians, errors summed."""
+    return {
+        "rps": median([r["rps"] for r in runs]),
+        "p50": median([r["p50"] for r in runs]),
+        "p99": median([r["p99"] for r in runs]),
+        "errors": sum(r["errors"] for r in runs),
+        "cpu": median([r["cpu"] for r in runs]),
+        "per_cpu": median([r["per_cpu"] for r in runs]),
+        "lo": min(r["per_cpu"] for r in runs),
+        "hi": max(r["per_cpu"] for r in runs),
+        "rounds": len(runs),
+    }
+
+
+def paired(num, den):
+    """Median and range of round-by-round ratios (runs of one round were
+    made back to back, so each pair saw the same machine)."""
+    ratios = [a["per_cpu"] / b["per_cpu"] for a, b in zip(num, den)]
+    return median(ratios), min(ratios), max(ratios)
+
+
 def report(args, results, facts):
     lines = []
     machine = f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, load {os.getloadavg()[0]:.2f}"
-    lines.append(f"N = {args.n:,} documents; wrk -t{args.threads} -c{args.connections} -d{args.duration}s; {machine}")
+    lines.append(f"N = {args.n:,} documents; wrk -t{args.threads} -c{args.connections} -d{args.duration}s; "
+                 f"{args.rounds} rounds, Arca and DRF interleaved, medians; {machine}")
     lines.append("")
-    lines.append("| server | scenario | req/s | p50 ms | p99 ms | errors | server CPU s | req per CPU-s |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("| server | scenario | req/s | p50 ms | p99 ms | errors | server CPU s | req per CPU-s | per CPU-s, min-max |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     invalid = []
-    for (server, name), r in results.items():
+    rows = {k: summary(v) for k, v in results.items()}
+    for (server, name), r in rows.items():
         lines.append(f"| {server} | {name} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']} | "
-                     f"{r['cpu']:.2f} | {r['per_cpu']:,.0f} |")
+                     f"{r['cpu']:.2f} | {r['per_cpu']:,.0f} | {r['lo']:,.0f}-{r['hi']:,.0f} |")
         if r["errors"]:
             invalid.append(f"{server}/{name}")
     lines.append("")
-    a = {k[1]: v for k, v in results.items() if k[0] == "arca"}
-    d = {k[1]: v for k, v in results.items() if k[0] == "drf"}
-    if d:
+    a = {k[1]: v for k, v in rows.items() if k[0] == "arca"}
+    ar = {k[1]: v for k, v in results.items() if k[0] == "arca"}
+    dr = {k[1]: v for k, v in results.items() if k[0] == "drf"}
+    if dr:
         for name in ("get", "list", "create", "ceiling"):
-            lines.append(f"- Arca/DRF per CPU-second, {name}: {a[name]['per_cpu'] / d[name]['per_cpu']:.1f}x")
-    lines.append(f"- Arca GET / ceiling (per CPU-second): {100 * a['get']['per_cpu'] / a['ceiling']['per_cpu']:.0f} %")
-    nc = results.get(("arca (no token cache)", "get"))
+            m, lo, hi = paired(ar[name], dr[name])
+            lines.append(f"- Arca/DRF per CPU-second, {name}: {m:.1f}x (rounds: {lo:.1f}-{hi:.1f}x)")
+    m, lo, hi = paired(ar["get"], ar["ceiling"])
+    lines.append(f"- Arca GET / ceiling (per CPU-second): {100 * m:.0f} % (rounds: {100 * lo:.0f}-{100 * hi:.0f} %)")
+    nc = rows.get(("arca (no token cache)", "get"))
     if nc:
         lines.append(f"- verified-token cache: GET {a['get']['per_cpu']:,.0f} req/CPU-s with it, "
                      f"{nc['per_cpu']:,.0f} without ({a['get']['per_cpu'] / nc['per_cpu']:.1f}x)")
-    scale = [(k, v) for k, v in results.items() if k[0].startswith("arca @")]
+    scale = [(k, v) for k, v in rows.items() if k[0].startswith("arca @")]
     for (server, _), r in scale:
         lines.append(f"- list p99 at {args.n:,}: {a['list']['p99']:.2f} ms; {server.removeprefix('arca @ ')}: "
                      f"{r['p99']:.2f} ms ({r['p99'] / a['list']['p99']:.2f}x)")

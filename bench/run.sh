@@ -2,7 +2,7 @@
 # The benchmark, in one command: builds Arca in release mode, installs wrk
 # and the DRF peer's Python environment if missing, and runs bench.py
 # (Arca and the DRF peer side by side, same data, scenarios and
-# connections). Options go to bench.py: --n, --duration, --connections,
+# connections). Options go to bench.py: --n, --duration, --connections, --rounds,
 # --skip-drf, --no-scale. Results: a Markdown table on stdout and in
 # bench/last-run.md.
 set -euo pipefail

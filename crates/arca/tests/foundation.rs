@@ -221,6 +221,30 @@ async fn metrics_count_requests_by_route_template() {
         text.contains("store_operation_duration_seconds"),
         "store latency present"
     );
+    // A client-chosen method never becomes a label value (each would be
+    // a new series kept forever): it is counted as `other`.
+    let method = reqwest::Method::from_bytes(b"FROBNICATE").expect("method");
+    let r = client()
+        .request(method, s.url("/healthz"))
+        .send()
+        .await
+        .expect("odd method");
+    assert_eq!(r.status(), 405);
+    let text = client()
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(!text.contains("FROBNICATE"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("http_requests_total{")
+            && l.contains("method=\"other\"")
+            && l.contains("status=\"405\"")),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -37,31 +37,47 @@ struct RouteTemplate(MatchedPath);
 pub fn layers(router: Router, config: &Config) -> Router {
     let timeout = config.server.request_timeout.0;
     let cors = cors_layer(&config.server.cors_origins);
+    // Adjacent steps share one `from_fn` layer (each layer boxes and
+    // clones the inner service per request): request id + observe, and
+    // timeout + problem+json.
     router
         .route_layer(middleware::from_fn(capture_route))
-        .layer(middleware::from_fn(problems_for_bare_errors))
-        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(middleware::from_fn_with_state(
+            timeout,
+            timeout_and_problems,
+        ))
         .layer(CompressionLayer::new())
         .layer(tower::util::option_layer(cors))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn(observe))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(request_id_and_observe))
 }
 
-/// Accepts the client's `x-request-id` when it is 1 to 128 characters of
-/// `[A-Za-z0-9._-]`, otherwise generates one; echoes it on the response.
-async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
+/// The request id (`request_id_of`), with `observe` inside it.
+async fn request_id_and_observe(mut req: Request, next: Next) -> Response {
+    let id = request_id_of(&req);
+    req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = observe(req, next).await;
+    res.headers_mut().insert(REQUEST_ID.clone(), id);
+    res
+}
+
+/// The request timeout (`timeout_problem`) around `problem_for_bare_error`.
+async fn timeout_and_problems(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => problem_for_bare_error(res),
+        Err(_) => timeout_problem(limit),
+    }
+}
+
+/// The client's `x-request-id` when it is 1 to 128 characters of
+/// `[A-Za-z0-9._-]`, otherwise a generated one (echoed on the response).
+fn request_id_of(req: &Request) -> HeaderValue {
+    req.headers()
         .get(&REQUEST_ID)
         .filter(|v| is_safe_request_id(v.as_bytes()))
         .cloned()
-        .unwrap_or_else(generate_request_id);
-    req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let mut res = next.run(req).await;
-    res.headers_mut().insert(REQUEST_ID.clone(), id);
-    res
+        .unwrap_or_else(generate_request_id)
 }
 
 fn is_safe_request_id(v: &[u8]) -> bool {
@@ -82,26 +98,24 @@ fn generate_request_id() -> HeaderValue {
 async fn observe(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let id = req
-        .extensions()
-        .get::<RequestId>()
-        .and_then(|r| r.0.to_str().ok().map(str::to_owned))
-        .unwrap_or_default();
     let span = tracing::info_span!(
         "request",
-        request_id = %id,
+        request_id = tracing::field::Empty,
         method = %method,
         route = tracing::field::Empty,
     );
-    let res = next.run(req).instrument(span.clone()).await;
-    let route = res
-        .extensions()
-        .get::<RouteTemplate>()
-        .map(|r| r.0.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // Filled in only when the span is recorded (not at level `warn`).
+    if !span.is_disabled()
+        && let Some(id) = req.extensions().get::<RequestId>()
+    {
+        span.record("request_id", id.0.to_str().unwrap_or_default());
+    }
+    let mut res = next.run(req).instrument(span.clone()).await;
+    let route = res.extensions_mut().remove::<RouteTemplate>();
+    let route = route.as_ref().map_or("unmatched", |r| r.0.as_str());
     let status = res.status().as_u16();
     let elapsed = start.elapsed();
-    span.record("route", route.as_str());
+    span.record("route", route);
     span.in_scope(|| {
         tracing::info!(
             status,
@@ -109,7 +123,7 @@ async fn observe(req: Request, next: Next) -> Response {
             "request completed"
         );
     });
-    crate::metrics::record_request(&route, method.as_str(), status, elapsed);
+    crate::metrics::record_request(route, method.as_str(), status, elapsed);
     res
 }
 
@@ -123,23 +137,19 @@ async fn capture_route(req: Request, next: Next) -> Response {
     res
 }
 
-/// Gives a request `limit` to produce its response head; past that, 503
+/// A request gets `limit` to produce its response head; past that, 503
 /// problem+json. Streaming bodies (downloads, events) are not cut by it.
-async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(res) => res,
-        Err(_) => ApiError::new(
-            ProblemKind::Timeout,
-            format!("the request took longer than {} ms", limit.as_millis()),
-        )
-        .into_response(),
-    }
+fn timeout_problem(limit: Duration) -> Response {
+    ApiError::new(
+        ProblemKind::Timeout,
+        format!("the request took longer than {} ms", limit.as_millis()),
+    )
+    .into_response()
 }
 
 /// Error responses that the framework produced without a body (405 from a
 /// method router, say) become problem+json; their headers (`Allow`) stay.
-async fn problems_for_bare_errors(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+fn problem_for_bare_error(res: Response) -> Response {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error())
         || res.headers().contains_key(header::CONTENT_TYPE)

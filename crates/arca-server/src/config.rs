@@ -119,6 +119,17 @@ pub struct SqliteConfig {
     /// Read connections, one reader thread each. Default: the CPUs this
     /// process may use (cgroup limits included), from 2 to 16.
     pub readers: usize,
+    /// Page cache of all read connections together, in MiB (split evenly
+    /// among them). Pages it misses cost a system call and a copy each.
+    pub read_cache_mib: u32,
+}
+
+impl SqliteConfig {
+    /// Each read connection's share of `read_cache_mib`, in KiB.
+    pub fn reader_cache_kib(&self) -> u32 {
+        let readers = u32::try_from(self.readers.max(1)).unwrap_or(64);
+        self.read_cache_mib.saturating_mul(1024) / readers
+    }
 }
 
 impl Default for SqliteConfig {
@@ -126,6 +137,7 @@ impl Default for SqliteConfig {
         Self {
             synchronous: Synchronous::Full,
             readers: default_readers(),
+            read_cache_mib: 16,
         }
     }
 }
@@ -339,6 +351,9 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
     if !(1..=64).contains(&cfg.store.sqlite.readers) {
         return bad("store.sqlite.readers", "expected 1 to 64");
     }
+    if !(1..=65_536).contains(&cfg.store.sqlite.read_cache_mib) {
+        return bad("store.sqlite.read_cache_mib", "expected 1 to 65536 (MiB)");
+    }
     if let Some(issuer) = &cfg.auth.issuer
         && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
     {
@@ -410,6 +425,11 @@ mod tests {
         assert_eq!(c.server.shutdown_timeout.0, Duration::from_secs(25));
         let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
         assert_eq!(c.store.sqlite.readers, cpus.clamp(2, 16));
+        assert_eq!(c.store.sqlite.read_cache_mib, 16);
+        assert_eq!(
+            c.store.sqlite.reader_cache_kib(),
+            16 * 1024 / u32::try_from(c.store.sqlite.readers).expect("small")
+        );
     }
 
     #[test]
@@ -466,6 +486,18 @@ mod tests {
             e.0.contains("server.request_timeout") && e.0.contains("unit"),
             "{e}"
         );
+
+        let e = load(None, env(&[("ARCA_STORE__SQLITE__READ_CACHE_MIB", "0")])).expect_err("zero");
+        assert!(e.0.contains("store.sqlite.read_cache_mib"), "{e}");
+        let c = load(
+            None,
+            env(&[
+                ("ARCA_STORE__SQLITE__READ_CACHE_MIB", "8"),
+                ("ARCA_STORE__SQLITE__READERS", "4"),
+            ]),
+        )
+        .expect("cache");
+        assert_eq!(c.store.sqlite.reader_cache_kib(), 2048);
     }
 
     #[test]

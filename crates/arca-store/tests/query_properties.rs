@@ -138,6 +138,7 @@ async fn load(
         synchronous_full: false,
         readers: 2,
         read_timeout: std::time::Duration::from_secs(30),
+        reader_cache_kib: 2000,
     })
     .expect("open");
     store

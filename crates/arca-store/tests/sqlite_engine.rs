@@ -19,6 +19,7 @@ fn open(dir: &tempfile::TempDir) -> SqliteStore {
         synchronous_full: true,
         readers: 2,
         read_timeout: std::time::Duration::from_secs(30),
+        reader_cache_kib: 2000,
     })
     .expect("open")
 }
@@ -288,6 +289,7 @@ async fn a_read_past_its_time_limit_is_interrupted_and_the_reader_recovers() {
         synchronous_full: false,
         readers: 1,
         read_timeout: std::time::Duration::from_millis(1),
+        reader_cache_kib: 2000,
     })
     .expect("open");
     define(&store, &[]).await.expect("define");

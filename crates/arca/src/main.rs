@@ -307,6 +307,7 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<SqliteStore, String> {
         synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
         readers: cfg.store.sqlite.readers,
         read_timeout: cfg.server.request_timeout.0,
+        reader_cache_kib: cfg.store.sqlite.reader_cache_kib(),
     };
     tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
         .await

@@ -44,6 +44,9 @@ pub struct SqliteOptions {
     /// A read running longer is interrupted (`StoreError::Timeout`), so a
     /// request that already timed out does not keep a reader busy.
     pub read_timeout: std::time::Duration,
+    /// Page cache of each read connection, in KiB (SQLite's default is
+    /// 2,000). Pages missing from it are read with a system call each.
+    pub reader_cache_kib: u32,
 }
 
 /// What `_arca_collections.def` holds.
@@ -143,6 +146,7 @@ fn open_conn(
     path: &Path,
     read_only: bool,
     synchronous_full: bool,
+    cache_kib: u32,
 ) -> Result<Connection, StoreError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -155,7 +159,9 @@ fn open_conn(
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(map_err)?;
     let sync = if synchronous_full { "FULL" } else { "NORMAL" };
-    let mut pragmas = format!("PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF;");
+    let mut pragmas = format!(
+        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -{cache_kib};"
+    );
     if !read_only {
         pragmas.insert_str(0, "PRAGMA journal_mode = WAL; ");
     }
@@ -179,7 +185,7 @@ impl SqliteStore {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let writer_conn = open_conn(&opts.path, false, opts.synchronous_full)?;
+        let writer_conn = open_conn(&opts.path, false, opts.synchronous_full, 2000)?;
         writer_conn
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS _arca_collections (
@@ -193,7 +199,12 @@ impl SqliteStore {
         let (reads, jobs) = crossbeam_channel::unbounded::<ReadJob>();
         let read_timeout = opts.read_timeout;
         for n in 0..opts.readers.max(1) {
-            let mut conn = open_conn(&opts.path, true, opts.synchronous_full)?;
+            let mut conn = open_conn(
+                &opts.path,
+                true,
+                opts.synchronous_full,
+                opts.reader_cache_kib.max(100),
+            )?;
             // One progress handler per connection, checking the running
             // job's deadline every 1000 VM steps.
             let epoch = std::time::Instant::now();
@@ -950,6 +961,30 @@ mod tests {
     use super::*;
     use rusqlite::StatementStatus;
 
+    /// Each read connection gets the configured page cache.
+    #[tokio::test]
+    async fn readers_use_the_configured_page_cache() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&SqliteOptions {
+            path: dir.path().join("arca.db"),
+            synchronous_full: true,
+            readers: 2,
+            read_timeout: std::time::Duration::from_secs(30),
+            reader_cache_kib: 3000,
+        })
+        .expect("open");
+        for _ in 0..4 {
+            let kib: i64 = store
+                .read(|c| {
+                    c.query_row("PRAGMA cache_size", [], |r| r.get(0))
+                        .map_err(map_err)
+                })
+                .await
+                .expect("pragma");
+            assert_eq!(kib, -3000);
+        }
+    }
+
     /// The cached statements of a list page must run as prepared: a plan
     /// that depended on the bound values was re-prepared (parsed and
     /// planned again) on every call with a new value.
@@ -961,6 +996,7 @@ mod tests {
             synchronous_full: true,
             readers: 1,
             read_timeout: std::time::Duration::from_secs(30),
+            reader_cache_kib: 3000,
         };
         let store = SqliteStore::open(&opts).expect("open");
         let coll = CollectionName::parse("things").expect("name");
@@ -988,7 +1024,7 @@ mod tests {
             };
             store.insert(&coll, &scope, doc).await.expect("insert");
         }
-        let conn = open_conn(&opts.path, true, true).expect("reader");
+        let conn = open_conn(&opts.path, true, true, 2000).expect("reader");
         let (a, b) = ordered_sql(&coll, "category");
         let no_tenant = || Sql::Text(String::new());
         for value in ["c1", "c2", "c3", "c4"] {

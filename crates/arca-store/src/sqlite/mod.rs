@@ -57,6 +57,9 @@ struct CollectionRecord {
     access: Value,
 }
 
+/// The two statements of an ordered equality page (see `ordered_sql`).
+type OrderedSql = Arc<(String, String)>;
+
 /// A read to run on a reader thread.
 struct ReadJob {
     run: Box<dyn FnOnce(&Connection) + Send>,
@@ -140,6 +143,10 @@ pub struct SqliteStore {
     /// The paths leading each collection's declared indexes (what the
     /// planner may narrow on), kept in step with the definitions.
     indexed: RwLock<HashMap<CollectionName, Arc<HashSet<String>>>>,
+    /// `ordered_sql` per (collection, indexed path), made once: formatting
+    /// the two statements was ~1.5% of a list request. Bounded by the
+    /// indexed paths ever declared; the text depends on nothing else.
+    ordered: RwLock<HashMap<(CollectionName, String), OrderedSql>>,
 }
 
 fn open_conn(
@@ -242,6 +249,7 @@ impl SqliteStore {
             id_seed: rand::random(),
             id_counter: AtomicU32::new(rand::random()),
             indexed: RwLock::new(HashMap::new()),
+            ordered: RwLock::new(HashMap::new()),
         })
     }
 
@@ -441,7 +449,7 @@ impl SqliteStore {
         {
             // Equality on an indexed path in `_id` order: two index scans
             // already in `_id` order, merged; a page costs its own size.
-            let (a, b) = ordered_sql(coll, &path);
+            let sql = self.ordered_sql_of(coll, path);
             let tenant = scope.tenant_key().to_owned();
             let after_id = after.map(|c| c.id).unwrap_or_default();
             return self
@@ -452,7 +460,8 @@ impl SqliteStore {
                         Sql::Text(after_id.clone()),
                     ];
                     let pb = [Sql::Text(tenant), Sql::Text(after_id)];
-                    merged_scan(c, (&a, &pa), (&b, &pb), &filter, &body, limit)
+                    let (a, b) = &*sql;
+                    merged_scan(c, (a, &pa), (b, &pb), &filter, &body, limit)
                 })
                 .await;
         }
@@ -508,6 +517,19 @@ impl SqliteStore {
             Ok(best.into_sorted_vec().into_iter().map(|r| r.doc).collect())
         })
         .await
+    }
+
+    /// `ordered_sql` of `coll` and `path`, from the cache.
+    fn ordered_sql_of(&self, coll: &CollectionName, path: String) -> OrderedSql {
+        let key = (coll.clone(), path);
+        if let Some(sql) = self.ordered.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return sql;
+        }
+        let sql = Arc::new(ordered_sql(&key.0, &key.1));
+        if let Ok(mut m) = self.ordered.write() {
+            m.insert(key, sql.clone());
+        }
+        sql
     }
 
     /// Reads the row of `id` in the scope's tenant and decodes it.

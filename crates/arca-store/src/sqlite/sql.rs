@@ -238,16 +238,17 @@ pub fn decode_document_text(row: &Row<'_>) -> rusqlite::Result<Result<DocumentTe
 }
 
 pub fn decode_system(row: &Row<'_>) -> rusqlite::Result<Result<SystemFields, StoreError>> {
-    let id: String = row.get(0)?;
+    // The id is checked on the borrowed text, then copied once.
+    let raw_id = row.get_ref(0)?.as_str()?;
+    let Ok(id) = DocId::parse(raw_id) else {
+        return Ok(Err(StoreError::Unavailable(format!(
+            "corrupt document id {raw_id:?}"
+        ))));
+    };
     let rev: i64 = row.get(1)?;
     let created_at: String = row.get(2)?;
     let updated_at: String = row.get(3)?;
     let owner: String = row.get(4)?;
-    let Ok(id) = DocId::parse(&id) else {
-        return Ok(Err(StoreError::Unavailable(format!(
-            "corrupt document id {id:?}"
-        ))));
-    };
     Ok(Ok(SystemFields {
         id,
         rev: u64::try_from(rev).unwrap_or(0),

@@ -139,6 +139,7 @@ pub trait Store: Send + Sync + 'static {
     /// `get`, with the body as the stored JSON text, for reads that only
     /// pass the document on. Engines that store text override it to skip
     /// the parse; the default serializes what `get` returns.
+    /// MongoDB: as `get` (BSON has no stored JSON text to pass on).
     async fn get_text(
         &self,
         coll: &CollectionName,
@@ -190,6 +191,7 @@ pub trait Store: Send + Sync + 'static {
     /// `find`, with each body as the stored JSON text, for listings sent
     /// without a projection. Engines that store text override it to parse
     /// only what the filter and sort read; the default serializes `find`.
+    /// MongoDB: as `find`.
     async fn find_text(
         &self,
         coll: &CollectionName,

@@ -94,6 +94,14 @@ pub struct DocumentText {
 }
 
 impl DocumentText {
+    /// A parsed document's text (for engines that keep no stored text).
+    pub fn of(doc: &Document) -> Self {
+        Self {
+            system: doc.system.clone(),
+            body: body_text(&doc.body),
+        }
+    }
+
     /// `body` must be a JSON object's text; anything else is `None`.
     pub fn new(system: SystemFields, body: String) -> Option<Self> {
         let object = body.starts_with('{') && body.ends_with('}');
@@ -133,6 +141,12 @@ impl DocumentText {
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.system.rev)
     }
+}
+
+/// A body's JSON text, as stores keep it.
+pub fn body_text(body: &Map<String, Value>) -> String {
+    // A map with string keys always serializes, and always to an object.
+    serde_json::to_string(body).unwrap_or_else(|_| "{}".into())
 }
 
 /// Parses only the top-level members named in `keys` out of a body's JSON

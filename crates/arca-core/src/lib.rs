@@ -16,7 +16,7 @@ pub mod scope;
 
 pub use collection::{Access, AccessRule, Action, CollectionDef, DefinitionError, IndexDef};
 pub use document::{
-    ClientBody, Document, DocumentError, DocumentText, SystemFields, merge_patch,
+    ClientBody, Document, DocumentError, DocumentText, SystemFields, body_text, merge_patch,
     parse_body_fields, split_client_body,
 };
 pub use duration::HumanDuration;

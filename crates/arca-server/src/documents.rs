@@ -89,9 +89,7 @@ fn document_response(
     location: Option<&Collection>,
 ) -> Response {
     let mut res = crate::respond::json_of(status, doc);
-    if let Ok(v) = HeaderValue::from_str(&doc.etag()) {
-        res.headers_mut().insert(header::ETAG, v);
-    }
+    set_etag(&mut res, &doc.etag());
     if let Some(c) = location {
         let loc = format!("/v1/collections/{}/documents/{}", c.name, doc.system.id);
         if let Ok(v) = HeaderValue::from_str(&loc) {
@@ -99,6 +97,13 @@ fn document_response(
         }
     }
     res
+}
+
+/// Sets the `ETag` header (`"<rev>"`, always a valid header value).
+fn set_etag(res: &mut Response, etag: &str) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        res.headers_mut().insert(header::ETAG, v);
+    }
 }
 
 /// A fresh time-ordered id (made here, before the insert, so that the
@@ -199,7 +204,6 @@ pub(crate) async fn read(
     let doc = timed("get", state.store().get_text(&coll.name, &grant.read, &id))
         .await?
         .ok_or_else(not_found)?;
-    let etag = HeaderValue::from_str(&doc.etag()).ok();
     let mut res = if EntityTags::from_header(&headers, header::IF_NONE_MATCH)
         .is_some_and(|t| t.matches_weak(doc.system.rev))
     {
@@ -207,9 +211,7 @@ pub(crate) async fn read(
     } else {
         crate::respond::json_bytes(StatusCode::OK, doc.to_json_bytes())
     };
-    if let Some(v) = etag {
-        res.headers_mut().insert(header::ETAG, v);
-    }
+    set_etag(&mut res, &doc.etag());
     Ok(res)
 }
 
@@ -482,10 +484,11 @@ pub(crate) async fn list(
     let limit = params.query.limit;
     // One extra document tells whether a next page exists.
     params.query.limit = limit + 1;
-    let cursor_after = |key: Vec<Value>, id: &DocId| {
+    // The cursor after `whole` (a document as clients see it).
+    let cursor_after = |whole: &Value, id: &DocId| {
         Value::String(
             Cursor {
-                key,
+                key: params.query.sort.key(whole).0,
                 id: id.as_str().to_owned(),
             }
             .encode(&params.fingerprint),
@@ -498,15 +501,14 @@ pub(crate) async fn list(
             state.store().find_text(&coll.name, &scope, &params.query),
         )
         .await?;
-        let mut next = Value::Null;
-        if docs.len() > limit {
-            docs.truncate(limit);
-            if let Some(last) = docs.last() {
+        let next = match page_end(&mut docs, limit) {
+            Some(last) => {
                 let whole: Value = serde_json::from_slice(&last.to_json_bytes())
                     .map_err(|e| ApiError::internal(format!("a stored document: {e}")))?;
-                next = cursor_after(params.query.sort.key(&whole).0, &last.system.id);
+                cursor_after(&whole, &last.system.id)
             }
-        }
+            None => Value::Null,
+        };
         return Ok(page_response(&docs, &next));
     };
     let mut docs = timed(
@@ -514,18 +516,24 @@ pub(crate) async fn list(
         state.store().find(&coll.name, &scope, &params.query),
     )
     .await?;
-    let mut next = Value::Null;
-    if docs.len() > limit {
-        docs.truncate(limit);
-        if let Some(last) = docs.last() {
-            next = cursor_after(params.query.sort.key(&last.to_json()).0, &last.system.id);
-        }
-    }
+    let next = page_end(&mut docs, limit).map_or(Value::Null, |last| {
+        cursor_after(&last.to_json(), &last.system.id)
+    });
     let items: Vec<Value> = docs
         .iter()
         .map(|d| projection.apply(&d.to_json()))
         .collect();
     Ok(json(StatusCode::OK, &json!({"items": items, "next": next})))
+}
+
+/// Drops the look-ahead document of a page fetched with `limit + 1`;
+/// returns the last one kept when a next page exists.
+fn page_end<T>(docs: &mut Vec<T>, limit: usize) -> Option<&T> {
+    if docs.len() <= limit {
+        return None;
+    }
+    docs.truncate(limit);
+    docs.last()
 }
 
 /// `{"items": [...], "next": ...}` written from the documents' texts.

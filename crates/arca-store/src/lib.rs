@@ -146,12 +146,11 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
         id: &DocId,
     ) -> Result<Option<DocumentText>, StoreError> {
-        let Some(doc) = self.get(coll, scope, id).await? else {
-            return Ok(None);
-        };
-        let body = serde_json::to_string(&doc.body)
-            .map_err(|e| StoreError::Unavailable(format!("cannot serialize a document: {e}")))?;
-        Ok(DocumentText::new(doc.system, body))
+        Ok(self
+            .get(coll, scope, id)
+            .await?
+            .as_ref()
+            .map(DocumentText::of))
     }
 
     /// Replaces the body of the document at `expected_rev` and bumps its
@@ -198,18 +197,8 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
         query: &Query,
     ) -> Result<Vec<DocumentText>, StoreError> {
-        self.find(coll, scope, query)
-            .await?
-            .into_iter()
-            .map(|doc| {
-                let body = serde_json::to_string(&doc.body).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot serialize a document: {e}"))
-                })?;
-                DocumentText::new(doc.system, body).ok_or_else(|| {
-                    StoreError::Unavailable("a document body is not a JSON object".into())
-                })
-            })
-            .collect()
+        let docs = self.find(coll, scope, query).await?;
+        Ok(docs.iter().map(DocumentText::of).collect())
     }
 
     /// The number of documents of the scope matching `filter`.

@@ -62,6 +62,15 @@ impl FieldPath {
     pub fn segments(&self) -> &[String] {
         &self.segs
     }
+
+    /// Adds the path's first segment to `out` unless it is there already.
+    pub(crate) fn add_top_level<'a>(&'a self, out: &mut Vec<&'a str>) {
+        if let Some(first) = self.segs.first()
+            && !out.contains(&first.as_str())
+        {
+            out.push(first);
+        }
+    }
 }
 
 /// A type name of `$type` (BSON names; only the JSON ones can match).
@@ -265,13 +274,7 @@ impl Filter {
         fn walk<'a>(node: &'a Node, out: &mut Vec<&'a str>) {
             match node {
                 Node::And(v) | Node::Or(v) | Node::Nor(v) => v.iter().for_each(|n| walk(n, out)),
-                Node::Field(path, _) => {
-                    if let Some(first) = path.segments().first()
-                        && !out.contains(&first.as_str())
-                    {
-                        out.push(first);
-                    }
-                }
+                Node::Field(path, _) => path.add_top_level(out),
                 Node::Nothing => {}
             }
         }

@@ -32,11 +32,7 @@ impl Sort {
     /// Adds the top-level fields the sort reads to `out`.
     pub fn top_level_fields<'a>(&'a self, out: &mut Vec<&'a str>) {
         for (path, _) in &self.fields {
-            if let Some(first) = path.segments().first()
-                && !out.contains(&first.as_str())
-            {
-                out.push(first);
-            }
+            path.add_top_level(out);
         }
     }
 

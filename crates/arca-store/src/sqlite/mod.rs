@@ -658,10 +658,6 @@ impl PartialEq for Ranked<'_> {
 
 impl Eq for Ranked<'_> {}
 
-fn body_text(body: &Map<String, Value>) -> String {
-    serde_json::to_string(body).unwrap_or_else(|_| "{}".into())
-}
-
 /// Streams candidate rows and hands those the evaluator accepts to `keep`;
 /// stops as soon as `keep` returns false.
 fn scan(
@@ -812,7 +808,7 @@ impl Store for SqliteStore {
         let (coll, tenant, body) = (
             coll.clone(),
             scope.tenant_key().to_owned(),
-            body_text(&doc.body),
+            arca_core::body_text(&doc.body),
         );
         let owner = doc.owner;
         self.write(|reply| WriteOp::Insert {
@@ -847,10 +843,11 @@ impl Store for SqliteStore {
     ) -> Result<Option<DocumentText>, StoreError> {
         if !scope.filter().is_all() {
             // The row filter needs the parsed document.
-            let Some(doc) = self.get(coll, scope, id).await? else {
-                return Ok(None);
-            };
-            return Ok(DocumentText::new(doc.system, body_text(&doc.body)));
+            return Ok(self
+                .get(coll, scope, id)
+                .await?
+                .as_ref()
+                .map(DocumentText::of));
         }
         self.point_read(coll, scope, id, sql::decode_document_text)
             .await
@@ -868,7 +865,7 @@ impl Store for SqliteStore {
             coll.clone(),
             scope.tenant_key().to_owned(),
             id.clone(),
-            body_text(&body),
+            arca_core::body_text(&body),
         );
         self.write(|reply| WriteOp::Replace {
             coll,
@@ -926,12 +923,7 @@ impl Store for SqliteStore {
             .await?;
         found
             .into_iter()
-            .map(|f| {
-                let text = f.text.unwrap_or_default();
-                DocumentText::new(f.doc.system, text).ok_or_else(|| {
-                    StoreError::Unavailable("a stored document is not a JSON object".into())
-                })
-            })
+            .map(|f| sql::document_text(f.doc.system, f.text.unwrap_or_default()))
             .collect()
     }
 

@@ -231,12 +231,16 @@ pub fn decode_document(row: &Row<'_>) -> rusqlite::Result<Result<Document, Store
 /// Decodes a `DOC_COLUMNS` row keeping the body as stored text.
 pub fn decode_document_text(row: &Row<'_>) -> rusqlite::Result<Result<DocumentText, StoreError>> {
     let doc: String = row.get(5)?;
-    Ok(decode_system(row)?.and_then(|system| {
-        DocumentText::new(system, doc)
-            .ok_or_else(|| StoreError::Unavailable("a stored document is not a JSON object".into()))
-    }))
+    Ok(decode_system(row)?.and_then(|system| document_text(system, doc)))
 }
 
+/// A document from its system fields and stored body text.
+pub fn document_text(system: SystemFields, body: String) -> Result<DocumentText, StoreError> {
+    DocumentText::new(system, body)
+        .ok_or_else(|| StoreError::Unavailable("a stored document is not a JSON object".into()))
+}
+
+/// Decodes the system columns of a `DOC_COLUMNS` row.
 pub fn decode_system(row: &Row<'_>) -> rusqlite::Result<Result<SystemFields, StoreError>> {
     // The id is checked on the borrowed text, then copied once.
     let raw_id = row.get_ref(0)?.as_str()?;

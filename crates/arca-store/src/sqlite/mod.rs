@@ -13,6 +13,7 @@
 //! an index where it can, and arca-core's evaluator decides every match.
 
 mod plan;
+mod queue;
 mod sql;
 mod writer;
 
@@ -79,35 +80,31 @@ const POINT_BATCH: usize = 32;
 /// on the reader side. Each of them was queued before that transaction
 /// began, so each still sees every write acknowledged before it was asked.
 /// Other reads run alone, so a slow listing never holds point reads back.
-fn reader_loop(
-    conn: &Connection,
-    jobs: &crossbeam_channel::Receiver<ReadJob>,
-    mut run: impl FnMut(ReadJob),
-) {
+fn reader_loop(conn: &Connection, jobs: &queue::Receiver<ReadJob>, mut run: impl FnMut(ReadJob)) {
     let mut batch: Vec<ReadJob> = Vec::with_capacity(POINT_BATCH);
     let mut next: Option<ReadJob> = None;
     loop {
         let job = match next.take() {
             Some(job) => job,
             None => match jobs.recv() {
-                Ok(job) => job,
+                Some(job) => job,
                 // The store (the only sender) is gone.
-                Err(_) => return,
+                None => return,
             },
         };
         if !job.point {
-            run(job);
+            jobs.long(|| run(job));
             continue;
         }
         batch.push(job);
         while batch.len() < POINT_BATCH {
             match jobs.try_recv() {
-                Ok(job) if job.point => batch.push(job),
-                Ok(job) => {
+                Some(job) if job.point => batch.push(job),
+                Some(job) => {
                     next = Some(job);
                     break;
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         if batch.len() == 1 {
@@ -136,7 +133,7 @@ fn reader_loop(
 /// The embedded SQLite engine.
 pub struct SqliteStore {
     writes: mpsc::Sender<WriteOp>,
-    reads: crossbeam_channel::Sender<ReadJob>,
+    reads: queue::Sender<ReadJob>,
     path: PathBuf,
     id_seed: [u8; 5],
     id_counter: AtomicU32,
@@ -203,9 +200,9 @@ impl SqliteStore {
                 )",
             )
             .map_err(map_err)?;
-        let (reads, jobs) = crossbeam_channel::unbounded::<ReadJob>();
+        let (reads, receivers) = queue::queue::<ReadJob>(opts.readers.max(1));
         let read_timeout = opts.read_timeout;
-        for n in 0..opts.readers.max(1) {
+        for (n, jobs) in receivers.into_iter().enumerate() {
             let mut conn = open_conn(
                 &opts.path,
                 true,
@@ -222,7 +219,6 @@ impl SqliteStore {
                 Some(move || epoch.elapsed().as_millis() as u64 > watched.load(Ordering::Relaxed)),
             )
             .map_err(map_err)?;
-            let jobs = jobs.clone();
             std::thread::Builder::new()
                 .name(format!("arca-sqlite-reader-{n}"))
                 .spawn(move || {

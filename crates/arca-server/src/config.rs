@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: HumanDuration,
     /// Origins allowed by CORS (`["*"]` for any); none by default.
     pub cors_origins: Vec<String>,
+    /// Async worker threads serving HTTP (default: the usable CPUs).
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +70,7 @@ impl Default for ServerConfig {
             shutdown_delay: HumanDuration(Duration::ZERO),
             shutdown_timeout: HumanDuration(Duration::from_secs(25)),
             cors_origins: Vec::new(),
+            workers: default_workers(),
         }
     }
 }
@@ -146,6 +149,12 @@ impl Default for SqliteConfig {
 /// every read) and at most 16. On the 2-core benchmark machine 2 readers
 /// beat 4 on GET by ~10% per CPU-second: fewer threads to wake, and
 /// larger batches of point reads sharing a read transaction.
+/// The usable CPUs (the cgroup quota counts, so a pod limited to one CPU
+/// gets one worker).
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn default_readers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get().clamp(2, 16))
@@ -348,6 +357,9 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
     {
         return bad("store.url", "expected sqlite://PATH with a non-empty path");
     }
+    if !(1..=1024).contains(&cfg.server.workers) {
+        return bad("server.workers", "expected 1 to 1024");
+    }
     if !(1..=64).contains(&cfg.store.sqlite.readers) {
         return bad("store.sqlite.readers", "expected 1 to 64");
     }
@@ -425,6 +437,7 @@ mod tests {
         assert_eq!(c.server.shutdown_timeout.0, Duration::from_secs(25));
         let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
         assert_eq!(c.store.sqlite.readers, cpus.clamp(2, 16));
+        assert_eq!(c.server.workers, cpus);
         assert_eq!(c.store.sqlite.read_cache_mib, 16);
         assert_eq!(
             c.store.sqlite.reader_cache_kib(),
@@ -498,6 +511,13 @@ mod tests {
         )
         .expect("cache");
         assert_eq!(c.store.sqlite.reader_cache_kib(), 2048);
+
+        for bad in ["0", "1025"] {
+            let e = load(None, env(&[("ARCA_SERVER__WORKERS", bad)])).expect_err("workers");
+            assert!(e.0.contains("server.workers"), "{bad}: {e}");
+        }
+        let c = load(None, env(&[("ARCA_SERVER__WORKERS", "1")])).expect("one worker");
+        assert_eq!(c.server.workers, 1);
     }
 
     #[test]

@@ -93,13 +93,17 @@ enum Command {
     Healthcheck,
 }
 
-/// The tokio runtime for a command (multi-threaded for the server and
-/// imports); `None` after printing why it could not start.
-fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
-    let mut b = if multi_thread {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
+/// The tokio runtime for a command: `workers` threads for the server and
+/// imports, or the current thread alone; `None` after printing why it
+/// could not start.
+fn runtime(workers: Option<usize>) -> Option<tokio::runtime::Runtime> {
+    let mut b = match workers {
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_current_thread(),
     };
     match b.enable_all().build() {
         Ok(rt) => Some(rt),
@@ -144,7 +148,7 @@ fn main() -> ExitCode {
             owner,
             file,
         } => {
-            let Some(rt) = runtime(true) else {
+            let Some(rt) = runtime(Some(cfg.server.workers)) else {
                 return ExitCode::FAILURE;
             };
             match rt.block_on(import::run(
@@ -172,7 +176,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Openapi => {
-            let Some(rt) = runtime(false) else {
+            let Some(rt) = runtime(None) else {
                 return ExitCode::FAILURE;
             };
             match rt.block_on(openapi(cfg)) {
@@ -207,7 +211,7 @@ fn main() -> ExitCode {
             dev_allow_remote,
         } => {
             init_logging(&cfg);
-            let Some(rt) = runtime(true) else {
+            let Some(rt) = runtime(Some(cfg.server.workers)) else {
                 return ExitCode::FAILURE;
             };
             match rt.block_on(serve(cfg, dev, dev_allow_remote)) {

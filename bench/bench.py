@@ -176,6 +176,8 @@ def main():
     ap.add_argument("--skip-drf", action="store_true")
     ap.add_argument("--rounds", type=int, default=3,
                     help="each scenario runs this many times, Arca and DRF interleaved; medians are reported")
+    ap.add_argument("--one-worker", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run get, list and ceiling on Arca with server.workers = 1")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="arca-bench-"))
@@ -218,6 +220,8 @@ def main():
         subprocess.run([args.arca, "import", "--collection", "items", str(data)], env={**os.environ, **arca_env},
                        check=True, capture_output=True)
         facts["arca_seed_s"] = time.monotonic() - t
+        if args.one_worker:
+            shutil.copy(work / "arca" / "arca.db", work / "arca1.db")
         arca, ready_ms = start_arca()
         facts["arca_ready_ms"] = ready_ms
         facts["arca_rss_idle_kib"] = rss_kib(arca.p.pid, "VmRSS")
@@ -226,6 +230,16 @@ def main():
         # scenario runs Arca then DRF back to back, round after round: the
         # shared machine's slow and fast phases hit both alike.
         servers = [("arca", arca_url, arca)]
+        # The same build sized to the one core wrk leaves it: one async
+        # worker (`server.workers = 1`), its own copy of the data, same rounds.
+        one_port = free_port()
+        one = (f"http://127.0.0.1:{one_port}", Proc([args.arca, "serve"], {
+            **arca_env, "ARCA_STORE__URL": f"sqlite://{work}/arca1.db", "ARCA_SERVER__LISTEN": f"127.0.0.1:{one_port}",
+            "ARCA_SERVER__WORKERS": "1"}, log=work / "arca1.log")) \
+            if args.one_worker else None
+        if one:
+            procs.append(one[1])
+            wait_status(f"{one[0]}/readyz", step=0.001)
 
         # The DRF peer: same issuer, same collection, same N.
         if not args.skip_drf:
@@ -268,9 +282,14 @@ def main():
                 for server, url, proc in servers:
                     r = wrk(url, f"{name}.lua", token, args, proc.p.pid, env)
                     results.setdefault((server, name), []).append(r)
+                if one and name != "create":
+                    r = wrk(one[0], f"{name}.lua", token, args, one[1].p.pid, env)
+                    results.setdefault((ONE, name), []).append(r)
         facts["arca_rss_peak_kib"] = rss_kib(arca.p.pid, "VmHWM")
         for _, _, proc in servers:
             proc.stop()
+        if one:
+            one[1].stop()
 
         # The verified-token cache: the same GET scenario without it.
         arca, _ = start_arca({"ARCA_AUTH__TOKEN_CACHE_SIZE": "0"})
@@ -295,6 +314,9 @@ def main():
 
     report(args, results, facts)
     shutil.rmtree(work, ignore_errors=True)
+
+
+ONE = "arca (1 worker)"
 
 
 def median(xs):
@@ -350,6 +372,12 @@ def report(args, results, facts):
             lines.append(f"- Arca/DRF per CPU-second, {name}: {m:.1f}x (rounds: {lo:.1f}-{hi:.1f}x)")
     m, lo, hi = paired(ar["get"], ar["ceiling"])
     lines.append(f"- Arca GET / ceiling (per CPU-second): {100 * m:.0f} % (rounds: {100 * lo:.0f}-{100 * hi:.0f} %)")
+    o = {k[1]: v for k, v in results.items() if k[0] == ONE}
+    if o:
+        line = f"- {ONE}: GET / ceiling {100 * paired(o['get'], o['ceiling'])[0]:.0f} %"
+        if dr:
+            line += "".join(f"; {n} {paired(o[n], dr[n])[0]:.1f}x DRF" for n in ("get", "list"))
+        lines.append(line + " (medians of round-by-round ratios)")
     nc = rows.get(("arca (no token cache)", "get"))
     if nc:
         lines.append(f"- verified-token cache: GET {a['get']['per_cpu']:,.0f} req/CPU-s with it, "

@@ -135,6 +135,8 @@ def wrk(url, script, token, args, server_pid, env=None):
     non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", out) or [0, 0])[1])
     sock = re.search(r"Socket errors: (.*)", out)
     errors = non2xx + (sum(int(x) for x in re.findall(r"\d+", sock.group(1))) if sock else 0)
+    if errors:
+        print(f"{url} {script}: " + "; ".join(re.findall(r"(Non-2xx[^\n]*|Socket errors[^\n]*)", out)), file=sys.stderr)
     return {"rps": rps, "p50": p50, "p99": p99, "errors": errors, "cpu": cpu,
             "per_cpu": total / cpu if cpu > 0 else float("inf"), "requests": total}
 
@@ -221,7 +223,10 @@ def main():
                        check=True, capture_output=True)
         facts["arca_seed_s"] = time.monotonic() - t
         if args.one_worker:
-            shutil.copy(work / "arca" / "arca.db", work / "arca1.db")
+            # The import's last commits may still be in the WAL: copy it too.
+            for suffix in ("", "-wal"):
+                if (work / "arca" / f"arca.db{suffix}").exists():
+                    shutil.copy(work / "arca" / f"arca.db{suffix}", work / f"arca1.db{suffix}")
         arca, ready_ms = start_arca()
         facts["arca_ready_ms"] = ready_ms
         facts["arca_rss_idle_kib"] = rss_kib(arca.p.pid, "VmRSS")

@@ -455,3 +455,27 @@ async fn text_reads_match_parsed_reads() {
         None
     );
 }
+
+/// After the store is dropped (a server stopping, `arca import` ending),
+/// the database file alone holds every commit: a copy of `arca.db`
+/// without its WAL has all the documents.
+#[tokio::test]
+async fn a_closed_store_leaves_every_commit_in_the_database_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = open(&dir);
+    define(&store, &[]).await.expect("define");
+    let s = Scope::tenant(Tenant::None);
+    // Few enough commits that SQLite's automatic checkpoint never runs.
+    for i in 0..200 {
+        store
+            .insert(&people(), &s, new_doc(None, json!({"n": i})))
+            .await
+            .expect("insert");
+    }
+    assert_eq!(store.count(&people(), &s, &Filter::all()).await, Ok(200));
+    drop(store);
+    let copy = tempfile::tempdir().expect("tmp");
+    std::fs::copy(dir.path().join("arca.db"), copy.path().join("arca.db")).expect("copy");
+    let reopened = open(&copy);
+    assert_eq!(reopened.count(&people(), &s, &Filter::all()).await, Ok(200));
+}

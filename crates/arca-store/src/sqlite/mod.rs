@@ -132,7 +132,11 @@ fn reader_loop(conn: &Connection, jobs: &queue::Receiver<ReadJob>, mut run: impl
 
 /// The embedded SQLite engine.
 pub struct SqliteStore {
-    writes: mpsc::Sender<WriteOp>,
+    /// `None` only while dropping (closing it stops the writer).
+    writes: Option<mpsc::Sender<WriteOp>>,
+    /// The writer thread, joined on drop so its final checkpoint finishes
+    /// before the process can exit.
+    writer: Option<std::thread::JoinHandle<()>>,
     reads: queue::Sender<ReadJob>,
     path: PathBuf,
     id_seed: [u8; 5],
@@ -234,12 +238,13 @@ impl SqliteStore {
                 })?;
         }
         let (tx, rx) = mpsc::channel(4096);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("arca-sqlite-writer".into())
             .spawn(move || writer::run(writer_conn, rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
-            writes: tx,
+            writes: Some(tx),
+            writer: Some(writer),
             reads,
             path: opts.path.clone(),
             id_seed: rand::random(),
@@ -397,12 +402,33 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writes
+        let writes = self
+            .writes
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("writer stopped".into()))?;
+        writes
             .send(make(tx))
             .await
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Stops the writer after the writes already queued and waits for it:
+    /// its last act folds the WAL into the database file, so after a clean
+    /// stop `arca.db` alone holds every commit. (SQLite folds it when the
+    /// last connection closes, but only a read-write one can, and a
+    /// read-only reader often closed last, leaving the import's or the
+    /// server's last commits in `arca.db-wal`.)
+    fn drop(&mut self) {
+        drop(self.writes.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the SQLite writer thread panicked");
+        }
     }
 }
 

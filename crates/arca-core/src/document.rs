@@ -159,6 +159,34 @@ pub fn parse_body_fields(text: &str, keys: &[&str]) -> serde_json::Result<Map<St
 
     struct Pick<'k>(&'k [&'k str]);
 
+    /// A member name, borrowed from the text unless it has escapes
+    /// (serde's own `Cow<str>` always allocates).
+    struct Key;
+
+    impl<'de> Visitor<'de> for Key {
+        type Value = std::borrow::Cow<'de, str>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a member name")
+        }
+
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(std::borrow::Cow::Borrowed(v))
+        }
+
+        fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(std::borrow::Cow::Owned(v.to_owned()))
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = std::borrow::Cow<'de, str>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
     impl<'de> Visitor<'de> for Pick<'_> {
         type Value = Map<String, Value>;
 
@@ -168,7 +196,7 @@ pub fn parse_body_fields(text: &str, keys: &[&str]) -> serde_json::Result<Map<St
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = Map::with_capacity(self.0.len());
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            while let Some(key) = map.next_key_seed(Key)? {
                 if self.0.contains(&key.as_ref()) {
                     let value: Value = map.next_value()?;
                     out.insert(key.into_owned(), value);
@@ -313,6 +341,10 @@ mod tests {
         assert!(parse_body_fields(text, &[]).expect("parse").is_empty());
         assert!(parse_body_fields("[1]", &["a"]).is_err());
         assert!(parse_body_fields(r#"{"a":1} x"#, &["a"]).is_err());
+        // A member name written with escapes is the same name.
+        let escaped = parse_body_fields(r#"{"\u0061":7,"\"q":8}"#, &["a", "\"q"]).expect("parse");
+        assert_eq!(escaped.get("a"), Some(&Value::from(7)));
+        assert_eq!(escaped.get("\"q"), Some(&Value::from(8)));
     }
 
     #[test]

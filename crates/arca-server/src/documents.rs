@@ -496,12 +496,14 @@ pub(crate) async fn list(
     };
     let Some(projection) = &params.fields else {
         // No projection: the stored texts go out as they are.
-        let mut docs = timed(
+        let page = timed(
             "find",
-            state.store().find_text(&coll.name, &scope, &params.query),
+            state
+                .store()
+                .find_page(&coll.name, &scope, &params.query, limit),
         )
         .await?;
-        let next = match page_end(&mut docs, limit) {
+        let next = match &page.last {
             Some(last) => {
                 let whole: Value = serde_json::from_slice(&last.to_json_bytes())
                     .map_err(|e| ApiError::internal(format!("a stored document: {e}")))?;
@@ -509,7 +511,7 @@ pub(crate) async fn list(
             }
             None => Value::Null,
         };
-        return Ok(page_response(&docs, &next));
+        return Ok(page_response(&page.items, &next));
     };
     let mut docs = timed(
         "find",
@@ -536,16 +538,11 @@ fn page_end<T>(docs: &mut Vec<T>, limit: usize) -> Option<&T> {
     docs.last()
 }
 
-/// `{"items": [...], "next": ...}` written from the documents' texts.
-fn page_response(docs: &[arca_core::DocumentText], next: &Value) -> Response {
-    let mut out = Vec::with_capacity(64 + docs.len() * 256);
+/// `{"items": [...], "next": ...}` around a page's written documents.
+fn page_response(items: &[u8], next: &Value) -> Response {
+    let mut out = Vec::with_capacity(64 + items.len());
     out.extend_from_slice(b"{\"items\":[");
-    for (i, doc) in docs.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        doc.write_json(&mut out);
-    }
+    out.extend_from_slice(items);
     out.extend_from_slice(b"],\"next\":");
     // Writing a Value into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, next);

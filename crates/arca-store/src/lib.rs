@@ -79,6 +79,33 @@ pub struct NewDocument {
     pub body: Map<String, Value>,
 }
 
+/// A page of documents written as JSON (see `Store::find_page`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPage {
+    /// The page's documents as JSON objects, comma-separated (no brackets).
+    pub items: Vec<u8>,
+    /// The page's last document, when more documents follow it.
+    pub last: Option<DocumentText>,
+}
+
+impl TextPage {
+    /// The first `page` of `docs`, and the last of those if `docs` holds
+    /// more than `page`.
+    pub fn of(mut docs: Vec<DocumentText>, page: usize) -> Self {
+        let more = docs.len() > page;
+        docs.truncate(page);
+        let mut items = Vec::with_capacity(docs.len() * 256);
+        for (i, doc) in docs.iter().enumerate() {
+            if i > 0 {
+                items.push(b',');
+            }
+            doc.write_json(&mut items);
+        }
+        let last = if more { docs.pop() } else { None };
+        Self { items, last }
+    }
+}
+
 /// A listing: filter, order, position and size.
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -201,6 +228,22 @@ pub trait Store: Send + Sync + 'static {
         Ok(docs.iter().map(DocumentText::of).collect())
     }
 
+    /// `find_text` written out for a response: the first `page` documents
+    /// found, and the last of them when more follow (pass a `query.limit`
+    /// of `page + 1` to learn that). Engines that read on threads of their
+    /// own override it to write there, so the documents are freed where
+    /// they were made. MongoDB: as `find`.
+    async fn find_page(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+        page: usize,
+    ) -> Result<TextPage, StoreError> {
+        let docs = self.find_text(coll, scope, query).await?;
+        Ok(TextPage::of(docs, page))
+    }
+
     /// The number of documents of the scope matching `filter`.
     /// MongoDB: `countDocuments({$and: [{_tenant}, scope filter, filter]})`.
     async fn count(
@@ -209,4 +252,41 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
         filter: &Filter,
     ) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arca_core::SystemFields;
+
+    fn text(id: &str) -> DocumentText {
+        let system = SystemFields {
+            id: DocId::parse(id).expect("id"),
+            rev: 1,
+            created_at: "2026-11-29T10:00:00.000Z".into(),
+            updated_at: "2026-11-29T10:00:00.000Z".into(),
+            owner: "u".into(),
+        };
+        DocumentText::new(system, format!("{{\"k\":\"{id}\"}}")).expect("object")
+    }
+
+    #[test]
+    fn a_text_page_writes_its_documents_and_keeps_the_last_when_more_follow() {
+        let docs = || vec![text("a"), text("b"), text("c")];
+        let joined = |ids: &[&str]| {
+            let parts: Vec<Vec<u8>> = ids.iter().map(|i| text(i).to_json_bytes()).collect();
+            parts.join(&b","[..])
+        };
+        // More than a page: the look-ahead document is not written.
+        let p = TextPage::of(docs(), 2);
+        assert_eq!(p.items, joined(&["a", "b"]));
+        assert_eq!(p.last, Some(text("b")));
+        // Exactly a page, or less: nothing follows.
+        let p = TextPage::of(docs(), 3);
+        assert_eq!((p.items, p.last), (joined(&["a", "b", "c"]), None));
+        let p = TextPage::of(docs(), 10);
+        assert_eq!(p.last, None);
+        let p = TextPage::of(Vec::new(), 2);
+        assert_eq!((p.items, p.last), (Vec::new(), None));
+    }
 }

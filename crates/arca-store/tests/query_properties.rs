@@ -6,7 +6,7 @@
 
 use arca_core::query::{Cursor, Filter, Sort};
 use arca_core::{CollectionName, DocId, IndexDef, Scope, Tenant};
-use arca_store::{NewDocument, Query, SqliteOptions, SqliteStore, Store};
+use arca_store::{NewDocument, Query, SqliteOptions, SqliteStore, Store, TextPage};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -225,13 +225,18 @@ proptest! {
                 prop_assert_eq!(&got, &expected, "filter {}", fv);
                 // The text listing (partial parse for the filter) finds the
                 // same documents and sends them byte for byte as parsed.
-                let texts: Vec<Vec<u8>> = store
+                let text_docs = store
                     .find_text(&coll(), &scope, &query)
                     .await
-                    .expect("find_text")
-                    .iter()
-                    .map(|t| t.to_json_bytes())
-                    .collect();
+                    .expect("find_text");
+                let texts: Vec<Vec<u8>> = text_docs.iter().map(|t| t.to_json_bytes()).collect();
+                // The engine's written page is the default one (written
+                // from `find_text`), at a page size that splits the result.
+                let page = store
+                    .find_page(&coll(), &scope, &query, 3)
+                    .await
+                    .expect("find_page");
+                prop_assert_eq!(page, TextPage::of(text_docs, 3), "written page of {}", fv);
                 let parsed: Vec<Vec<u8>> =
                     found.iter().map(|d| serde_json::to_vec(d).expect("json")).collect();
                 prop_assert_eq!(texts, parsed, "text listing of {}", fv);

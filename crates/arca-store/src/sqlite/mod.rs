@@ -30,7 +30,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_ite
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{NewDocument, PutOutcome, Query, Store, StoreError, StoredCollection};
+use crate::{NewDocument, PutOutcome, Query, Store, StoreError, StoredCollection, TextPage};
 use writer::{WriteOp, map_err};
 
 /// How the embedded engine is opened.
@@ -453,16 +453,17 @@ fn ordered_sql(coll: &CollectionName, path: &str) -> (String, String) {
 
 impl SqliteStore {
     /// `find`, decoding bodies as `body` says.
-    async fn find_found(
+    async fn find_found<R: Send + 'static>(
         &self,
         coll: &CollectionName,
         scope: &Scope,
         query: &Query,
         body: Body,
-    ) -> Result<Vec<Found>, StoreError> {
+        finish: impl FnOnce(Vec<Found>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
         let filter = scope.filter().clone().and(query.filter.clone());
         if matches!(filter.root(), Node::Nothing) || query.limit == 0 {
-            return Ok(Vec::new());
+            return finish(Vec::new());
         }
         let (sort, limit, after) = (query.sort.clone(), query.limit, query.after.clone());
         let by_id = sort.is_by_id();
@@ -483,7 +484,7 @@ impl SqliteStore {
                     ];
                     let pb = [Sql::Text(tenant), Sql::Text(after_id)];
                     let (a, b) = &*sql;
-                    merged_scan(c, (a, &pa), (b, &pb), &filter, &body, limit)
+                    merged_scan(c, (a, &pa), (b, &pb), &filter, &body, limit).and_then(finish)
                 })
                 .await;
         }
@@ -505,7 +506,7 @@ impl SqliteStore {
                     out.push(doc);
                     out.len() < limit
                 })?;
-                return Ok(out);
+                return finish(out);
             }
             // Another order: every match is keyed in Rust and only the best
             // `limit` are kept (a bounded heap: memory stays O(limit)
@@ -536,7 +537,7 @@ impl SqliteStore {
                 }
                 true
             })?;
-            Ok(best.into_sorted_vec().into_iter().map(|r| r.doc).collect())
+            finish(best.into_sorted_vec().into_iter().map(|r| r.doc).collect())
         })
         .await
     }
@@ -580,6 +581,24 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// The top-level fields a text listing parses: only what the filters and
+/// the sort read.
+fn text_keys(scope: &Scope, query: &Query) -> Vec<String> {
+    let mut keys = Vec::new();
+    scope.filter().top_level_fields(&mut keys);
+    query.filter.top_level_fields(&mut keys);
+    query.sort.top_level_fields(&mut keys);
+    keys.into_iter().map(str::to_owned).collect()
+}
+
+/// Found rows read with `Body::Fields` as documents with their texts.
+fn texts(found: Vec<Found>) -> Result<Vec<DocumentText>, StoreError> {
+    found
+        .into_iter()
+        .map(|f| sql::document_text(f.doc.system, f.text.unwrap_or_default()))
+        .collect()
 }
 
 /// Merges two `_id`-ordered candidate streams (a document in both counts
@@ -924,8 +943,10 @@ impl Store for SqliteStore {
         scope: &Scope,
         query: &Query,
     ) -> Result<Vec<Document>, StoreError> {
-        let found = self.find_found(coll, scope, query, Body::Full).await?;
-        Ok(found.into_iter().map(|f| f.doc).collect())
+        self.find_found(coll, scope, query, Body::Full, |found| {
+            Ok(found.into_iter().map(|f| f.doc).collect())
+        })
+        .await
     }
 
     async fn find_text(
@@ -934,19 +955,26 @@ impl Store for SqliteStore {
         scope: &Scope,
         query: &Query,
     ) -> Result<Vec<DocumentText>, StoreError> {
-        // Only what the filters and the sort read is parsed.
-        let mut keys = Vec::new();
-        scope.filter().top_level_fields(&mut keys);
-        query.filter.top_level_fields(&mut keys);
-        query.sort.top_level_fields(&mut keys);
-        let keys = keys.into_iter().map(str::to_owned).collect();
-        let found = self
-            .find_found(coll, scope, query, Body::Fields(keys))
-            .await?;
-        found
-            .into_iter()
-            .map(|f| sql::document_text(f.doc.system, f.text.unwrap_or_default()))
-            .collect()
+        let keys = text_keys(scope, query);
+        self.find_found(coll, scope, query, Body::Fields(keys), texts)
+            .await
+    }
+
+    async fn find_page(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+        page: usize,
+    ) -> Result<TextPage, StoreError> {
+        // Written on the reader thread: the documents' strings are freed
+        // by the thread that allocated them (a cross-thread free costs
+        // the allocator several times more), and one buffer crosses over.
+        let keys = text_keys(scope, query);
+        self.find_found(coll, scope, query, Body::Fields(keys), move |found| {
+            Ok(TextPage::of(texts(found)?, page))
+        })
+        .await
     }
 
     async fn count(

@@ -169,29 +169,49 @@ mod tests {
         panic!("expected {n} parked readers, have {}", shared.lock().parked);
     }
 
+    /// One thread per receiver, running `serve(reader, receiver, job,
+    /// first)` on each job it takes; each thread returns whether it took
+    /// any.
+    fn readers<T: Send + 'static>(
+        rxs: Vec<Receiver<T>>,
+        serve: impl Fn(usize, &Receiver<T>, T, bool) + Clone + Send + 'static,
+    ) -> Vec<std::thread::JoinHandle<bool>> {
+        rxs.into_iter()
+            .enumerate()
+            .map(|(n, rx)| {
+                let serve = serve.clone();
+                std::thread::spawn(move || {
+                    let mut took = false;
+                    while let Some(job) = rx.recv() {
+                        serve(n, &rx, job, !took);
+                        took = true;
+                    }
+                    took
+                })
+            })
+            .collect()
+    }
+
+    /// A wait that lasts until the returned sender sends.
+    fn hold() -> (mpsc::Sender<()>, impl Fn() + Clone + Send + 'static) {
+        let (release, held) = mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        (release, move || held.lock().unwrap().recv().unwrap())
+    }
+
     #[test]
     fn jobs_queued_behind_a_busy_point_reader_do_not_wake_another() {
         let (tx, rxs) = queue::<u32>(2);
         let shared = tx.0.clone();
-        let (release, hold) = mpsc::channel::<()>();
-        let hold = Arc::new(Mutex::new(hold));
+        let (release, wait) = hold();
         let (done, got) = mpsc::channel();
-        let threads: Vec<_> = rxs
-            .into_iter()
-            .enumerate()
-            .map(|(n, rx)| {
-                let (done, hold) = (done.clone(), hold.clone());
-                std::thread::spawn(move || {
-                    while let Some(job) = rx.recv() {
-                        if job == 0 {
-                            // A point read that takes a while.
-                            hold.lock().unwrap().recv().unwrap();
-                        }
-                        done.send((n, job)).unwrap();
-                    }
-                })
-            })
-            .collect();
+        let threads = readers(rxs, move |n, _, job, _| {
+            if job == 0 {
+                // A point read that takes a while.
+                wait();
+            }
+            done.send((n, job)).unwrap();
+        });
         parked(&shared, 2);
         tx.send(0).unwrap();
         parked(&shared, 1);
@@ -222,24 +242,15 @@ mod tests {
     fn a_long_read_wakes_another_reader_for_queued_jobs() {
         let (tx, rxs) = queue::<&'static str>(2);
         let shared = tx.0.clone();
-        let (release, hold) = mpsc::channel::<()>();
-        let hold = Arc::new(Mutex::new(hold));
+        let (release, wait) = hold();
         let (done, got) = mpsc::channel();
-        let threads: Vec<_> = rxs
-            .into_iter()
-            .map(|rx| {
-                let (done, hold) = (done.clone(), hold.clone());
-                std::thread::spawn(move || {
-                    while let Some(job) = rx.recv() {
-                        if job == "long" {
-                            // Blocks until the test releases it.
-                            rx.long(|| hold.lock().unwrap().recv().unwrap());
-                        }
-                        done.send(job).unwrap();
-                    }
-                })
-            })
-            .collect();
+        let threads = readers(rxs, move |_, rx, job, _| {
+            if job == "long" {
+                // Blocks until the test releases it.
+                rx.long(&wait);
+            }
+            done.send(job).unwrap();
+        });
         parked(&shared, 2);
         tx.send("long").unwrap();
         parked(&shared, 1);
@@ -259,32 +270,24 @@ mod tests {
     fn a_backlog_wakes_more_readers_and_nothing_is_lost() {
         let (tx, rxs) = queue::<usize>(3);
         let shared = tx.0.clone();
-        // The readers wait at a gate, so the jobs pile up.
+        // The readers wait at a gate with their first job, so jobs pile up.
         let gate = Arc::new(std::sync::Barrier::new(4));
         let (done, got) = mpsc::channel();
-        let threads: Vec<_> = rxs
-            .into_iter()
-            .map(|rx| {
-                let (done, gate) = (done.clone(), gate.clone());
-                std::thread::spawn(move || {
-                    let mut woke = false;
-                    while let Some(job) = rx.recv() {
-                        if !woke {
-                            woke = true;
-                            gate.wait();
-                        }
-                        done.send(job).unwrap();
-                    }
-                    woke
-                })
-            })
-            .collect();
+        let at_gate = gate.clone();
+        let threads = readers(rxs, move |_, _, job, first| {
+            if first {
+                at_gate.wait();
+            }
+            done.send(job).unwrap();
+        });
         parked(&shared, 3);
         let total = 4 * BACKLOG;
         for job in 0..total {
             tx.send(job).unwrap();
         }
-        // Every reader had to wake for that backlog to be let through.
+        // The backlog woke every reader (a regression fails here, rather
+        // than hanging at the gate).
+        parked(&shared, 0);
         gate.wait();
         let mut seen: Vec<usize> = (0..total)
             .map(|_| got.recv_timeout(Duration::from_secs(5)).unwrap())

@@ -274,14 +274,7 @@ async fn malformed_authorization_headers_are_401() {
 }
 
 async fn jwks_fetches(server: &Server) -> f64 {
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let text = server.metrics().await;
     text.lines()
         .find(|l| l.starts_with("arca_jwks_fetches "))
         .and_then(|l| l.rsplit(' ').next())

@@ -186,16 +186,7 @@ async fn metrics_count_requests_by_route_template() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let before = metric(
-        &client()
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .expect("m")
-            .text()
-            .await
-            .expect("t"),
-    );
+    let before = metric(&s.metrics().await);
     for id in ["a", "b", "c"] {
         let r = client()
             .get(s.url(&format!("/v1/collections/items/documents/{id}")))
@@ -204,14 +195,7 @@ async fn metrics_count_requests_by_route_template() {
             .await;
         assert_eq!(r.expect("get").status(), 404);
     }
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let text = s.metrics().await;
     assert_eq!(metric(&text), before + 3, "{text}");
     assert!(
         text.contains("http_request_duration_seconds_bucket"),
@@ -230,14 +214,7 @@ async fn metrics_count_requests_by_route_template() {
         .await
         .expect("odd method");
     assert_eq!(r.status(), 405);
-    let text = client()
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let text = s.metrics().await;
     assert!(!text.contains("FROBNICATE"), "{text}");
     assert!(
         text.lines().any(|l| l.starts_with("http_requests_total{")

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
-use arca_core::query::{Filter, Node, SortKey};
+use arca_core::query::{Filter, Node, Sort, SortKey};
 use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope};
 use rusqlite::config::DbConfig;
 use rusqlite::types::Value as Sql;
@@ -583,14 +583,22 @@ impl SqliteStore {
     }
 }
 
-/// The top-level fields a text listing parses: only what the filters and
-/// the sort read.
-fn text_keys(scope: &Scope, query: &Query) -> Vec<String> {
+/// `Body::Fields` of what `filters` and `sort` read: only those top-level
+/// fields are parsed.
+fn fields_read(filters: &[&Filter], sort: Option<&Sort>) -> Body {
     let mut keys = Vec::new();
-    scope.filter().top_level_fields(&mut keys);
-    query.filter.top_level_fields(&mut keys);
-    query.sort.top_level_fields(&mut keys);
-    keys.into_iter().map(str::to_owned).collect()
+    for f in filters {
+        f.top_level_fields(&mut keys);
+    }
+    if let Some(sort) = sort {
+        sort.top_level_fields(&mut keys);
+    }
+    Body::Fields(keys.into_iter().map(str::to_owned).collect())
+}
+
+/// What a text listing of `query` in `scope` parses.
+fn text_body(scope: &Scope, query: &Query) -> Body {
+    fields_read(&[scope.filter(), &query.filter], Some(&query.sort))
 }
 
 /// Found rows read with `Body::Fields` as documents with their texts.
@@ -743,8 +751,7 @@ impl Body {
             Body::Full => Ok(sql::decode_document(row)?.map(|doc| Found { doc, text: None })),
             Body::Fields(keys) => {
                 let text: String = row.get(5)?;
-                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-                let body = arca_core::parse_body_fields(&text, &keys).unwrap_or_default();
+                let body = arca_core::parse_body_fields(&text, keys).unwrap_or_default();
                 Ok(sql::decode_system(row)?.map(|system| Found {
                     doc: Document { system, body },
                     text: Some(text),
@@ -955,8 +962,7 @@ impl Store for SqliteStore {
         scope: &Scope,
         query: &Query,
     ) -> Result<Vec<DocumentText>, StoreError> {
-        let keys = text_keys(scope, query);
-        self.find_found(coll, scope, query, Body::Fields(keys), texts)
+        self.find_found(coll, scope, query, text_body(scope, query), texts)
             .await
     }
 
@@ -970,8 +976,7 @@ impl Store for SqliteStore {
         // Written on the reader thread: the documents' strings are freed
         // by the thread that allocated them (a cross-thread free costs
         // the allocator several times more), and one buffer crosses over.
-        let keys = text_keys(scope, query);
-        self.find_found(coll, scope, query, Body::Fields(keys), move |found| {
+        self.find_found(coll, scope, query, text_body(scope, query), move |found| {
             Ok(TextPage::of(texts(found)?, page))
         })
         .await
@@ -1005,9 +1010,7 @@ impl Store for SqliteStore {
         }
         let (sql, params) = self.candidate_sql(coll, scope, &filter, None);
         // Counting parses only the fields the filter reads.
-        let mut keys = Vec::new();
-        filter.top_level_fields(&mut keys);
-        let body = Body::Fields(keys.into_iter().map(str::to_owned).collect());
+        let body = fields_read(&[&filter], None);
         self.read(move |c| {
             let mut n = 0u64;
             scan(c, &sql, &params, &filter, &body, |_| {

@@ -276,7 +276,7 @@ fn scope_json(
 pub(crate) async fn explain(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    PathParams(p): PathParams,
+    p: PathParams,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let name = arca_core::CollectionName::parse(&p[0])

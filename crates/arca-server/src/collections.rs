@@ -64,7 +64,7 @@ pub(crate) async fn list(
 pub(crate) async fn read(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    PathParams(p): PathParams,
+    p: PathParams,
 ) -> Result<Response, ApiError> {
     require_schema_admin(&state, &caller)?;
     let c = state.collection(&name_or_404(&p[0])?)?;
@@ -80,7 +80,7 @@ pub(crate) async fn read(
 pub(crate) async fn put(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    PathParams(p): PathParams,
+    p: PathParams,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
     require_schema_admin(&state, &caller)?;
@@ -110,7 +110,7 @@ pub(crate) async fn put(
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    PathParams(p): PathParams,
+    p: PathParams,
 ) -> Result<Response, ApiError> {
     require_schema_admin(&state, &caller)?;
     let name = name_or_404(&p[0])?;

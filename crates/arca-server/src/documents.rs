@@ -16,14 +16,16 @@ use arca_core::{
 use arca_store::{NewDocument, Query, StoreError};
 use axum::Router;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use crate::access::{Grant, authorize};
 use crate::error::{ApiError, ProblemKind};
-use crate::extract::{Caller, EntityTags, JsonBytes, PathParams, parse_document_json};
+use crate::extract::{
+    Caller, EntityTags, IfMatch, IfNoneMatch, JsonBytes, PathParams, parse_document_json,
+};
 use crate::respond::{json, timed};
 use crate::state::{AppState, Collection};
 
@@ -147,7 +149,7 @@ fn outside_rule(action: &str) -> ApiError {
 pub(crate) async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    PathParams(p): PathParams,
+    p: PathParams,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
@@ -194,8 +196,8 @@ fn owner_of(caller: &Option<Arc<Identity>>) -> String {
 pub(crate) async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    PathParams(p): PathParams,
-    headers: HeaderMap,
+    p: PathParams,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
     let grant = authorize(&state, &caller, &coll, Action::Read)?;
@@ -204,9 +206,7 @@ pub(crate) async fn read(
     let doc = timed("get", state.store().get_text(&coll.name, &grant.read, &id))
         .await?
         .ok_or_else(not_found)?;
-    let mut res = if EntityTags::from_header(&headers, header::IF_NONE_MATCH)
-        .is_some_and(|t| t.matches_weak(doc.system.rev))
-    {
+    let mut res = if if_none_match.is_some_and(|t| t.matches_weak(doc.system.rev)) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         crate::respond::json_bytes(StatusCode::OK, doc.to_json_bytes())
@@ -281,8 +281,8 @@ async fn update_with(
 pub(crate) async fn replace(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    PathParams(p): PathParams,
-    headers: HeaderMap,
+    p: PathParams,
+    IfMatch(if_match): IfMatch,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
@@ -290,7 +290,6 @@ pub(crate) async fn replace(
     let id = doc_id(&p[1])?;
     let ClientBody { fields, errors, .. } =
         split_client_body(parse_document_json(&bytes)?, Some(&id)).map_err(document_error)?;
-    let if_match = EntityTags::from_header(&headers, header::IF_MATCH);
     let doc = update_with(&state, &coll, &grant, &id, if_match, &errors, |_| {
         Ok(fields.clone())
     })
@@ -310,8 +309,8 @@ pub(crate) async fn replace(
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    PathParams(p): PathParams,
-    headers: HeaderMap,
+    p: PathParams,
+    IfMatch(if_match): IfMatch,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
@@ -329,7 +328,6 @@ pub(crate) async fn patch(
         errors,
         ..
     } = split_client_body(patch_value, Some(&id)).map_err(document_error)?;
-    let if_match = EntityTags::from_header(&headers, header::IF_MATCH);
     let doc = update_with(&state, &coll, &grant, &id, if_match, &errors, |current| {
         let mut body = current.body.clone();
         merge_patch(&mut body, patch.clone());
@@ -346,13 +344,12 @@ pub(crate) async fn patch(
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    PathParams(p): PathParams,
-    headers: HeaderMap,
+    p: PathParams,
+    IfMatch(if_match): IfMatch,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
     let grant = authorize(&state, &caller, &coll, Action::Delete)?;
     let id = doc_id(&p[1])?;
-    let if_match = EntityTags::from_header(&headers, header::IF_MATCH);
     for _ in 0..WRITE_RETRIES {
         let current = timed("get", state.store().get(&coll.name, &grant.read, &id))
             .await?
@@ -475,7 +472,7 @@ fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
 pub(crate) async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    PathParams(p): PathParams,
+    p: PathParams,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
@@ -557,7 +554,7 @@ fn page_response(items: &[u8], next: &Value) -> Response {
 pub(crate) async fn count(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    PathParams(p): PathParams,
+    p: PathParams,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arca_auth::{AuthError, Identity};
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde_json::Value;
@@ -14,19 +14,34 @@ use serde_json::Value;
 use crate::error::{ApiError, ProblemKind};
 use crate::state::AppState;
 
-/// The path parameters of a route, as raw strings (parsed by the handler
-/// into domain types, since what a bad value means depends on the route).
-pub struct PathParams(pub Vec<String>);
+/// The path parameters of a route, in route order, as raw strings (parsed
+/// by the handler into domain types, since what a bad value means depends
+/// on the route). `p[0]` is the first segment. Built on axum's
+/// `RawPathParams`, which shares the router's decoded segments instead of
+/// copying each name and value.
+pub struct PathParams(RawPathParams);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathParams {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Path(map): axum::extract::Path<Vec<(String, String)>> =
-            axum::extract::Path::from_request_parts(parts, state)
-                .await
-                .map_err(|_| ApiError::bad_request("path segments must be valid UTF-8"))?;
-        Ok(Self(map.into_iter().map(|(_, v)| v).collect()))
+        RawPathParams::from_request_parts(parts, state)
+            .await
+            .map(Self)
+            .map_err(|_| ApiError::bad_request("path segments must be valid UTF-8"))
+    }
+}
+
+impl std::ops::Index<usize> for PathParams {
+    type Output = str;
+
+    /// The `i`-th segment; a route always has the segments its handler
+    /// reads, so an index past them is a programming error.
+    fn index(&self, i: usize) -> &str {
+        match self.0.iter().nth(i) {
+            Some((_, v)) => v,
+            None => panic!("route has no path segment {i}"),
+        }
     }
 }
 
@@ -253,5 +268,34 @@ impl EntityTags {
             Self::Any => true,
             Self::Revs { strong, weak } => strong.contains(&rev) || weak.contains(&rev),
         }
+    }
+}
+
+/// The `If-Match` header of a request (`None` when absent), read without
+/// copying the request's headers.
+pub struct IfMatch(pub Option<EntityTags>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(EntityTags::from_header(
+            &parts.headers,
+            header::IF_MATCH,
+        )))
+    }
+}
+
+/// The `If-None-Match` header of a request (`None` when absent).
+pub struct IfNoneMatch(pub Option<EntityTags>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(EntityTags::from_header(
+            &parts.headers,
+            header::IF_NONE_MATCH,
+        )))
     }
 }

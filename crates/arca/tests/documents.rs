@@ -225,6 +225,24 @@ async fn get_honours_if_none_match_and_missing_is_404() {
         404,
     )
     .await;
+    // A segment that does not decode to UTF-8 is the client's error, in
+    // the id or in the collection name.
+    for path in [
+        format!("{PEOPLE}/%FF"),
+        "/v1/collections/%FF/documents/x".into(),
+    ] {
+        let body = problem(
+            client()
+                .get(s.url(&path))
+                .bearer_auth(&t)
+                .send()
+                .await
+                .expect("get"),
+            400,
+        )
+        .await;
+        assert_eq!(body["detail"], "path segments must be valid UTF-8");
+    }
 }
 
 #[tokio::test]

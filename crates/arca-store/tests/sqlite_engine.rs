@@ -323,13 +323,30 @@ async fn a_read_past_its_time_limit_is_interrupted_and_the_reader_recovers() {
     assert_eq!(store.ping().await, Ok(()));
 }
 
-/// Point reads queued together share one read transaction on a reader
-/// thread. Under a steady stream of other point reads (so batches form),
-/// every read must still see each write acknowledged before it was asked:
-/// a just-created document is found, and a just-replaced one has its new
-/// revision.
+/// Reads queued together share one read transaction on a reader thread
+/// (point reads with point reads, listings with listings). Under a steady
+/// stream of other reads of both kinds (so batches form), every read must
+/// still see each write acknowledged before it was asked: a just-created
+/// document is found by id and by a listing, and a just-replaced one has
+/// its new revision in both.
+/// The revision of document `id` as a listing filtered on `_id` finds it.
+async fn listed_rev(store: &SqliteStore, id: &str) -> Option<u64> {
+    let query = Query {
+        filter: Filter::parse(&json!({"_id": id})).expect("filter"),
+        sort: Sort::by_id(),
+        after: None,
+        limit: 10,
+    };
+    let found = store
+        .find(&people(), &Scope::tenant(Tenant::None), &query)
+        .await
+        .expect("find");
+    assert!(found.len() <= 1, "one document per id");
+    found.first().map(|d| d.system.rev)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn point_reads_see_every_write_acknowledged_before_them() {
+async fn reads_see_every_write_acknowledged_before_them() {
     let dir = tempfile::tempdir().expect("tmp");
     let store = std::sync::Arc::new(open(&dir));
     define(&store, &[]).await.expect("define");
@@ -348,6 +365,8 @@ async fn point_reads_see_every_write_acknowledged_before_them() {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let got = store.get(&people(), &scope, &id).await.expect("get");
                     assert!(got.is_some());
+                    let n = store.count(&people(), &scope, &Filter::all()).await;
+                    assert!(n.expect("count") > 0);
                     reads += 1;
                 }
                 reads
@@ -370,6 +389,11 @@ async fn point_reads_see_every_write_acknowledged_before_them() {
                         .await
                         .expect("get");
                     assert_eq!(seen.map(|d| d.system.rev), Some(1), "{id} after create");
+                    assert_eq!(
+                        listed_rev(&store, &id).await,
+                        Some(1),
+                        "{id} listed after create"
+                    );
                     store
                         .replace(&people(), &scope, &doc.system.id, 1, obj(json!({"n": -i})))
                         .await
@@ -379,6 +403,11 @@ async fn point_reads_see_every_write_acknowledged_before_them() {
                         .await
                         .expect("get");
                     assert_eq!(seen.map(|d| d.system.rev), Some(2), "{id} after replace");
+                    assert_eq!(
+                        listed_rev(&store, &id).await,
+                        Some(2),
+                        "{id} listed after replace"
+                    );
                 }
             })
         })

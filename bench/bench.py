@@ -345,10 +345,10 @@ def summary(runs):
     }
 
 
-def paired(num, den):
-    """Median and range of round-by-round ratios (runs of one round were
-    made back to back, so each pair saw the same machine)."""
-    ratios = [a["per_cpu"] / b["per_cpu"] for a, b in zip(num, den)]
+def paired(num, den, key="per_cpu"):
+    """Median and range of round-by-round ratios of `key` (runs of one
+    round were made back to back, so each pair saw the same machine)."""
+    ratios = [a[key] / b[key] for a, b in zip(num, den)]
     return median(ratios), min(ratios), max(ratios)
 
 
@@ -377,6 +377,10 @@ def report(args, results, facts):
             lines.append(f"- Arca/DRF per CPU-second, {name}: {m:.1f}x (rounds: {lo:.1f}-{hi:.1f}x)")
     m, lo, hi = paired(ar["get"], ar["ceiling"])
     lines.append(f"- Arca GET / ceiling (per CPU-second): {100 * m:.0f} % (rounds: {100 * lo:.0f}-{100 * hi:.0f} %)")
+    # The issue's target does not say which; the per-CPU-second ratio is
+    # the stricter one here (wrk shares the cores), so both are printed.
+    m, lo, hi = paired(ar["get"], ar["ceiling"], "rps")
+    lines.append(f"- Arca GET / ceiling (req/s): {100 * m:.0f} % (rounds: {100 * lo:.0f}-{100 * hi:.0f} %)")
     o = {k[1]: v for k, v in results.items() if k[0] == ONE}
     if o:
         line = f"- {ONE}: GET / ceiling {100 * paired(o['get'], o['ceiling'])[0]:.0f} %"

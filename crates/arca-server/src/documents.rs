@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use crate::access::{Grant, authorize};
 use crate::error::{ApiError, ProblemKind};
 use crate::extract::{
-    Caller, EntityTags, IfMatch, IfNoneMatch, JsonBytes, PathParams, parse_document_json,
+    Caller, EntityTags, JsonBytes, PathParams, Preconditions, parse_document_json,
 };
 use crate::respond::{json, timed};
 use crate::state::{AppState, Collection};
@@ -197,7 +197,7 @@ pub(crate) async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
     p: PathParams,
-    IfNoneMatch(if_none_match): IfNoneMatch,
+    Preconditions { if_none_match, .. }: Preconditions,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
     let grant = authorize(&state, &caller, &coll, Action::Read)?;
@@ -282,7 +282,7 @@ pub(crate) async fn replace(
     State(state): State<AppState>,
     Caller(caller): Caller,
     p: PathParams,
-    IfMatch(if_match): IfMatch,
+    Preconditions { if_match, .. }: Preconditions,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
@@ -310,7 +310,7 @@ pub(crate) async fn patch(
     State(state): State<AppState>,
     Caller(caller): Caller,
     p: PathParams,
-    IfMatch(if_match): IfMatch,
+    Preconditions { if_match, .. }: Preconditions,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
@@ -345,7 +345,7 @@ pub(crate) async fn remove(
     State(state): State<AppState>,
     Caller(caller): Caller,
     p: PathParams,
-    IfMatch(if_match): IfMatch,
+    Preconditions { if_match, .. }: Preconditions,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
     let grant = authorize(&state, &caller, &coll, Action::Delete)?;

@@ -271,31 +271,22 @@ impl EntityTags {
     }
 }
 
-/// The `If-Match` header of a request (`None` when absent), read without
-/// copying the request's headers.
-pub struct IfMatch(pub Option<EntityTags>);
-
-impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(EntityTags::from_header(
-            &parts.headers,
-            header::IF_MATCH,
-        )))
-    }
+/// A request's conditional headers (each `None` when absent), read
+/// without copying the request's headers.
+pub struct Preconditions {
+    /// `If-Match`, for writes.
+    pub if_match: Option<EntityTags>,
+    /// `If-None-Match`, for reads.
+    pub if_none_match: Option<EntityTags>,
 }
 
-/// The `If-None-Match` header of a request (`None` when absent).
-pub struct IfNoneMatch(pub Option<EntityTags>);
-
-impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(EntityTags::from_header(
-            &parts.headers,
-            header::IF_NONE_MATCH,
-        )))
+        Ok(Self {
+            if_match: EntityTags::from_header(&parts.headers, header::IF_MATCH),
+            if_none_match: EntityTags::from_header(&parts.headers, header::IF_NONE_MATCH),
+        })
     }
 }

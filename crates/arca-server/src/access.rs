@@ -272,7 +272,7 @@ fn scope_json(
 #[utoipa::path(post, operation_id = "explain_access", path = "/v1/collections/{name}/access/explain", tag = "access", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
     request_body(content = crate::openapi::ExplainInput, content_type = "application/json"),
     responses((status = 200, description = "The decision", body = crate::openapi::ExplainOutput),
-              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body over server.max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              crate::openapi::Guarded, crate::openapi::Addressed, crate::openapi::WithBody))]
 pub(crate) async fn explain(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -44,7 +44,7 @@ fn name_or_404(raw: &str) -> Result<CollectionName, ApiError> {
 
 #[utoipa::path(get, operation_id = "list_collections", path = "/v1/collections", tag = "collections",
     responses((status = 200, description = "Every collection", body = crate::openapi::CollectionList),
-              (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              crate::openapi::Guarded))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -60,7 +60,7 @@ pub(crate) async fn list(
 
 #[utoipa::path(get, operation_id = "read_collection", path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
     responses((status = 200, description = "The definition", body = crate::openapi::CollectionOutput),
-              (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded))]
 pub(crate) async fn read(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -75,8 +75,8 @@ pub(crate) async fn read(
     request_body(content = crate::openapi::CollectionInput, content_type = "application/json"),
     responses((status = 200, description = "Updated", body = crate::openapi::CollectionOutput),
               (status = 201, description = "Created", body = crate::openapi::CollectionOutput),
-              (status = 400, description = "Malformed JSON or an invalid definition (naming the keyword)", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "A new unique index meets duplicates; nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body over server.max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              (status = 400, description = "Malformed JSON or an invalid definition (naming the keyword)", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "A new unique index meets duplicates; nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::WithBody))]
 pub(crate) async fn put(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -106,7 +106,7 @@ pub(crate) async fn put(
 }
 
 #[utoipa::path(delete, operation_id = "delete_collection", path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
-    responses((status = 204, description = "Deleted with its documents"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Deleted with its documents"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

@@ -144,8 +144,8 @@ fn outside_rule(action: &str) -> ApiError {
     request_body(content = Object, content_type = "application/json", description = "The document (optionally with `_id`)"),
     responses((status = 201, description = "Created", body = crate::openapi::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""), ("Location" = String, description = "The document's URL"))),
-              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Duplicate _id or unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body over server.max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "The document does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              (status = 409, description = "Duplicate _id or unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The document does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed, crate::openapi::WithBody))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -192,7 +192,7 @@ fn owner_of(caller: &Option<Arc<Identity>>) -> String {
     responses((status = 200, description = "The document", body = crate::openapi::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""))),
               (status = 304, description = "Not modified", headers(("ETag" = String))),
-              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              crate::openapi::Guarded, crate::openapi::Addressed))]
 pub(crate) async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -275,9 +275,9 @@ async fn update_with(
     request_body(content = Object, content_type = "application/json", description = "The full new body"),
     responses((status = 200, description = "The new revision", body = crate::openapi::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""))),
-              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body over server.max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "The document does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The document does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed, crate::openapi::WithBody))]
 pub(crate) async fn replace(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -303,9 +303,9 @@ pub(crate) async fn replace(
         (Object = "application/merge-patch+json"), (Object = "application/json"))),
     responses((status = 200, description = "The new revision", body = crate::openapi::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""))),
-              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body over server.max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Body is not JSON", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "The result does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The result does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed, crate::openapi::WithBody))]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -339,8 +339,8 @@ pub(crate) async fn patch(
 
 #[utoipa::path(delete, operation_id = "delete_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
         ("If-Match" = Option<String>, Header, description = "Required revision")),
-    responses((status = 204, description = "Deleted"), (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "The document kept changing; retry", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 204, description = "Deleted"),
+              (status = 409, description = "The document kept changing; retry", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -468,7 +468,7 @@ fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 20", minimum = 1, maximum = 1000),
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page")),
     responses((status = 200, description = "A page of documents", body = crate::openapi::DocumentPage),
-              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              crate::openapi::Guarded, crate::openapi::Addressed))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -550,7 +550,7 @@ fn page_response(items: &[u8], next: &Value) -> Response {
 #[utoipa::path(get, operation_id = "count_documents", path = "/v1/collections/{name}/count", tag = "documents",
     params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("filter" = Option<String>, Query, description = "MongoDB-style filter (JSON)")),
     responses((status = 200, description = "The count", body = crate::openapi::CountOutput),
-              (status = 400, description = "Malformed request", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Missing or invalid token", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "Store unavailable or request timed out", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+              crate::openapi::Guarded, crate::openapi::Addressed))]
 pub(crate) async fn count(
     State(state): State<AppState>,
     Caller(caller): Caller,

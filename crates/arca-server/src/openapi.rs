@@ -22,6 +22,64 @@ use crate::extract::Caller;
 use crate::respond::json;
 use crate::state::{AppState, Collection};
 
+/// The problem responses of every route behind the access rules (one
+/// place for their wording, listed in each `#[utoipa::path]`).
+#[derive(utoipa::IntoResponses)]
+pub enum Guarded {
+    #[response(
+        status = 401,
+        description = "Missing or invalid token",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    #[response(
+        status = 403,
+        description = "Not allowed",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+    #[response(
+        status = 503,
+        description = "Store unavailable or request timed out",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
+/// The problem responses of a route addressing a collection's documents.
+#[derive(utoipa::IntoResponses)]
+pub enum Addressed {
+    #[response(
+        status = 400,
+        description = "Malformed request",
+        content_type = "application/problem+json"
+    )]
+    Malformed(Problem),
+    #[response(
+        status = 404,
+        description = "No such collection or document",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+}
+
+/// The problem responses of a route taking a JSON body.
+#[derive(utoipa::IntoResponses)]
+pub enum WithBody {
+    #[response(
+        status = 413,
+        description = "Body over server.max_body_bytes",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    #[response(
+        status = 415,
+        description = "Body is not JSON",
+        content_type = "application/problem+json"
+    )]
+    NotJson(Problem),
+}
+
 /// An RFC 9457 problem (every error response).
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"type": "urn:arca:problem:invalid-document", "title": "Document does not fit the collection",

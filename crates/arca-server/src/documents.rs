@@ -13,7 +13,7 @@ use arca_core::{
     Action, CollectionName, DocId, Document, DocumentError, SystemFields, merge_patch,
     split_client_body,
 };
-use arca_store::{NewDocument, Query, StoreError};
+use arca_store::{NewDocument, Query, StoreError, page_end};
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -523,16 +523,6 @@ pub(crate) async fn list(
         .map(|d| projection.apply(&d.to_json()))
         .collect();
     Ok(json(StatusCode::OK, &json!({"items": items, "next": next})))
-}
-
-/// Drops the look-ahead document of a page fetched with `limit + 1`;
-/// returns the last one kept when a next page exists.
-fn page_end<T>(docs: &mut Vec<T>, limit: usize) -> Option<&T> {
-    if docs.len() <= limit {
-        return None;
-    }
-    docs.truncate(limit);
-    docs.last()
 }
 
 /// `{"items": [...], "next": ...}` around a page's written documents.

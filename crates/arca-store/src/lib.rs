@@ -88,12 +88,22 @@ pub struct TextPage {
     pub last: Option<DocumentText>,
 }
 
+/// Cuts a listing fetched with a look-ahead (`query.limit` of `page + 1`)
+/// to its first `page` documents; returns the last one kept when more
+/// followed it (a next page exists).
+pub fn page_end<T>(docs: &mut Vec<T>, page: usize) -> Option<&T> {
+    if docs.len() <= page {
+        return None;
+    }
+    docs.truncate(page);
+    docs.last()
+}
+
 impl TextPage {
     /// The first `page` of `docs`, and the last of those if `docs` holds
     /// more than `page`.
     pub fn of(mut docs: Vec<DocumentText>, page: usize) -> Self {
-        let more = docs.len() > page;
-        docs.truncate(page);
+        let more = page_end(&mut docs, page).is_some();
         let mut items = Vec::with_capacity(docs.len() * 256);
         for (i, doc) in docs.iter().enumerate() {
             if i > 0 {

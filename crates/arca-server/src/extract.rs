@@ -133,29 +133,19 @@ pub fn parse_document_json(bytes: &[u8]) -> Result<Value, ApiError> {
     parsed.map_err(|e| ApiError::new(ProblemKind::MalformedJson, json_error_detail(&e)))
 }
 
+/// `malformed JSON at line L, column C: <what>`, where `<what>` is
+/// serde_json's own description ("trailing characters", "recursion limit
+/// exceeded", ...). Parsing into a `Value` only ever reports fixed texts,
+/// never a piece of the input.
 fn json_error_detail(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let what = full.strip_suffix(&position).unwrap_or(&full);
     format!(
-        "malformed JSON at line {}, column {}: {}",
+        "malformed JSON at line {}, column {}: {what}",
         e.line(),
-        e.column(),
-        e.classify_message()
+        e.column()
     )
-}
-
-trait Classify {
-    fn classify_message(&self) -> &'static str;
-}
-
-impl Classify for serde_json::Error {
-    fn classify_message(&self) -> &'static str {
-        use serde_json::error::Category;
-        match self.classify() {
-            Category::Eof => "unexpected end of input",
-            Category::Syntax => "syntax error",
-            Category::Data => "unexpected data",
-            Category::Io => "read error",
-        }
-    }
 }
 
 /// The caller, if a token was sent. A token that was sent and is invalid is

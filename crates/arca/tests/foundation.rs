@@ -133,6 +133,25 @@ async fn non_json_content_type_is_415_and_bad_json_is_400() {
         .expect("put");
     let body = problem(r, 400).await;
     assert_eq!(body["type"], "urn:arca:problem:malformed-json");
+    assert_eq!(
+        body["detail"],
+        "malformed JSON at line 1, column 11: EOF while parsing a value"
+    );
+    // Nesting past serde_json's depth limit is a 400 that says so (and no
+    // stack overflow).
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let r = client()
+        .put(s.url("/v1/collections/things"))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body(format!("{{\"schema\": {deep}}}"))
+        .send()
+        .await
+        .expect("put");
+    let body = problem(r, 400).await;
+    assert_eq!(body["type"], "urn:arca:problem:malformed-json");
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(detail.ends_with(": recursion limit exceeded"), "{detail}");
 }
 
 #[tokio::test]

@@ -51,6 +51,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Time a request may take to produce its response head.
     pub request_timeout: HumanDuration,
+    /// A connection that has not sent a complete request head for this
+    /// long is closed: one that sends nothing, headers that trickle in, or
+    /// a keep-alive connection idle between requests. HTTP/2 connections
+    /// are pinged at this interval and closed when a ping goes unanswered.
+    pub idle_timeout: HumanDuration,
     /// After SIGTERM, how long to keep accepting connections (load balancers).
     pub shutdown_delay: HumanDuration,
     /// After the listener closes, how long in-flight requests may run.
@@ -67,6 +72,9 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1 << 20,
             request_timeout: HumanDuration(Duration::from_secs(30)),
+            // Above the upstream keep-alive of common proxies (ingress-nginx:
+            // 60 s), so a proxy never reuses a connection Arca is closing.
+            idle_timeout: HumanDuration(Duration::from_secs(75)),
             shutdown_delay: HumanDuration(Duration::ZERO),
             shutdown_timeout: HumanDuration(Duration::from_secs(25)),
             cors_origins: Vec::new(),
@@ -344,6 +352,12 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "expected a positive duration such as \"30s\"",
         );
     }
+    if cfg.server.idle_timeout.0.is_zero() {
+        return bad(
+            "server.idle_timeout",
+            "expected a positive duration such as \"75s\"",
+        );
+    }
     if cfg.store.sqlite_path().is_none() {
         return bad(
             "store.url",
@@ -499,6 +513,11 @@ mod tests {
             e.0.contains("server.request_timeout") && e.0.contains("unit"),
             "{e}"
         );
+
+        let e = load(None, env(&[("ARCA_SERVER__IDLE_TIMEOUT", "0s")])).expect_err("zero");
+        assert!(e.0.contains("server.idle_timeout"), "{e}");
+        let c = load(None, env(&[("ARCA_SERVER__IDLE_TIMEOUT", "2m")])).expect("idle");
+        assert_eq!(c.server.idle_timeout.0, Duration::from_secs(120));
 
         let e = load(None, env(&[("ARCA_STORE__SQLITE__READ_CACHE_MIB", "0")])).expect_err("zero");
         assert!(e.0.contains("store.sqlite.read_cache_mib"), "{e}");

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn safe_request_id_is_echoed() {
@@ -406,6 +406,83 @@ async fn logs_are_json_lines_with_request_id_and_route() {
     assert_eq!(line["span"]["route"], "/healthz");
     assert_eq!(line["status"], 200);
     assert!(line["latency_ms"].is_number());
+}
+
+/// Reads until the server closes `c` (end of stream or reset), for at most
+/// `within`; returns what was read and when the close came, or `None` if the
+/// connection was still open at the end.
+fn wait_closed(c: &mut std::net::TcpStream, within: Duration) -> Option<(Vec<u8>, Duration)> {
+    use std::io::{ErrorKind, Read};
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < within {
+        c.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        match c.read(&mut buf) {
+            Ok(0) => return Some((got, start.elapsed())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some((got, start.elapsed())),
+        }
+    }
+    None
+}
+
+#[test]
+fn silent_trickling_and_idle_connections_are_closed_after_idle_timeout() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let s = Server::start(Opts {
+        env: vec![("ARCA_SERVER__IDLE_TIMEOUT".into(), "1s".into())],
+        ..Opts::default()
+    });
+    // Sends nothing at all.
+    let mut silent = TcpStream::connect(&s.addr).expect("connect");
+    // Sends its head one byte at a time, never finishing (slowloris).
+    let mut trickle = TcpStream::connect(&s.addr).expect("connect");
+    let mut writer = trickle.try_clone().expect("clone");
+    let dripping = std::thread::spawn(move || {
+        let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
+        for b in head {
+            if writer.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Starts HTTP/2's preface and stops: the protocol is still unknown.
+    let mut half_preface = TcpStream::connect(&s.addr).expect("connect");
+    half_preface
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .expect("preface");
+    // One whole request, answered, then idle on keep-alive.
+    let mut idle = TcpStream::connect(&s.addr).expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut buf = [0u8; 512];
+    idle.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let n = idle.read(&mut buf).expect("response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+
+    for (name, c) in [
+        ("silent", &mut silent),
+        ("half HTTP/2 preface", &mut half_preface),
+        ("trickling", &mut trickle),
+        ("idle", &mut idle),
+    ] {
+        let (got, after) = wait_closed(c, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{name} connection still open after 5 s"));
+        assert!(got.is_empty(), "{name}: unexpected bytes {got:?}");
+        assert!(
+            after < Duration::from_secs(3),
+            "{name} closed late: {after:?}"
+        );
+    }
+    dripping.join().expect("dripping");
+    // The server still serves new connections.
+    assert_eq!(http_status(&s.url("/healthz")).expect("healthz"), 200);
 }
 
 #[tokio::test]

@@ -53,8 +53,9 @@ pub struct ServerConfig {
     pub request_timeout: HumanDuration,
     /// A connection that has not sent a complete request head for this
     /// long is closed: one that sends nothing, headers that trickle in, or
-    /// a keep-alive connection idle between requests. HTTP/2 connections
-    /// are pinged at this interval and closed when a ping goes unanswered.
+    /// a keep-alive connection idle between requests; and one whose client
+    /// reads nothing of its response for this long. HTTP/2 connections are
+    /// pinged at this interval and closed when a ping goes unanswered.
     pub idle_timeout: HumanDuration,
     /// After SIGTERM, how long to keep accepting connections (load balancers).
     pub shutdown_delay: HumanDuration,

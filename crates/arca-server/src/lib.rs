@@ -2,6 +2,7 @@
 //!
 //! Modules, each owning one idea:
 //! - `config`: typed configuration from file and environment;
+//! - `conn`: accepting connections and their timeouts;
 //! - `error`: the one error type and the problem+json catalogue;
 //! - `extract`: extractors (path, JSON body, caller identity, ETags);
 //! - `access`: role checks and the `Scope` of a request;
@@ -13,6 +14,7 @@
 pub mod access;
 pub mod collections;
 pub mod config;
+mod conn;
 pub mod documents;
 pub mod error;
 pub mod extract;
@@ -24,19 +26,12 @@ pub mod respond;
 pub mod state;
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
+
+use conn::Connections;
 
 pub use config::Config;
 pub use state::AppState;
@@ -99,114 +94,11 @@ pub async fn serve(
         grace_ms = grace.as_millis() as u64,
         "listener closed; waiting for in-flight requests"
     );
-    if tokio::time::timeout(grace, connections.graceful.shutdown())
+    if tokio::time::timeout(grace, connections.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("shutdown timeout reached; remaining requests are cut");
     }
     Ok(())
-}
-
-/// The accepted connections: how hyper serves each one, and the handle that
-/// asks them all to finish.
-///
-/// Written here rather than with `axum::serve` because that sets no timer,
-/// so hyper's header-read timeout never runs: a client could hold a
-/// connection (and its file descriptor) for ever by sending nothing, or one
-/// header byte at a time, and a mobile client gone without a FIN would
-/// never be reaped.
-struct Connections {
-    builder: auto::Builder<TokioExecutor>,
-    graceful: GracefulShutdown,
-    /// `server.idle_timeout`.
-    idle: Duration,
-}
-
-impl Connections {
-    fn new(cfg: &config::ServerConfig) -> Self {
-        let idle = cfg.idle_timeout.0;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(idle);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(idle)
-            .keep_alive_timeout(Duration::from_secs(20));
-        Self {
-            builder,
-            graceful: GracefulShutdown::new(),
-            idle,
-        }
-    }
-
-    /// Accepts connections until the future is dropped (which closes the
-    /// listener), serving each on its own task. Never returns: a failed
-    /// accept (out of file descriptors, a connection reset before it was
-    /// taken) is logged and retried.
-    async fn accept(&self, listener: TcpListener, app: Router) {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) if is_connection_error(&e) => continue,
-                Err(e) => {
-                    // Out of file descriptors (EMFILE/ENFILE) would fail again
-                    // at once: wait for connections to close, as hyper 0.14's
-                    // server did.
-                    tracing::error!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            // Responses are written whole: send them without Nagle's delay.
-            let _ = stream.set_nodelay(true);
-            // hyper's header-read timeout starts once the protocol is known,
-            // and telling HTTP/1 from HTTP/2 waits for the client's first
-            // bytes: a client that sends nothing, or half of HTTP/2's preface,
-            // is cut here if no request has begun within `idle_timeout`.
-            let began = Arc::new(AtomicBool::new(false));
-            let service = TowerToHyperService::new(app.clone().map_request({
-                let began = began.clone();
-                move |req: Request<Incoming>| {
-                    began.store(true, Ordering::Relaxed);
-                    req
-                }
-            }));
-            let conn = self
-                .builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = self.graceful.watch(conn);
-            let idle = self.idle;
-            tokio::spawn(async move {
-                tokio::pin!(conn);
-                let ended = tokio::select! {
-                    r = &mut conn => r,
-                    () = tokio::time::sleep(idle) => {
-                        if !began.load(Ordering::Relaxed) {
-                            tracing::debug!("connection closed: no request within server.idle_timeout");
-                            return;
-                        }
-                        conn.await
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
-        }
-    }
-}
-
-/// An error of one connection (reset or aborted before it was taken), not
-/// of the listener.
-fn is_connection_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionRefused | ConnectionReset
-    )
 }

@@ -486,6 +486,73 @@ fn silent_trickling_and_idle_connections_are_closed_after_idle_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_cut_after_idle_timeout() {
+    use std::io::Write;
+    let s = Server::start(Opts {
+        env: vec![("ARCA_SERVER__IDLE_TIMEOUT".into(), "1s".into())],
+        ..Opts::default()
+    });
+    let t = s.admin();
+    define(
+        &s,
+        &t,
+        "blobs",
+        json!({"access": {"read": {"roles": ["*"]}}}),
+    )
+    .await;
+    // 30 documents of ~900 KB: a 27 MB page, more than the two sockets'
+    // buffers can hold.
+    let big = "x".repeat(900_000);
+    for i in 0..30 {
+        let r = client()
+            .post(s.url("/v1/collections/blobs/documents"))
+            .bearer_auth(&t)
+            .json(&json!({"_id": format!("{i:024x}"), "data": big}))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 201);
+    }
+    let mut c = std::net::TcpStream::connect(&s.addr).expect("connect");
+    write!(
+        c,
+        "GET /v1/collections/blobs/documents?limit=30 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\r\n"
+    )
+    .expect("request");
+    // Read nothing for a while: the server's writes stall.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (got, _) = wait_closed(&mut c, Duration::from_secs(10))
+        .expect("the stalled connection was not closed");
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("content-length")
+        .trim()
+        .parse()
+        .expect("length");
+    assert!(length > 27_000_000, "{length}");
+    assert!(
+        got.len() - head_end < length,
+        "the whole response arrived: the stalled write was not cut"
+    );
+    // A client that reads along gets the same page whole.
+    let r = client()
+        .get(s.url("/v1/collections/blobs/documents?limit=30"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.bytes().await.expect("body").len(), length);
+}
+
+#[tokio::test]
 async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let mut s = Server::start(Opts {
         env: vec![("ARCA_SERVER__SHUTDOWN_DELAY".into(), "700ms".into())],

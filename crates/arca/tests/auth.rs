@@ -361,12 +361,7 @@ async fn idp_down_at_start_then_up() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let token = idp.token("arca-service", "arca-service-secret").await;
-    let r = client()
-        .get(server.url("/v1/collections"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("get");
+    let r = server.get("/v1/collections", &token).await;
     assert_eq!(r.status(), 200);
 }
 

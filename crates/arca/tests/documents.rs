@@ -76,15 +76,7 @@ async fn create_returns_201_location_etag_and_system_fields() {
     assert_eq!(doc["name"], "Ana");
     assert!(doc.get("_tenant").is_none());
     // And it reads back the same.
-    let got: Value = client()
-        .get(s.url(&loc))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let got: Value = s.get(&loc, &t).await.json().await.expect("json");
     assert_eq!(got, doc);
 }
 
@@ -194,53 +186,17 @@ async fn get_honours_if_none_match_and_missing_is_404() {
         .expect("get");
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.expect("json"), doc);
-    let body = problem(
-        client()
-            .get(s.url(&format!("{PEOPLE}/nope")))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("get"),
-        404,
-    )
-    .await;
+    let body = problem(s.get(&format!("{PEOPLE}/nope"), &t).await, 404).await;
     assert_eq!(body["type"], "urn:arca:problem:document-not-found");
-    problem(
-        client()
-            .get(s.url(&format!("{PEOPLE}/bad%20id")))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("get"),
-        404,
-    )
-    .await;
-    problem(
-        client()
-            .get(s.url("/v1/collections/nothing/documents/x"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("get"),
-        404,
-    )
-    .await;
+    problem(s.get(&format!("{PEOPLE}/bad%20id"), &t).await, 404).await;
+    problem(s.get("/v1/collections/nothing/documents/x", &t).await, 404).await;
     // A segment that does not decode to UTF-8 is the client's error, in
     // the id or in the collection name.
     for path in [
         format!("{PEOPLE}/%FF"),
         "/v1/collections/%FF/documents/x".into(),
     ] {
-        let body = problem(
-            client()
-                .get(s.url(&path))
-                .bearer_auth(&t)
-                .send()
-                .await
-                .expect("get"),
-            400,
-        )
-        .await;
+        let body = problem(s.get(&path, &t).await, 400).await;
         assert_eq!(body["detail"], "path segments must be valid UTF-8");
     }
 }
@@ -478,15 +434,7 @@ async fn list_pages_with_cursor_and_count_counts() {
     }
     let expected: Vec<String> = (0..25).map(|i| format!("id{i:02}")).collect();
     assert_eq!(seen, expected);
-    let default: Value = client()
-        .get(s.url(PEOPLE))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("j");
+    let default: Value = s.get(PEOPLE, &t).await.json().await.expect("j");
     assert_eq!(
         default["items"].as_array().expect("items").len(),
         20,
@@ -499,23 +447,11 @@ async fn list_pages_with_cursor_and_count_counts() {
         "after=garbage",
         "after=eyJ2Ijo5fQ",
     ] {
-        problem(
-            client()
-                .get(s.url(&format!("{PEOPLE}?{bad}")))
-                .bearer_auth(&t)
-                .send()
-                .await
-                .expect("list"),
-            400,
-        )
-        .await;
+        problem(s.get(&format!("{PEOPLE}?{bad}"), &t).await, 400).await;
     }
-    let n: Value = client()
-        .get(s.url("/v1/collections/people/count"))
-        .bearer_auth(&t)
-        .send()
+    let n: Value = s
+        .get("/v1/collections/people/count", &t)
         .await
-        .expect("c")
         .json()
         .await
         .expect("j");
@@ -617,15 +553,7 @@ async fn collection_definitions_round_trip_and_bad_ones_are_400() {
         json!([{"fields": {"email": 1}, "unique": true, "sparse": true}])
     );
     assert!(def["created_at"].is_string() && def["updated_at"].is_string());
-    let all: Value = client()
-        .get(s.url("/v1/collections"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("j");
+    let all: Value = s.get("/v1/collections", &t).await.json().await.expect("j");
     assert_eq!(all["items"].as_array().expect("items").len(), 1);
     for (name, body, needle) in [
         ("Bad-Name", json!({}), "collection names"),
@@ -659,16 +587,7 @@ async fn collection_definitions_round_trip_and_bad_ones_are_400() {
             "{needle}: {p}"
         );
     }
-    problem(
-        client()
-            .get(s.url("/v1/collections/nothing"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("get"),
-        404,
-    )
-    .await;
+    problem(s.get("/v1/collections/nothing", &t).await, 404).await;
 }
 
 #[tokio::test]
@@ -693,12 +612,9 @@ async fn unique_index_over_duplicates_is_409_and_definition_unchanged() {
         .await
         .expect("put");
     problem(r, 409).await;
-    let def: Value = client()
-        .get(s.url("/v1/collections/users"))
-        .bearer_auth(&t)
-        .send()
+    let def: Value = s
+        .get("/v1/collections/users", &t)
         .await
-        .expect("g")
         .json()
         .await
         .expect("j");
@@ -717,44 +633,12 @@ async fn deleting_a_collection_deletes_its_documents() {
         .send()
         .await;
     assert_eq!(r.expect("post").status(), 201);
-    let r = client()
-        .delete(s.url("/v1/collections/tmp"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .expect("delete");
+    let r = s.delete("/v1/collections/tmp", &t).await;
     assert_eq!(r.status(), 204);
-    problem(
-        client()
-            .get(s.url("/v1/collections/tmp/documents/a"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("get"),
-        404,
-    )
-    .await;
-    problem(
-        client()
-            .delete(s.url("/v1/collections/tmp"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("delete"),
-        404,
-    )
-    .await;
+    problem(s.get("/v1/collections/tmp/documents/a", &t).await, 404).await;
+    problem(s.delete("/v1/collections/tmp", &t).await, 404).await;
     define(&s, &t, "tmp", json!({})).await;
-    problem(
-        client()
-            .get(s.url("/v1/collections/tmp/documents/a"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("get"),
-        404,
-    )
-    .await;
+    problem(s.get("/v1/collections/tmp/documents/a", &t).await, 404).await;
 }
 
 #[tokio::test]
@@ -785,12 +669,7 @@ async fn roles_gate_each_action() {
     problem(post(&s, &viewer, json!({"name": "A"})).await, 403).await;
     created(&s, &editor, json!({"_id": "r1", "name": "A"})).await;
     // "*" lets any authenticated caller read.
-    let r = client()
-        .get(s.url(&format!("{PEOPLE}/r1")))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .expect("get");
+    let r = s.get(&format!("{PEOPLE}/r1"), &viewer).await;
     assert_eq!(r.status(), 200);
     // Collection management needs the schema admin role.
     let r = client()
@@ -832,12 +711,9 @@ async fn public_read_works_without_token_but_a_bad_token_is_still_401() {
         .await
         .expect("get");
     assert_eq!(r.status(), 200);
-    let r = client()
-        .get(s.url("/v1/collections/posts/documents/p"))
-        .bearer_auth("not.a.jwt")
-        .send()
-        .await
-        .expect("get");
+    let r = s
+        .get("/v1/collections/posts/documents/p", "not.a.jwt")
+        .await;
     let challenge = r.headers()["www-authenticate"]
         .to_str()
         .expect("h")
@@ -902,12 +778,7 @@ async fn tenants_are_segregated_and_ids_are_unique_per_tenant() {
     assert_eq!(count(a.clone()).await["count"], 1);
     assert_eq!(count(none.clone()).await["count"], 0);
     // A write from another tenant cannot reach the document.
-    let r = client()
-        .delete(s.url(&format!("{PEOPLE}/same")))
-        .bearer_auth(&none)
-        .send()
-        .await
-        .expect("delete");
+    let r = s.delete(&format!("{PEOPLE}/same"), &none).await;
     problem(r, 404).await;
     assert_eq!(get(a).await.status(), 200);
 }
@@ -921,24 +792,10 @@ async fn require_tenant_refuses_tokens_without_one() {
     let admin = s.admin();
     // Collection routes are not data routes.
     define(&s, &admin, "people", people_def()).await;
-    let r = client()
-        .get(s.url(PEOPLE))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("list");
+    let r = s.get(PEOPLE, &admin).await;
     problem(r, 403).await;
     let t = s.token("u", &["editor"], Some("t1"));
-    assert_eq!(
-        client()
-            .get(s.url(PEOPLE))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("list")
-            .status(),
-        200
-    );
+    assert_eq!(s.get(PEOPLE, &t).await.status(), 200);
 }
 
 #[tokio::test]
@@ -959,12 +816,7 @@ async fn definitions_and_documents_survive_a_restart() {
         data: Some(data),
         ..Opts::default()
     });
-    let r = client()
-        .get(s.url(&format!("{PEOPLE}/{id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("get");
+    let r = s.get(&format!("{PEOPLE}/{id}"), &token).await;
     assert_eq!(
         r.status(),
         200,
@@ -1026,12 +878,9 @@ async fn acknowledged_writes_survive_sigkill() {
     });
     let mut found = 0;
     for id in &acked {
-        let r = client()
-            .get(s.url(&format!("/v1/collections/log/documents/{id}")))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("get");
+        let r = s
+            .get(&format!("/v1/collections/log/documents/{id}"), &t)
+            .await;
         if r.status() == 200 {
             found += 1;
         }
@@ -1128,12 +977,9 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
         ..Opts::default()
     });
     let t = s.token("reader", &["editor"], None);
-    let n: Value = client()
-        .get(s.url("/v1/collections/people/count"))
-        .bearer_auth(&t)
-        .send()
+    let n: Value = s
+        .get("/v1/collections/people/count", &t)
         .await
-        .expect("c")
         .json()
         .await
         .expect("j");
@@ -1141,12 +987,9 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
         n["count"], 501,
         "the 500, then the valid line before the bad one"
     );
-    let doc: Value = client()
-        .get(s.url(&format!("{PEOPLE}/p42")))
-        .bearer_auth(&t)
-        .send()
+    let doc: Value = s
+        .get(&format!("{PEOPLE}/p42"), &t)
         .await
-        .expect("g")
         .json()
         .await
         .expect("j");

@@ -367,12 +367,7 @@ async fn dev_mode_prints_a_working_admin_token() {
         .find(|l| l.starts_with("ARCA_TOKEN="))
         .expect("token line");
     let token = line.trim_start_matches("ARCA_TOKEN=");
-    let r = client()
-        .get(s.url("/v1/collections"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("get");
+    let r = s.get("/v1/collections", token).await;
     assert_eq!(r.status(), 200);
     #[cfg(unix)]
     {
@@ -543,12 +538,7 @@ async fn a_client_that_stops_reading_its_response_is_cut_after_idle_timeout() {
         "the whole response arrived: the stalled write was not cut"
     );
     // A client that reads along gets the same page whole.
-    let r = client()
-        .get(s.url("/v1/collections/blobs/documents?limit=30"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .expect("get");
+    let r = s.get("/v1/collections/blobs/documents?limit=30", &t).await;
     assert_eq!(r.bytes().await.expect("body").len(), length);
 }
 

@@ -110,12 +110,7 @@ async fn collections_get_typed_schemas_and_paths_that_follow_changes() {
         props["sku"].is_object() && props["item"].is_null(),
         "{props}"
     );
-    let r = client()
-        .delete(s.url("/v1/collections/order_lines"))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .expect("delete");
+    let r = s.delete("/v1/collections/order_lines", &t).await;
     assert_eq!(r.status(), 204);
     let doc = spec(&s).await;
     assert!(doc["paths"]["/v1/collections/order_lines/documents"].is_null());
@@ -235,16 +230,7 @@ async fn with_docs_not_public_the_spec_needs_a_token_and_the_page_is_off() {
     )
     .await;
     let t = s.token("reader", &[], None);
-    assert_eq!(
-        client()
-            .get(s.url("/openapi.json"))
-            .bearer_auth(&t)
-            .send()
-            .await
-            .expect("spec")
-            .status(),
-        200
-    );
+    assert_eq!(s.get("/openapi.json", &t).await.status(), 200);
     assert_eq!(
         client()
             .get(s.url("/docs/"))

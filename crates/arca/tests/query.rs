@@ -52,12 +52,7 @@ fn enc(v: &str) -> String {
 }
 
 async fn list(s: &Server, t: &str, query: &str) -> reqwest::Response {
-    client()
-        .get(s.url(&format!("{URL}?{query}")))
-        .bearer_auth(t)
-        .send()
-        .await
-        .expect("list")
+    s.get(&format!("{URL}?{query}"), t).await
 }
 
 async fn ids(s: &Server, t: &str, query: &str) -> Vec<String> {

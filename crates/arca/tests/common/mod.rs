@@ -157,6 +157,26 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// `GET path` with `token` as the bearer.
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        client()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// `DELETE path` with `token` as the bearer.
+    pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
+        client()
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+    }
+
     /// The Prometheus exposition text of `/metrics`.
     pub async fn metrics(&self) -> String {
         client()

@@ -103,24 +103,79 @@ impl Connections {
                 .serve_connection(TokioIo::new(WriteDeadline::new(stream, self.idle)), service)
                 .into_owned();
             let conn = self.graceful.watch(conn);
-            let idle = self.idle;
-            tokio::spawn(async move {
-                tokio::pin!(conn);
-                let ended = tokio::select! {
-                    r = &mut conn => r,
-                    () = tokio::time::sleep(idle) => {
-                        if !began.load(Ordering::Relaxed) {
-                            tracing::debug!("connection closed: no request within server.idle_timeout");
-                            return;
-                        }
-                        conn.await
-                    }
-                };
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-            });
+            tokio::spawn(run(conn, began, self.idle));
         }
+    }
+}
+
+/// The error a served connection ends with.
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Drives one connection to its end: counted in `http_connections_open`
+/// meanwhile, and in `http_connections_timed_out_total{reason}` when a
+/// timeout ends it (`idle`: no complete request head in time; `write`: the
+/// client read nothing of its response in time).
+async fn run(
+    conn: impl Future<Output = Result<(), ConnError>>,
+    began: Arc<AtomicBool>,
+    idle: Duration,
+) {
+    let _open = OpenConnection::new();
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = &mut conn => r,
+        () = tokio::time::sleep(idle) => {
+            if !began.load(Ordering::Relaxed) {
+                timed_out("idle");
+                return;
+            }
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
+        match timeout_reason(&*e) {
+            Some(reason) => timed_out(reason),
+            None => tracing::debug!(error = %e, "connection ended with an error"),
+        }
+    }
+}
+
+fn timed_out(reason: &'static str) {
+    tracing::debug!(reason, "connection closed by server.idle_timeout");
+    metrics::counter!("http_connections_timed_out_total", "reason" => reason).increment(1);
+}
+
+/// `write` for a stalled write ([`WriteDeadline`]), `idle` for hyper's
+/// header-read timeout or an unanswered HTTP/2 ping, `None` otherwise.
+fn timeout_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+        {
+            return Some("write");
+        }
+        cause = c.source();
+    }
+    e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
+        .then_some("idle")
+}
+
+/// One open connection in the `http_connections_open` gauge, for as long
+/// as it lives (a panic or an abort drops it too).
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        metrics::gauge!("http_connections_open").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!("http_connections_open").decrement(1.0);
     }
 }
 

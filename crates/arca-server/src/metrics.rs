@@ -1,6 +1,6 @@
 //! Prometheus metrics: the process-wide recorder and the few series Arca
 //! records (HTTP requests by route template, store operation latency, JWKS
-//! fetches).
+//! fetches; open and timed-out connections are counted in `conn`).
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -460,6 +460,9 @@ fn silent_trickling_and_idle_connections_are_closed_after_idle_timeout() {
         .expect("timeout");
     let n = idle.read(&mut buf).expect("response");
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // The four, and the scrape's own connection.
+    let open = s.metric("http_connections_open").expect("open gauge");
+    assert!(open >= 5.0, "http_connections_open {open}");
 
     for (name, c) in [
         ("silent", &mut silent),
@@ -476,8 +479,15 @@ fn silent_trickling_and_idle_connections_are_closed_after_idle_timeout() {
         );
     }
     dripping.join().expect("dripping");
-    // The server still serves new connections.
+    // The server still serves new connections, and counted the closed ones.
     assert_eq!(http_status(&s.url("/healthz")).expect("healthz"), 200);
+    let idled = s.metric(r#"http_connections_timed_out_total{reason="idle"}"#);
+    assert_eq!(idled, Some(4.0));
+    let open = s.metric("http_connections_open").expect("open gauge");
+    assert!(
+        open <= 2.0,
+        "http_connections_open {open} after the timeouts"
+    );
 }
 
 #[tokio::test]
@@ -537,6 +547,8 @@ async fn a_client_that_stops_reading_its_response_is_cut_after_idle_timeout() {
         got.len() - head_end < length,
         "the whole response arrived: the stalled write was not cut"
     );
+    let cut = s.metric(r#"http_connections_timed_out_total{reason="write"}"#);
+    assert_eq!(cut, Some(1.0));
     // A client that reads along gets the same page whole.
     let r = s.get("/v1/collections/blobs/documents?limit=30", &t).await;
     assert_eq!(r.bytes().await.expect("body").len(), length);

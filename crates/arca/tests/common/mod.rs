@@ -157,6 +157,19 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// One series of `/metrics` (`name` or `name{labels}` as exposed),
+    /// read with a blocking GET; `None` when absent.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = http_body(&self.url("/metrics"))?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     /// `GET path` with `token` as the bearer.
     pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
         client()

@@ -18,6 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tower::ServiceExt;
 
@@ -38,6 +39,8 @@ pub(crate) struct Connections {
     graceful: GracefulShutdown,
     /// `server.idle_timeout`.
     idle: Duration,
+    /// `server.max_connections` permits, one held by each open connection.
+    slots: Arc<Semaphore>,
 }
 
 impl Connections {
@@ -57,6 +60,7 @@ impl Connections {
             builder,
             graceful: GracefulShutdown::new(),
             idle,
+            slots: Arc::new(Semaphore::new(cfg.max_connections)),
         }
     }
 
@@ -72,6 +76,12 @@ impl Connections {
     /// taken) is logged and retried.
     pub(crate) async fn accept(&self, listener: TcpListener, app: Router) {
         loop {
+            // At `server.max_connections`, stop accepting until one closes:
+            // new clients wait in the kernel's backlog instead of costing
+            // memory here.
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                return; // never closed
+            };
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) if is_connection_error(&e) => continue,
@@ -103,7 +113,7 @@ impl Connections {
                 .serve_connection(TokioIo::new(WriteDeadline::new(stream, self.idle)), service)
                 .into_owned();
             let conn = self.graceful.watch(conn);
-            tokio::spawn(run(conn, began, self.idle));
+            tokio::spawn(run(conn, began, self.idle, slot));
         }
     }
 }
@@ -119,6 +129,7 @@ async fn run(
     conn: impl Future<Output = Result<(), ConnError>>,
     began: Arc<AtomicBool>,
     idle: Duration,
+    _slot: OwnedSemaphorePermit,
 ) {
     let _open = OpenConnection::new();
     tokio::pin!(conn);

@@ -490,6 +490,50 @@ fn silent_trickling_and_idle_connections_are_closed_after_idle_timeout() {
     );
 }
 
+#[test]
+fn at_max_connections_new_clients_wait_until_one_closes() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let s = Server::start(Opts {
+        env: vec![("ARCA_SERVER__MAX_CONNECTIONS".into(), "2".into())],
+        ..Opts::default()
+    });
+    // Server::start's readiness checks closed their connections; wait until
+    // the server has seen them close.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.metric("http_connections_open") != Some(1.0) {
+        assert!(Instant::now() < deadline, "connections did not drain");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = TcpStream::connect(&s.addr).expect("connect");
+    let second = TcpStream::connect(&s.addr).expect("connect");
+    // A third connects (the kernel's backlog) but is not served.
+    let mut third = TcpStream::connect(&s.addr).expect("connect");
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    third
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    let waited = third.read(&mut buf);
+    assert!(
+        waited.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "served past the limit: {waited:?}"
+    );
+    // One closes: the third is served.
+    drop(first);
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let n = third.read(&mut buf).expect("served after a slot freed");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    drop(second);
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_its_response_is_cut_after_idle_timeout() {
     use std::io::Write;

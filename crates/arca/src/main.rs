@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -88,6 +88,14 @@ enum Command {
         /// NDJSON file (`-` for standard input).
         file: PathBuf,
     },
+    /// Write a consistent copy of the embedded store's database while the
+    /// server keeps running (SQLite's `VACUUM INTO`): checked and flushed to
+    /// disk before it takes its name. DEST must not exist; `-` writes the
+    /// copy to standard output (`kubectl exec deploy/arca -- arca backup - > arca.db`).
+    Backup {
+        /// The file to create, or `-` for standard output.
+        dest: PathBuf,
+    },
     /// Exit 0 when the server at `server.listen` answers `/healthz` with
     /// 200 (for container health checks in images without a shell).
     Healthcheck,
@@ -168,6 +176,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Backup { dest } => match backup(&cfg, &dest) {
+            Ok(summary) if dest == Path::new("-") => {
+                eprintln!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("arca: backup: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Healthcheck => match healthcheck(cfg.server.listen) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -267,6 +289,54 @@ fn init_logging(cfg: &Config) {
             .init();
     } else {
         builder.init();
+    }
+}
+
+/// `arca backup`: a consistent copy of the database to `dest`, or through a
+/// temporary copy beside the database to standard output.
+fn backup(cfg: &Config, dest: &Path) -> Result<String, String> {
+    use arca_store::sqlite::backup::backup as copy;
+    let src = cfg
+        .store
+        .sqlite_path()
+        .ok_or("store.url: only sqlite:// is supported in this build")?;
+    let started = std::time::Instant::now();
+    if dest != Path::new("-") {
+        let bytes = copy(&src, dest)?;
+        return Ok(format!(
+            "backup of {} written to {} ({bytes} bytes in {:.1} s)",
+            src.display(),
+            dest.display(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    if std::io::stdout().is_terminal() {
+        return Err("standard output is a terminal; redirect it to a file".into());
+    }
+    // Beside the database: the same volume, and the one place a container
+    // with a read-only root file system can write.
+    let mut name = src.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".backup-{}", std::process::id()));
+    let tmp = RemoveOnDrop(src.with_file_name(name));
+    let bytes = copy(&src, &tmp.0)?;
+    let mut file = std::fs::File::open(&tmp.0).map_err(|e| format!("{}: {e}", tmp.0.display()))?;
+    let mut out = std::io::stdout().lock();
+    std::io::copy(&mut file, &mut out)
+        .and_then(|_| std::io::Write::flush(&mut out))
+        .map_err(|e| format!("writing to standard output: {e}"))?;
+    Ok(format!(
+        "backup of {} written to standard output ({bytes} bytes in {:.1} s)",
+        src.display(),
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// A file removed when this goes out of scope (on errors too).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

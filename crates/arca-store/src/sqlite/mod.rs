@@ -12,6 +12,7 @@
 //! leading with `tenant`. Queries: `plan` narrows candidates with SQL through
 //! an index where it can, and arca-core's evaluator decides every match.
 
+pub mod backup;
 mod plan;
 mod queue;
 mod sql;

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use arca_auth::Authenticator;
 use arca_core::{CollectionDef, CollectionName};
 use arca_store::{Store, StoreError, StoredCollection};
+use axum::body::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
@@ -25,6 +26,13 @@ pub struct Collection {
     pub stored: StoredCollection,
 }
 
+/// The compiled collections, and how many times they were loaded.
+#[derive(Default)]
+struct Catalog {
+    by_name: HashMap<CollectionName, Arc<Collection>>,
+    generation: u64,
+}
+
 /// State shared by every handler (cheap to clone).
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -33,7 +41,10 @@ struct Inner {
     config: Config,
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
-    catalog: RwLock<HashMap<CollectionName, Arc<Collection>>>,
+    catalog: RwLock<Catalog>,
+    /// `/openapi.json` as last rendered, with the catalogue generation it
+    /// was rendered for.
+    openapi: Mutex<Option<(u64, Bytes)>>,
     shutting_down: AtomicBool,
     metrics: PrometheusHandle,
     started: Instant,
@@ -50,7 +61,8 @@ impl AppState {
             config,
             store,
             auth,
-            catalog: RwLock::new(HashMap::new()),
+            catalog: RwLock::new(Catalog::default()),
+            openapi: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             metrics: crate::metrics::install(),
             started: Instant::now(),
@@ -120,19 +132,40 @@ impl AppState {
                 }
             }
         }
-        match self.0.catalog.write() {
-            Ok(mut c) => *c = map,
-            Err(p) => *p.into_inner() = map,
-        }
+        let mut catalog = self.0.catalog.write().unwrap_or_else(|p| p.into_inner());
+        catalog.by_name = map;
+        catalog.generation += 1;
         Ok(())
+    }
+
+    /// The catalogue's generation: it grows with every reload, so anything
+    /// derived from the collections can tell when to be made again.
+    pub fn catalog_generation(&self) -> u64 {
+        self.read_catalog().generation
+    }
+
+    /// The rendered `/openapi.json` if it was made for `generation`.
+    pub(crate) fn cached_openapi(&self, generation: u64) -> Option<Bytes> {
+        let cached = self.0.openapi.lock().unwrap_or_else(|p| p.into_inner());
+        cached
+            .as_ref()
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, body)| body.clone())
+    }
+
+    /// Keeps `/openapi.json` as rendered for `generation` (read before the
+    /// rendering began, so a copy is never labelled newer than it is).
+    pub(crate) fn cache_openapi(&self, generation: u64, body: Bytes) {
+        *self.0.openapi.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, body));
+    }
+
+    fn read_catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.0.catalog.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A collection by name, or 404.
     pub fn collection(&self, name: &CollectionName) -> Result<Arc<Collection>, ApiError> {
-        let found = match self.0.catalog.read() {
-            Ok(c) => c.get(name).cloned(),
-            Err(p) => p.into_inner().get(name).cloned(),
-        };
+        let found = self.read_catalog().by_name.get(name).cloned();
         found.ok_or_else(|| {
             ApiError::new(
                 ProblemKind::CollectionNotFound,
@@ -143,10 +176,7 @@ impl AppState {
 
     /// Every collection, by name.
     pub fn collections(&self) -> Vec<Arc<Collection>> {
-        let mut all: Vec<_> = match self.0.catalog.read() {
-            Ok(c) => c.values().cloned().collect(),
-            Err(p) => p.into_inner().values().cloned().collect(),
-        };
+        let mut all: Vec<_> = self.read_catalog().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }

@@ -299,6 +299,74 @@ fn config_errors_name_the_key_and_exit_non_zero() {
     assert!(err.contains("max_body_byte"), "{err}");
 }
 
+/// The YAML block scalar after the first line containing `marker` at or
+/// after `from`: the lines indented deeper than that line, dedented.
+fn block_after(text: &str, from: &str, marker: &str) -> String {
+    let start = text.find(from).expect("section");
+    let rest = &text[start..];
+    let at = rest.find(marker).expect("marker");
+    let line_start = rest[..at].rfind('\n').map_or(0, |i| i + 1);
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let base = indent(&rest[line_start..]);
+    let lines: Vec<&str> = rest[at..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.trim().is_empty() || indent(l) > base)
+        .collect();
+    let cut = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| indent(l))
+        .min()
+        .unwrap_or(0);
+    lines
+        .iter()
+        .map(|l| l.get(cut..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_arca_toml_shipped_in_the_kubernetes_manifests_loads() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).expect("manifest");
+    let shipped = [
+        (
+            "base ConfigMap",
+            block_after(
+                &read("deploy/k8s/base/configmap.yaml"),
+                "data:",
+                "arca.toml: |",
+            ),
+        ),
+        (
+            "dev overlay",
+            block_after(
+                &read("deploy/k8s/overlays/dev/kustomization.yaml"),
+                "path: /data/arca.toml",
+                "value: |",
+            ),
+        ),
+    ];
+    let dir = TempDir::new("k8s-cfg");
+    for (name, toml) in shipped {
+        assert!(toml.contains("[server]"), "{name}: {toml}");
+        let file = dir.0.join("arca.toml");
+        std::fs::write(&file, &toml).expect("write");
+        let out = run_arca(&["--config", &path_str(&file), "config"], &[]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let effective = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            effective.contains("listen = \"0.0.0.0:8080\""),
+            "{name}: {effective}"
+        );
+    }
+}
+
 #[test]
 fn serve_without_issuer_or_dev_says_what_to_configure() {
     let dir = TempDir::new("noiss");

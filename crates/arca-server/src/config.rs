@@ -25,6 +25,17 @@ pub struct Config {
     pub log: LogConfig,
     /// `[docs]`
     pub docs: DocsConfig,
+    /// `[metrics]`
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where `/metrics` is served.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// A separate address for `/metrics` (e.g. `0.0.0.0:9090`), which then
+    /// leaves the API listener; unset: `/metrics` is on the API listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[docs]`: the API documentation routes.

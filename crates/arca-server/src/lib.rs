@@ -39,11 +39,20 @@ pub use state::AppState;
 /// The whole application: every resource router behind the middleware.
 pub fn app(state: AppState) -> Router {
     let routes = Router::new()
-        .merge(ops::router())
+        .merge(ops::router(state.config().metrics.listen.is_none()))
         .merge(collections::router())
         .merge(documents::router())
         .merge(access::router())
         .merge(openapi::router(state.config().docs.public))
+        .fallback(middleware::route_not_found)
+        .with_state(state.clone());
+    middleware::layers(routes, state.config())
+}
+
+/// What `metrics.listen` serves: `/metrics` behind the same middleware
+/// (request ids, logs, its own request metrics), nothing else.
+pub fn metrics_app(state: AppState) -> Router {
+    let routes = ops::metrics_router()
         .fallback(middleware::route_not_found)
         .with_state(state.clone());
     middleware::layers(routes, state.config())
@@ -56,6 +65,7 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // The Prometheus exporter buffers every histogram sample until it is
@@ -72,10 +82,18 @@ pub async fn serve(
     let delay = state.config().server.shutdown_delay.0;
     let grace = state.config().server.shutdown_timeout.0;
     let connections = Connections::new(&state.config().server);
-    // Boxed so it can be dropped below: that closes the listener.
-    let mut accepting = Box::pin(connections.accept(listener, app(state.clone())));
+    let scrapes = Connections::new(&state.config().server);
+    let api = connections.accept(listener, app(state.clone()));
+    let metrics = async {
+        match metrics_listener {
+            Some(l) => scrapes.accept(l, metrics_app(state.clone())).await,
+            None => std::future::pending().await,
+        }
+    };
+    // Boxed so it can be dropped below: that closes the listeners.
+    let mut accepting = Box::pin(async { tokio::join!(api, metrics) });
     tokio::select! {
-        () = &mut accepting => {}
+        _ = &mut accepting => {}
         () = shutdown => {}
     }
     tracing::info!(
@@ -85,7 +103,7 @@ pub async fn serve(
     state.begin_shutdown();
     if delay > Duration::ZERO {
         tokio::select! {
-            () = &mut accepting => {}
+            _ = &mut accepting => {}
             () = tokio::time::sleep(delay) => {}
         }
     }
@@ -94,10 +112,8 @@ pub async fn serve(
         grace_ms = grace.as_millis() as u64,
         "listener closed; waiting for in-flight requests"
     );
-    if tokio::time::timeout(grace, connections.shutdown())
-        .await
-        .is_err()
-    {
+    let finished = async { tokio::join!(connections.shutdown(), scrapes.shutdown()) };
+    if tokio::time::timeout(grace, finished).await.is_err() {
         tracing::warn!("shutdown timeout reached; remaining requests are cut");
     }
     Ok(())

@@ -326,6 +326,12 @@ pub async fn openapi_json(
 pub fn document(state: &AppState) -> Value {
     let mut doc = base();
     doc["openapi"] = json!("3.1.0");
+    if state.config().metrics.listen.is_some()
+        && let Some(paths) = doc["paths"].as_object_mut()
+    {
+        // Served on its own listener, not at this document's server.
+        paths.remove("/metrics");
+    }
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
     let bearer = json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
         "description": "An access token from the identity provider (or `arca token` in dev mode)."});

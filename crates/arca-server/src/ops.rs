@@ -1,6 +1,7 @@
 //! Operations endpoints, open to everyone and blind to `Authorization`:
 //! `/healthz` (the process serves), `/readyz` (store answers, keys loaded,
-//! not shutting down) and `/metrics` (Prometheus text).
+//! not shutting down) and `/metrics` (Prometheus text; on its own listener
+//! when `metrics.listen` is set).
 
 use std::time::Duration;
 
@@ -13,12 +14,22 @@ use axum::routing::get;
 use crate::error::{ApiError, ProblemKind};
 use crate::state::AppState;
 
-/// The operations routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// The operations routes of the API listener: `/metrics` among them unless
+/// it has a listener of its own (`metrics.listen`).
+pub fn router(with_metrics: bool) -> Router<AppState> {
+    let router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        router.merge(metrics_router())
+    } else {
+        router
+    }
+}
+
+/// `/metrics` alone, for its own listener.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 #[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "operations",

@@ -431,6 +431,17 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} (metrics.listen): {e}"))?;
+            let bound = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(listen = %bound, "metrics listening");
+            Some(l)
+        }
+        None => None,
+    };
     tokio::spawn(auth.run_refresh());
     tracing::info!(
         listen = %local,
@@ -454,7 +465,7 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         println!("admin token (12 h; more with `arca token --sub NAME --role ROLE`):");
         println!("ARCA_TOKEN={token}");
     }
-    arca_server::serve(state, listener, shutdown_signal())
+    arca_server::serve(state, listener, metrics_listener, shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("arca stopped cleanly");

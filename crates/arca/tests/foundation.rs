@@ -558,6 +558,56 @@ fn silent_trickling_and_idle_connections_are_closed_after_idle_timeout() {
     );
 }
 
+#[tokio::test]
+async fn metrics_listen_moves_metrics_off_the_api_listener() {
+    let s = Server::start(Opts {
+        env: vec![("ARCA_METRICS__LISTEN".into(), "127.0.0.1:0".into())],
+        ..Opts::default()
+    });
+    let addr = s
+        .log_lines()
+        .iter()
+        .find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "metrics listening")
+                .then(|| v["listen"].as_str().map(str::to_owned))
+                .flatten()
+        })
+        .expect("a 'metrics listening' log line");
+    assert_ne!(addr, s.addr);
+    // A request on the API listener shows up on the metrics listener.
+    let plain = |path: &str| client().get(s.url(path)).send();
+    assert_eq!(plain("/healthz").await.expect("healthz").status(), 200);
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(text.status(), 200);
+    let text = text.text().await.expect("text");
+    assert!(
+        text.contains(r#"route="/healthz""#),
+        "no /healthz series: {text}"
+    );
+    // Gone from the API listener and from its OpenAPI document; the metrics
+    // listener serves nothing else.
+    problem(plain("/metrics").await.expect("metrics"), 404).await;
+    let spec: Value = plain("/openapi.json")
+        .await
+        .expect("spec")
+        .json()
+        .await
+        .expect("json");
+    assert!(spec["paths"]["/metrics"].is_null());
+    assert!(spec["paths"]["/healthz"].is_object());
+    let other = client()
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .expect("other");
+    problem(other, 404).await;
+}
+
 #[test]
 fn at_max_connections_new_clients_wait_until_one_closes() {
     use std::io::{Read, Write};

@@ -149,7 +149,9 @@ fn json_error_detail(e: &serde_json::Error) -> String {
 }
 
 /// The caller, if a token was sent. A token that was sent and is invalid is
-/// `401` on every route, public ones included.
+/// `401` on every route that takes a caller, including collections readable
+/// by the public; the operations routes and the public docs take none and
+/// ignore `Authorization` (API.md, Operations).
 pub struct Caller(pub Option<Arc<Identity>>);
 
 impl FromRequestParts<AppState> for Caller {

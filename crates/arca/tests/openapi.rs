@@ -19,6 +19,15 @@ async fn spec(s: &Server) -> Value {
 }
 
 #[tokio::test]
+async fn public_docs_ignore_an_authorization_header() {
+    let s = Server::dev();
+    for path in ["/openapi.json", "/docs/", "/healthz", "/readyz", "/metrics"] {
+        let r = s.get(path, "expired-or-garbage").await;
+        assert_eq!(r.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn the_spec_is_openapi_3_1_and_describes_every_route() {
     let s = Server::dev();
     let doc = spec(&s).await;
@@ -252,6 +261,7 @@ async fn with_docs_not_public_the_spec_needs_a_token_and_the_page_is_off() {
     .await;
     let t = s.token("reader", &[], None);
     assert_eq!(s.get("/openapi.json", &t).await.status(), 200);
+    problem(s.get("/openapi.json", "not-a-token").await, 401).await;
     assert_eq!(
         client()
             .get(s.url("/docs/"))

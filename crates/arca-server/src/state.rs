@@ -9,11 +9,11 @@ use std::time::Instant;
 use arca_auth::Authenticator;
 use arca_core::{CollectionDef, CollectionName};
 use arca_store::{Store, StoreError, StoredCollection};
-use axum::body::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
 use crate::error::{ApiError, ProblemKind};
+use crate::openapi::Rendered;
 
 /// A collection as the server uses it: the compiled definition plus its
 /// stored form.
@@ -44,7 +44,7 @@ struct Inner {
     catalog: RwLock<Catalog>,
     /// `/openapi.json` as last rendered, with the catalogue generation it
     /// was rendered for.
-    openapi: Mutex<Option<(u64, Bytes)>>,
+    openapi: Mutex<Option<(u64, Arc<Rendered>)>>,
     shutting_down: AtomicBool,
     metrics: PrometheusHandle,
     started: Instant,
@@ -145,7 +145,7 @@ impl AppState {
     }
 
     /// The rendered `/openapi.json` if it was made for `generation`.
-    pub(crate) fn cached_openapi(&self, generation: u64) -> Option<Bytes> {
+    pub(crate) fn cached_openapi(&self, generation: u64) -> Option<Arc<Rendered>> {
         let cached = self.0.openapi.lock().unwrap_or_else(|p| p.into_inner());
         cached
             .as_ref()
@@ -155,7 +155,7 @@ impl AppState {
 
     /// Keeps `/openapi.json` as rendered for `generation` (read before the
     /// rendering began, so a copy is never labelled newer than it is).
-    pub(crate) fn cache_openapi(&self, generation: u64, body: Bytes) {
+    pub(crate) fn cache_openapi(&self, generation: u64, body: Arc<Rendered>) {
         *self.0.openapi.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, body));
     }
 

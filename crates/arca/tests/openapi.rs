@@ -19,6 +19,55 @@ async fn spec(s: &Server) -> Value {
 }
 
 #[tokio::test]
+async fn the_spec_is_sent_gzip_when_accepted_and_both_forms_follow_changes() {
+    use std::io::Read;
+    let s = Server::dev();
+    let t = s.admin();
+    let fetch = |encoding: &'static str| {
+        let url = s.url("/openapi.json");
+        async move {
+            let r = client()
+                .get(url)
+                .header("accept-encoding", encoding)
+                .send()
+                .await
+                .expect("spec");
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["vary"], "accept-encoding");
+            let gzipped = r
+                .headers()
+                .get("content-encoding")
+                .is_some_and(|v| v == "gzip");
+            let bytes = r.bytes().await.expect("body").to_vec();
+            let plain = if gzipped {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(&bytes[..])
+                    .read_to_end(&mut out)
+                    .expect("gzip");
+                out
+            } else {
+                bytes
+            };
+            (
+                gzipped,
+                serde_json::from_slice::<Value>(&plain).expect("json"),
+            )
+        }
+    };
+    for round in ["before", "after"] {
+        let (g1, zipped) = fetch("gzip, br").await;
+        let (g2, plain) = fetch("identity").await;
+        let (g3, refused) = fetch("gzip;q=0, *;q=0.1").await;
+        assert!(g1 && !g2 && !g3, "{round}: {g1} {g2} {g3}");
+        assert_eq!(zipped, plain, "{round}");
+        assert_eq!(refused, plain, "{round}");
+        let has = plain["components"]["schemas"]["NotesDocument"].is_object();
+        assert_eq!(has, round == "after", "{round}");
+        define(&s, &t, "notes", json!({})).await;
+    }
+}
+
+#[tokio::test]
 async fn public_docs_ignore_an_authorization_header() {
     let s = Server::dev();
     for path in ["/openapi.json", "/docs/", "/healthz", "/readyz", "/metrics"] {

@@ -1,5 +1,6 @@
 //! Shared application state: configuration, the store, the authenticator,
-//! the collection catalogue and readiness.
+//! the collection catalogue (with the OpenAPI document rendered from it) and
+//! readiness.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -91,7 +91,7 @@ enum Command {
     /// Write a consistent copy of the embedded store's database while the
     /// server keeps running (SQLite's `VACUUM INTO`): checked and flushed to
     /// disk before it takes its name. DEST must not exist; `-` writes the
-    /// copy to standard output (`kubectl exec deploy/arca -- arca backup - > arca.db`).
+    /// copy to standard output (`kubectl exec deploy/arca -- /arca backup - > arca.db`).
     Backup {
         /// The file to create, or `-` for standard output.
         dest: PathBuf,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -299,7 +299,9 @@ pub fn router(public: bool) -> Router<AppState> {
 /// every collection.
 #[utoipa::path(get, operation_id = "openapi", path = "/openapi.json", tag = "operations",
     responses(
-        (status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object),
+        (status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object,
+            headers(("ETag" = String, description = "Weak tag of this version of the document"))),
+        (status = 304, description = "If-None-Match names the current document"),
         (status = 401, description = "docs.public is false and no valid token was sent", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn openapi_json(
@@ -328,6 +330,13 @@ pub async fn openapi_json(
             doc
         }
     };
+    if doc.matches(parts.headers.get_all(header::IF_NONE_MATCH).iter()) {
+        let mut res = StatusCode::NOT_MODIFIED.into_response();
+        res.headers_mut().insert(header::ETAG, doc.etag.clone());
+        res.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        return Ok(res);
+    }
     let gzip = accepts_gzip(parts.headers.get_all(header::ACCEPT_ENCODING).iter());
     let mut res = (
         [
@@ -341,6 +350,7 @@ pub async fn openapi_json(
         },
     )
         .into_response();
+    res.headers_mut().insert(header::ETAG, doc.etag.clone());
     if gzip {
         // Already compressed: the compression layer leaves it as it is.
         res.headers_mut()
@@ -353,6 +363,9 @@ pub async fn openapi_json(
 pub(crate) struct Rendered {
     plain: Bytes,
     gzip: Bytes,
+    /// A weak ETag shared by both encodings: a hash of the plain text,
+    /// stable across restarts (`DefaultHasher::new` has fixed keys).
+    etag: HeaderValue,
 }
 
 impl Rendered {
@@ -365,10 +378,28 @@ impl Rendered {
             .write_all(&plain)
             .and_then(|()| gz.finish())
             .unwrap_or_default();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hasher::write(&mut hasher, &plain);
+        let tag = format!("W/\"{:016x}\"", std::hash::Hasher::finish(&hasher));
         Self {
             plain: plain.into(),
             gzip: gzip.into(),
+            etag: HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("W/\"0\"")),
         }
+    }
+
+    /// Whether an `If-None-Match` header names this rendering (weak
+    /// comparison, as RFC 9110 wants for it; `*` matches too).
+    fn matches<'a>(&self, if_none_match: impl Iterator<Item = &'a HeaderValue>) -> bool {
+        fn opaque(t: &str) -> &str {
+            t.strip_prefix("W/").unwrap_or(t)
+        }
+        let ours = opaque(self.etag.to_str().unwrap_or_default());
+        if_none_match
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|t| t == "*" || opaque(t) == ours)
     }
 }
 

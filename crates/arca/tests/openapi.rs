@@ -19,7 +19,7 @@ async fn spec(s: &Server) -> Value {
 }
 
 #[tokio::test]
-async fn the_spec_is_sent_gzip_when_accepted_and_both_forms_follow_changes() {
+async fn the_spec_is_sent_gzip_when_accepted_with_an_etag_and_both_follow_changes() {
     use std::io::Read;
     let s = Server::dev();
     let t = s.admin();
@@ -54,7 +54,42 @@ async fn the_spec_is_sent_gzip_when_accepted_and_both_forms_follow_changes() {
             )
         }
     };
+    let etag = |r: &reqwest::Response| {
+        r.headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .expect("etag")
+            .to_owned()
+    };
+    let conditional = |tag: String| {
+        client()
+            .get(s.url("/openapi.json"))
+            .header("if-none-match", tag)
+            .send()
+    };
+    let mut seen = Vec::new();
     for round in ["before", "after"] {
+        // A client holding the current version gets 304, either encoding.
+        let first = client()
+            .get(s.url("/openapi.json"))
+            .send()
+            .await
+            .expect("spec");
+        let tag = etag(&first);
+        let zipped_tag = etag(
+            &client()
+                .get(s.url("/openapi.json"))
+                .header("accept-encoding", "gzip")
+                .send()
+                .await
+                .expect("spec"),
+        );
+        assert_eq!(tag, zipped_tag, "{round}");
+        let r = conditional(format!("\"x\", {tag}")).await.expect("304");
+        assert_eq!(r.status(), 304, "{round}");
+        assert_eq!(etag(&r), tag);
+        assert!(r.bytes().await.expect("body").is_empty());
+        seen.push(tag);
         let (g1, zipped) = fetch("gzip, br").await;
         let (g2, plain) = fetch("identity").await;
         let (g3, refused) = fetch("gzip;q=0, *;q=0.1").await;
@@ -65,6 +100,10 @@ async fn the_spec_is_sent_gzip_when_accepted_and_both_forms_follow_changes() {
         assert_eq!(has, round == "after", "{round}");
         define(&s, &t, "notes", json!({})).await;
     }
+    // A change of collections is a new version: the old tag gets 200.
+    assert_ne!(seen[0], seen[1]);
+    let r = conditional(seen[0].clone()).await.expect("stale");
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]

@@ -172,22 +172,26 @@ impl Server {
 
     /// `GET path` with `token` as the bearer.
     pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
-        client()
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        self.bodiless(reqwest::Method::GET, path, token).await
     }
 
     /// `DELETE path` with `token` as the bearer.
     pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
+        self.bodiless(reqwest::Method::DELETE, path, token).await
+    }
+
+    async fn bodiless(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::Response {
         client()
-            .delete(self.url(path))
+            .request(method.clone(), self.url(path))
             .bearer_auth(token)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("DELETE {path}: {e}"))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// The Prometheus exposition text of `/metrics`.

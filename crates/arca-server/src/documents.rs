@@ -2,7 +2,8 @@
 //! patch, delete and list documents. Each handler resolves the collection,
 //! asks `access::authorize` for the caller's `Scope`, validates the body
 //! against the schema, and lets the store apply the write atomically
-//! against the revision it read (`If-Match` is checked inside the write).
+//! against the revision it read (`If-Match` and `If-None-Match` are
+//! checked against that revision).
 
 use std::sync::Arc;
 
@@ -23,9 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::access::{Grant, authorize};
 use crate::error::{ApiError, ProblemKind};
-use crate::extract::{
-    Caller, EntityTags, JsonBytes, PathParams, Preconditions, parse_document_json,
-};
+use crate::extract::{Caller, JsonBytes, PathParams, Preconditions, parse_document_json};
 use crate::respond::{json, timed};
 use crate::state::{AppState, Collection};
 
@@ -225,7 +224,7 @@ async fn update_with(
     coll: &Collection,
     grant: &Grant,
     id: &DocId,
-    if_match: Option<EntityTags>,
+    pre: &Preconditions,
     earlier: &[arca_core::FieldError],
     change: impl Fn(&Document) -> Result<Map<String, Value>, ApiError>,
 ) -> Result<Document, ApiError> {
@@ -236,11 +235,7 @@ async fn update_with(
         if !grant.action.matches(&current.to_json()) {
             return Err(outside_rule("update"));
         }
-        if let Some(tags) = &if_match
-            && !tags.matches_strong(current.system.rev)
-        {
-            return Err(StoreError::RevMismatch.into());
-        }
+        pre.check_write(current.system.rev)?;
         let body = change(&current)?;
         validate(coll, &body, earlier)?;
         let next = Document {
@@ -260,7 +255,9 @@ async fn update_with(
             .await
         {
             Ok(doc) => return Ok(doc),
-            Err(StoreError::RevMismatch) if if_match.is_none() => continue,
+            // Without If-Match, a lost race is retried: If-None-Match and
+            // the access rule are checked again on the new revision.
+            Err(StoreError::RevMismatch) if pre.if_match.is_none() => continue,
             Err(e) => return Err(e.into()),
         }
     }
@@ -271,18 +268,19 @@ async fn update_with(
 }
 
 #[utoipa::path(put, operation_id = "replace_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
-        ("If-Match" = Option<String>, Header, description = "Required revision")),
+        ("If-Match" = Option<String>, Header, description = "Required revision"),
+        ("If-None-Match" = Option<String>, Header, description = "Refuse the write (412) if the current revision is one of these; `*`: if the document exists")),
     request_body(content = Object, content_type = "application/json", description = "The full new body"),
     responses((status = 200, description = "The new revision", body = crate::openapi::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""))),
               (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 422, description = "The document does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed, crate::openapi::WithBody))]
 pub(crate) async fn replace(
     State(state): State<AppState>,
     Caller(caller): Caller,
     p: PathParams,
-    Preconditions { if_match, .. }: Preconditions,
+    pre: Preconditions,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
@@ -290,7 +288,7 @@ pub(crate) async fn replace(
     let id = doc_id(&p[1])?;
     let ClientBody { fields, errors, .. } =
         split_client_body(parse_document_json(&bytes)?, Some(&id)).map_err(document_error)?;
-    let doc = update_with(&state, &coll, &grant, &id, if_match, &errors, |_| {
+    let doc = update_with(&state, &coll, &grant, &id, &pre, &errors, |_| {
         Ok(fields.clone())
     })
     .await?;
@@ -298,19 +296,20 @@ pub(crate) async fn replace(
 }
 
 #[utoipa::path(patch, operation_id = "patch_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
-        ("If-Match" = Option<String>, Header, description = "Required revision")),
+        ("If-Match" = Option<String>, Header, description = "Required revision"),
+        ("If-None-Match" = Option<String>, Header, description = "Refuse the write (412) if the current revision is one of these; `*`: if the document exists")),
     request_body(description = "JSON Merge Patch (RFC 7396)", content(
         (Object = "application/merge-patch+json"), (Object = "application/json"))),
     responses((status = 200, description = "The new revision", body = crate::openapi::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""))),
               (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 422, description = "The result does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed, crate::openapi::WithBody))]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Caller(caller): Caller,
     p: PathParams,
-    Preconditions { if_match, .. }: Preconditions,
+    pre: Preconditions,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
@@ -328,7 +327,7 @@ pub(crate) async fn patch(
         errors,
         ..
     } = split_client_body(patch_value, Some(&id)).map_err(document_error)?;
-    let doc = update_with(&state, &coll, &grant, &id, if_match, &errors, |current| {
+    let doc = update_with(&state, &coll, &grant, &id, &pre, &errors, |current| {
         let mut body = current.body.clone();
         merge_patch(&mut body, patch.clone());
         Ok(body)
@@ -338,14 +337,15 @@ pub(crate) async fn patch(
 }
 
 #[utoipa::path(delete, operation_id = "delete_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
-        ("If-Match" = Option<String>, Header, description = "Required revision")),
+        ("If-Match" = Option<String>, Header, description = "Required revision"),
+        ("If-None-Match" = Option<String>, Header, description = "Refuse the write (412) if the current revision is one of these; `*`: if the document exists")),
     responses((status = 204, description = "Deleted"),
-              (status = 409, description = "The document kept changing; retry", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match does not match", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed))]
+              (status = 409, description = "The document kept changing; retry", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Caller(caller): Caller,
     p: PathParams,
-    Preconditions { if_match, .. }: Preconditions,
+    pre: Preconditions,
 ) -> Result<Response, ApiError> {
     let coll = collection(&state, &p[0])?;
     let grant = authorize(&state, &caller, &coll, Action::Delete)?;
@@ -357,11 +357,7 @@ pub(crate) async fn remove(
         if !grant.action.matches(&current.to_json()) {
             return Err(outside_rule("delete"));
         }
-        if let Some(tags) = &if_match
-            && !tags.matches_strong(current.system.rev)
-        {
-            return Err(StoreError::RevMismatch.into());
-        }
+        pre.check_write(current.system.rev)?;
         // Deleting at the revision that was checked keeps the check true.
         match state
             .store()
@@ -369,7 +365,7 @@ pub(crate) async fn remove(
             .await
         {
             Ok(()) => return Ok(StatusCode::NO_CONTENT.into_response()),
-            Err(StoreError::RevMismatch) if if_match.is_none() => continue,
+            Err(StoreError::RevMismatch) if pre.if_match.is_none() => continue,
             Err(e) => return Err(e.into()),
         }
     }

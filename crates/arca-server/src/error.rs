@@ -254,6 +254,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            // RFC 9110 section 15.5.16: the content codings a request body
+            // may have; none is decoded here.
+            h.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             let value = match &self.invalid_token {
                 // The description is ours (never the token) and kept to

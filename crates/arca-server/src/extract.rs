@@ -67,6 +67,32 @@ pub fn is_json_content_type(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// The UTF-8 encoding of U+FEFF.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The request body's content coding when it is not `identity`: the body
+/// would have to be decoded first, and nothing here decodes one (so a
+/// gzip body labelled as such is refused, not misread as JSON).
+fn content_coding(headers: &HeaderMap) -> Option<String> {
+    let mut codings = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("(not text)").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        .peekable();
+    codings.peek()?;
+    // Echo at most a short, printable part of what the client sent.
+    let named: String = codings
+        .collect::<Vec<_>>()
+        .join(", ")
+        .chars()
+        .filter(|c| (' '..='~').contains(c))
+        .take(64)
+        .collect();
+    Some(named)
+}
+
 impl FromRequest<AppState> for JsonBytes {
     type Rejection = ApiError;
 
@@ -76,6 +102,14 @@ impl FromRequest<AppState> for JsonBytes {
             return Err(ApiError::new(
                 ProblemKind::UnsupportedMediaType,
                 "the body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        if let Some(coding) = content_coding(req.headers()) {
+            return Err(ApiError::new(
+                ProblemKind::UnsupportedMediaType,
+                format!(
+                    "compressed request bodies are not accepted (Content-Encoding: {coding}); send the JSON uncompressed"
+                ),
             ));
         }
         let declared = req
@@ -93,6 +127,9 @@ impl FromRequest<AppState> for JsonBytes {
             return Err(too_large());
         }
         match axum::body::to_bytes(req.into_body(), limit).await {
+            // RFC 8259 lets a parser ignore a leading byte order mark, which
+            // some clients (.NET's default UTF-8 encoder) still send.
+            Ok(b) if b.starts_with(UTF8_BOM) => Ok(Self(b.slice(UTF8_BOM.len()..))),
             Ok(b) => Ok(Self(b)),
             Err(e) => {
                 // `to_bytes` reports the limit through its error source chain.
@@ -268,8 +305,39 @@ impl EntityTags {
 pub struct Preconditions {
     /// `If-Match`, for writes.
     pub if_match: Option<EntityTags>,
-    /// `If-None-Match`, for reads.
+    /// `If-None-Match`: a read answers 304 when it matches, a write is
+    /// refused with 412.
     pub if_none_match: Option<EntityTags>,
+}
+
+impl Preconditions {
+    /// Whether a write may change the document at revision `rev`, in RFC
+    /// 9110's order (section 13.2.2): `If-Match` must match (strong
+    /// comparison), then `If-None-Match` must not (weak comparison; `*`
+    /// matches any existing document). A failed condition is 412.
+    pub fn check_write(&self, rev: u64) -> Result<(), ApiError> {
+        if self
+            .if_match
+            .as_ref()
+            .is_some_and(|t| !t.matches_strong(rev))
+        {
+            return Err(ApiError::new(
+                ProblemKind::PreconditionFailed,
+                "the document changed since the given revision",
+            ));
+        }
+        if self
+            .if_none_match
+            .as_ref()
+            .is_some_and(|t| t.matches_weak(rev))
+        {
+            return Err(ApiError::new(
+                ProblemKind::PreconditionFailed,
+                "the document's current revision matches If-None-Match",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Preconditions {

@@ -612,7 +612,7 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
     let writes = |ok: Value| {
         let mut r = common(ok);
         r["409"] = problem("Duplicate _id or unique index value");
-        r["412"] = problem("If-Match does not match the current revision");
+        r["412"] = problem("If-Match does not match the current revision, or If-None-Match does");
         r["413"] = problem("Body over server.max_body_bytes");
         r["415"] = problem("Body is not JSON");
         r["422"] = problem("The document does not fit the collection");
@@ -644,7 +644,12 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
                      "content": {"application/json": {"schema": doc_ref}}}}))},
     });
     let ok_doc = |d: &str| json!({"200": {"description": d, "headers": etag, "content": {"application/json": {"schema": doc_ref}}}});
-    let if_match = json!({"name": "If-Match", "in": "header", "schema": {"type": "string"}});
+    let conditions = json!([
+        {"name": "If-Match", "in": "header", "description": "Required revision (`\"N\"` or `*`)", "schema": {"type": "string"}},
+        {"name": "If-None-Match", "in": "header",
+         "description": "Refuse the write (412) if the current revision is one of these; `*`: if the document exists",
+         "schema": {"type": "string"}},
+    ]);
     let mut get_ok = ok_doc("The document");
     get_ok["304"] = json!({"description": "Not modified (If-None-Match)", "headers": etag});
     paths[format!("{base}/documents/{{id}}")] = json!({
@@ -654,16 +659,16 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
                 "parameters": [{"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}],
                 "responses": common(get_ok)},
         "put": {"tags": tag, "summary": format!("Replace a {name} document"), "operationId": format!("replace_{name}"),
-                "security": security, "parameters": [if_match],
+                "security": security, "parameters": conditions,
                 "requestBody": {"required": true, "content": {"application/json": {"schema": input_ref}}},
                 "responses": writes(ok_doc("The new revision"))},
         "patch": {"tags": tag, "summary": format!("Merge-patch a {name} document"), "operationId": format!("patch_{name}"),
-                  "security": security, "parameters": [if_match],
+                  "security": security, "parameters": conditions,
                   "requestBody": {"required": true, "content": {
                       "application/merge-patch+json": {"schema": patch_ref}, "application/json": {"schema": patch_ref}}},
                   "responses": writes(ok_doc("The new revision"))},
         "delete": {"tags": tag, "summary": format!("Delete a {name} document"), "operationId": format!("delete_{name}"),
-                   "security": security, "parameters": [if_match],
+                   "security": security, "parameters": conditions,
                    "responses": writes(json!({"204": {"description": "Deleted"}}))},
     });
     paths[format!("{base}/count")] = json!({

@@ -398,6 +398,113 @@ async fn delete_is_204_honours_if_match_then_404() {
     .await;
 }
 
+/// A write with `If-None-Match` (and optionally `If-Match`) on `method`.
+async fn conditional(
+    s: &Server,
+    t: &str,
+    method: reqwest::Method,
+    id: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut req = client()
+        .request(method, s.url(&format!("{PEOPLE}/{id}")))
+        .bearer_auth(t);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.expect("request")
+}
+
+#[tokio::test]
+async fn writes_are_refused_when_if_none_match_matches() {
+    use reqwest::Method;
+    let (s, t) = setup().await;
+    let original = created(&s, &t, json!({"_id": "n1", "name": "A"})).await;
+    let put = Some(json!({"name": "B"}));
+    let patch = Some(json!({"name": "C"}));
+    // `*` matches any existing document; "1" and W/"1" (weak comparison)
+    // match revision 1. Each write is refused with 412 and changes nothing.
+    for (method, inm, body) in [
+        (Method::PUT, "*", &put),
+        (Method::PUT, "\"1\"", &put),
+        (Method::PATCH, "W/\"1\"", &patch),
+        (Method::PATCH, "\"9\", \"1\"", &patch),
+        (Method::DELETE, "*", &None),
+        (Method::DELETE, "W/\"1\"", &None),
+    ] {
+        let r = conditional(
+            &s,
+            &t,
+            method.clone(),
+            "n1",
+            &[("if-none-match", inm)],
+            body.clone(),
+        )
+        .await;
+        let p = problem(r, 412).await;
+        assert_eq!(
+            p["detail"], "the document's current revision matches If-None-Match",
+            "{method} If-None-Match: {inm}"
+        );
+    }
+    let r = s.get(&format!("{PEOPLE}/n1"), &t).await;
+    assert_eq!(r.json::<Value>().await.expect("json"), original);
+    // Tags that name other revisions let the write through.
+    let r = conditional(
+        &s,
+        &t,
+        Method::PUT,
+        "n1",
+        &[("if-none-match", "\"2\", W/\"3\"")],
+        put.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.expect("json")["_rev"], 2);
+    // Both conditions must hold: If-Match matches but If-None-Match does too.
+    let both = [("if-match", "\"2\""), ("if-none-match", "\"2\"")];
+    problem(
+        conditional(&s, &t, Method::PATCH, "n1", &both, patch.clone()).await,
+        412,
+    )
+    .await;
+    // If-Match failing is reported as such, whatever If-None-Match says.
+    let p = problem(
+        conditional(
+            &s,
+            &t,
+            Method::DELETE,
+            "n1",
+            &[("if-match", "\"1\""), ("if-none-match", "\"5\"")],
+            None,
+        )
+        .await,
+        412,
+    )
+    .await;
+    assert_eq!(p["detail"], "the document changed since the given revision");
+    let r = conditional(
+        &s,
+        &t,
+        Method::DELETE,
+        "n1",
+        &[("if-none-match", "\"1\"")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    // A missing document stays 404 (PUT never creates).
+    problem(
+        conditional(&s, &t, Method::PUT, "n1", &[("if-none-match", "*")], put).await,
+        404,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn list_pages_with_cursor_and_count_counts() {
     let (s, t) = setup().await;

@@ -95,6 +95,55 @@ async fn oversized_json_body_is_413() {
 }
 
 #[tokio::test]
+async fn compressed_bodies_are_415_and_a_byte_order_mark_is_ignored() {
+    let s = Server::dev();
+    let t = s.admin();
+    let put = |ce: Option<&'static str>, body: Vec<u8>| {
+        let mut req = client()
+            .put(s.url("/v1/collections/things"))
+            .bearer_auth(&t)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(ce) = ce {
+            req = req.header("content-encoding", ce);
+        }
+        req.send()
+    };
+    // A body labelled as compressed is refused, not read as plain JSON
+    // (this one is plain JSON, which the server used to accept).
+    for ce in ["gzip", "br", "identity, deflate"] {
+        let r = put(Some(ce), b"{}".to_vec()).await.expect("put");
+        assert_eq!(r.headers()["accept-encoding"], "identity", "{ce}");
+        let body = problem(r, 415).await;
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("Content-Encoding"), "{detail}");
+        assert!(
+            detail.contains(ce.trim_start_matches("identity, ")),
+            "{detail}"
+        );
+    }
+    problem(s.get("/v1/collections/things", &t).await, 404).await;
+    // `identity` is no coding at all.
+    let r = put(Some("identity"), b"{}".to_vec()).await.expect("put");
+    assert_eq!(r.status(), 201);
+    // RFC 8259 lets a parser ignore a leading UTF-8 byte order mark.
+    let mut with_bom = b"\xEF\xBB\xBF".to_vec();
+    with_bom.extend_from_slice(br#"{"schema": {"type": "object", "title": "bom"}}"#);
+    let r = put(None, with_bom).await.expect("put");
+    assert_eq!(r.status(), 200);
+    let def: Value = s
+        .get("/v1/collections/things", &t)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(def["schema"]["title"], "bom");
+    // Only at the start: a BOM elsewhere is not JSON.
+    let r = put(None, b"{\xEF\xBB\xBF}".to_vec()).await.expect("put");
+    problem(r, 400).await;
+}
+
+#[tokio::test]
 async fn non_json_content_type_is_415_and_bad_json_is_400() {
     let s = Server::dev();
     let t = s.admin();

@@ -402,32 +402,48 @@ fn parse_filter(raw: Option<&str>) -> Result<(Filter, String), ApiError> {
     }
 }
 
+/// A request's query parameters, decoded; refused (400) when a decoded
+/// name or value is not UTF-8: `form_urlencoded` would put U+FFFD in place
+/// of the bad bytes, and a filter value, sort or projection would silently
+/// mean something the client did not send.
+fn query_pairs(raw: Option<&str>) -> Result<form_urlencoded::Parse<'_>, ApiError> {
+    let raw = raw.unwrap_or_default();
+    if percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .is_err()
+    {
+        return Err(bad("query parameters must be UTF-8 once percent-decoded"));
+    }
+    Ok(form_urlencoded::parse(raw.as_bytes()))
+}
+
 fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
     let mut filter_text = None;
     let mut sort_text = None;
     let mut fields_text = None;
     let mut after_text = None;
-    let mut limit = 20usize;
-    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+    let mut limit_text = None;
+    for (k, v) in query_pairs(raw)? {
         let slot = match k.as_ref() {
             "filter" => &mut filter_text,
             "sort" => &mut sort_text,
             "fields" => &mut fields_text,
             "after" => &mut after_text,
-            "limit" => {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| bad("limit must be an integer from 1 to 1000"))?;
-                continue;
-            }
+            "limit" => &mut limit_text,
             _ => continue,
         };
         if slot.replace(v.into_owned()).is_some() {
             return Err(bad(format!("the `{k}` parameter is given twice")));
         }
     }
+    let limit = match limit_text {
+        None => 20,
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| bad("limit must be an integer from 1 to 1000"))?,
+    };
     let (filter, canonical) = parse_filter(filter_text.as_deref())?;
     let sort = match sort_text.as_deref() {
         None => Sort::by_id(),
@@ -546,7 +562,7 @@ pub(crate) async fn count(
     let coll = collection(&state, &p[0])?;
     let scope = authorize(&state, &caller, &coll, Action::Read)?.read;
     let mut filter_text = None;
-    for (k, v) in form_urlencoded::parse(raw.as_deref().unwrap_or_default().as_bytes()) {
+    for (k, v) in query_pairs(raw.as_deref())? {
         if k == "filter" && filter_text.replace(v.into_owned()).is_some() {
             return Err(bad("the `filter` parameter is given twice"));
         }

@@ -155,6 +155,40 @@ async fn invalid_filters_are_400_naming_the_problem() {
     ] {
         problem(list(&s, &t, bad).await, 400).await;
     }
+    // Every parameter is single: a repeated one is refused, not resolved
+    // by picking one of the two.
+    for (query, name) in [
+        ("limit=1&limit=1000", "limit"),
+        ("sort=year&sort=-year", "sort"),
+        ("fields=title&fields=year", "fields"),
+    ] {
+        let p = problem(list(&s, &t, query).await, 400).await;
+        assert_eq!(
+            p["detail"],
+            format!("the `{name}` parameter is given twice")
+        );
+    }
+    // Bytes that do not decode to UTF-8 are refused wherever they are,
+    // instead of becoming U+FFFD: a sort on a field nobody has, or a
+    // filter value the client never sent.
+    let title_ff = format!("filter={}%FF%22%7D", enc("{\"title\": \"Dune"));
+    for query in ["sort=%FF", "fields=title%C3", &title_ff, "x%FF=1"] {
+        let p = problem(list(&s, &t, query).await, 400).await;
+        assert_eq!(
+            p["detail"], "query parameters must be UTF-8 once percent-decoded",
+            "{query}"
+        );
+        let count = format!("/v1/collections/books/count?{query}");
+        problem(s.get(&count, &t).await, 400).await;
+    }
+    // Encoded UTF-8, U+FFFD itself included, is fine.
+    let r = list(
+        &s,
+        &t,
+        &format!("filter={}", enc("{\"title\": \"\u{FFFD}é\"}")),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]

@@ -314,12 +314,24 @@ impl Authenticator {
             }
             c.remove(&cache_key);
         }
+        // A compact JWS is exactly three segments; `decode_header` alone
+        // would read a longer token's first two as its header.
+        if token.split('.').count() != 3 {
+            return Err(AuthError::Malformed);
+        }
         let header = decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
                 AuthError::Algorithm
             }
-            // `none` and other names the crate does not know fail as JSON.
-            _ if peek_alg(token).is_some() => AuthError::Algorithm,
+            // `none` and other names the crate does not know fail as JSON;
+            // an accepted name means the header is broken some other way.
+            _ if peek_alg(token).is_some_and(|a| {
+                a.parse::<jsonwebtoken::Algorithm>()
+                    .map_or(true, |a| !is_accepted(a))
+            }) =>
+            {
+                AuthError::Algorithm
+            }
             _ => AuthError::Malformed,
         })?;
         if !is_accepted(header.alg) {

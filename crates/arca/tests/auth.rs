@@ -216,6 +216,15 @@ async fn edge_case_tokens_are_refused_with_a_reason() {
         "signature",
     )
     .await;
+    // Extra or missing segments around a valid header are malformed, not
+    // an algorithm problem (the header alone names an accepted one).
+    for bent in [
+        format!("{good}.x"),
+        format!("{}.{}", parts[0], parts[1]),
+        format!("{}..{}.{}", parts[0], parts[1], parts[2]),
+    ] {
+        assert_rejected(&url, &bent, "malformed token").await;
+    }
     // And the untouched one passes: the rejections above are about the edits.
     assert_eq!(status_with(&url, &good).await.0, 200);
     // A list audience containing ours is fine.

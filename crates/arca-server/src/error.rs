@@ -31,9 +31,12 @@ pub enum ProblemKind {
     DocumentNotFound,
     /// 405: the route exists, the method does not.
     MethodNotAllowed,
+    /// 408: the client did not send its whole body in time.
+    RequestTimeout,
     /// 409: duplicate `_id` or unique index value.
     Conflict,
-    /// 412: `If-Match` does not match the current revision.
+    /// 412: `If-Match` does not match the current revision, or
+    /// `If-None-Match` does.
     PreconditionFailed,
     /// 413: request body over the limit.
     PayloadTooLarge,
@@ -82,6 +85,11 @@ impl ProblemKind {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method not allowed",
+            ),
+            RequestTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request body not received in time",
             ),
             Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
             PreconditionFailed => (
@@ -133,6 +141,7 @@ impl ProblemKind {
         ProblemKind::CollectionNotFound,
         ProblemKind::DocumentNotFound,
         ProblemKind::MethodNotAllowed,
+        ProblemKind::RequestTimeout,
         ProblemKind::Conflict,
         ProblemKind::PreconditionFailed,
         ProblemKind::PayloadTooLarge,
@@ -254,6 +263,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: the connection
+            // cannot carry another request (RFC 9110 section 15.5.9).
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
             // RFC 9110 section 15.5.16: the content codings a request body
             // may have; none is decoded here.

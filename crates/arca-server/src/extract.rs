@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, header};
 use serde_json::Value;
 
 use crate::error::{ApiError, ProblemKind};
+use crate::middleware::RequestDeadline;
 use crate::state::AppState;
 
 /// The path parameters of a route, in route order, as raw strings (parsed
@@ -126,7 +127,21 @@ impl FromRequest<AppState> for JsonBytes {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
-        match axum::body::to_bytes(req.into_body(), limit).await {
+        let deadline = req.extensions().get::<RequestDeadline>().copied();
+        let read = axum::body::to_bytes(req.into_body(), limit);
+        // The same instant as the request timeout: this future is polled
+        // first when both are due, so a body still arriving is the
+        // client's 408, and the server's 503 is kept for its own slowness.
+        let read = match deadline {
+            Some(RequestDeadline(at)) => tokio::time::timeout_at(at, read).await.map_err(|_| {
+                ApiError::new(
+                    ProblemKind::RequestTimeout,
+                    "the request body did not arrive within server.request_timeout",
+                )
+            })?,
+            None => read.await,
+        };
+        match read {
             // RFC 8259 lets a parser ignore a leading byte order mark, which
             // some clients (.NET's default UTF-8 encoder) still send.
             Ok(b) if b.starts_with(UTF8_BOM) => Ok(Self(b.slice(UTF8_BOM.len()..))),

@@ -62,9 +62,21 @@ async fn request_id_and_observe(mut req: Request, next: Next) -> Response {
     res
 }
 
+/// When a request's time is up (`server.request_timeout` from its start).
+/// A body extractor reads it to answer a client that is still sending its
+/// body with 408, not the 503 that blames the server.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestDeadline(pub tokio::time::Instant);
+
 /// The request timeout (`timeout_problem`) around `problem_for_bare_error`.
-async fn timeout_and_problems(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
+async fn timeout_and_problems(
+    State(limit): State<Duration>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let deadline = tokio::time::Instant::now() + limit;
+    req.extensions_mut().insert(RequestDeadline(deadline));
+    match tokio::time::timeout_at(deadline, next.run(req)).await {
         Ok(res) => problem_for_bare_error(res),
         Err(_) => timeout_problem(limit),
     }

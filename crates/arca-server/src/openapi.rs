@@ -69,6 +69,12 @@ pub enum Addressed {
 #[derive(utoipa::IntoResponses)]
 pub enum WithBody {
     #[response(
+        status = 408,
+        description = "The body did not arrive within server.request_timeout",
+        content_type = "application/problem+json"
+    )]
+    BodyTimeout(Problem),
+    #[response(
         status = 413,
         description = "Body over server.max_body_bytes",
         content_type = "application/problem+json"
@@ -76,7 +82,7 @@ pub enum WithBody {
     TooLarge(Problem),
     #[response(
         status = 415,
-        description = "Body is not JSON",
+        description = "Body is not JSON, or compressed (Content-Encoding)",
         content_type = "application/problem+json"
     )]
     NotJson(Problem),
@@ -613,8 +619,9 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
         let mut r = common(ok);
         r["409"] = problem("Duplicate _id or unique index value");
         r["412"] = problem("If-Match does not match the current revision, or If-None-Match does");
+        r["408"] = problem("The body did not arrive within server.request_timeout");
         r["413"] = problem("Body over server.max_body_bytes");
-        r["415"] = problem("Body is not JSON");
+        r["415"] = problem("Body is not JSON, or compressed (Content-Encoding)");
         r["422"] = problem("The document does not fit the collection");
         r
     };

@@ -541,6 +541,62 @@ fn wait_closed(c: &mut std::net::TcpStream, within: Duration) -> Option<(Vec<u8>
     None
 }
 
+#[tokio::test]
+async fn a_body_still_arriving_at_the_request_timeout_is_408_and_closes() {
+    let s = Server::start(Opts {
+        env: vec![("ARCA_SERVER__REQUEST_TIMEOUT".into(), "1s".into())],
+        ..Opts::default()
+    });
+    let t = s.admin();
+    let head = |len: usize| {
+        format!(
+            "PUT /v1/collections/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\
+             Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    // Half a body, then nothing: the client's fault, so 408 (not the 503
+    // of a slow server), and the connection closes (the rest could come).
+    let addr = s.addr.clone();
+    let stalled = format!("{}{{\"schema\":", head(100));
+    let started = std::time::Instant::now();
+    let (status, text) =
+        tokio::task::spawn_blocking(move || raw_request(&addr, stalled.as_bytes()))
+            .await
+            .expect("join");
+    assert_eq!(status, 408, "{text}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.contains("connection: close"), "{text}");
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "{text}"
+    );
+    assert!(text.contains("urn:arca:problem:request-timeout"), "{text}");
+    // Nothing was written, and the server serves on.
+    problem(s.get("/v1/collections/slow", &t).await, 404).await;
+    assert!(
+        s.metric(
+            "http_requests_total{route=\"/v1/collections/{name}\",method=\"PUT\",status=\"408\"}"
+        )
+        .is_some_and(|n| n == 1.0),
+        "{}",
+        s.metrics().await
+    );
+    // A whole body sent in time is served as usual.
+    let addr = s.addr.clone();
+    let body = r#"{"schema": {"type": "object"}}"#;
+    let whole = format!("{}{body}", head(body.len()))
+        .replace("Host: x\r\n", "Host: x\r\nConnection: close\r\n");
+    let (status, text) = tokio::task::spawn_blocking(move || raw_request(&addr, whole.as_bytes()))
+        .await
+        .expect("join");
+    assert_eq!(status, 201, "{text}");
+}
+
 #[test]
 fn silent_trickling_and_idle_connections_are_closed_after_idle_timeout() {
     use std::io::{Read, Write};

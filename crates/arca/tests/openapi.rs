@@ -150,7 +150,7 @@ async fn the_spec_is_openapi_3_1_and_describes_every_route() {
     );
     let create = &doc["paths"]["/v1/collections/{name}/documents"]["post"]["responses"];
     for code in [
-        "201", "400", "401", "403", "404", "409", "413", "415", "422",
+        "201", "400", "401", "403", "404", "408", "409", "413", "415", "422",
     ] {
         assert!(create[code].is_object(), "create documents {code}");
     }

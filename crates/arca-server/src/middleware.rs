@@ -75,7 +75,11 @@ async fn timeout_and_problems(
     next: Next,
 ) -> Response {
     let deadline = tokio::time::Instant::now() + limit;
-    req.extensions_mut().insert(RequestDeadline(deadline));
+    // Only a request with a body needs it (GETs skip the insert). HTTP/2
+    // bodies come with no length header, hence the body's own answer.
+    if !axum::body::HttpBody::is_end_stream(req.body()) {
+        req.extensions_mut().insert(RequestDeadline(deadline));
+    }
     match tokio::time::timeout_at(deadline, next.run(req)).await {
         Ok(res) => problem_for_bare_error(res),
         Err(_) => timeout_problem(limit),

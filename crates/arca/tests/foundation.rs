@@ -586,6 +586,43 @@ async fn a_body_still_arriving_at_the_request_timeout_is_408_and_closes() {
         "{}",
         s.metrics().await
     );
+    // Over HTTP/2 (curl, prior knowledge) the body has no length header;
+    // it stalls the same way. Closing curl's input after the deadline would
+    // finish the body as malformed JSON (400): 408 shows the deadline cut it.
+    let mut curl = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-T",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .args([
+            "-w",
+            "%{http_code} %{http_version}",
+            "-H",
+            "content-type: application/json",
+        ])
+        .arg("-H")
+        .arg(format!("authorization: Bearer {t}"))
+        .arg(s.url("/v1/collections/slow"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    {
+        use std::io::Write;
+        let mut input = curl.stdin.take().expect("stdin");
+        input.write_all(b"{\"schema\":").expect("write");
+        input.flush().expect("flush");
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+    }
+    let out = tokio::task::spawn_blocking(move || curl.wait_with_output())
+        .await
+        .expect("join")
+        .expect("curl output");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "408 2");
     // A whole body sent in time is served as usual.
     let addr = s.addr.clone();
     let body = r#"{"schema": {"type": "object"}}"#;

@@ -160,6 +160,27 @@ impl CollectionDef {
     }
 }
 
+impl CollectionDef {
+    /// Refuses two indexes on the same key pattern, for a definition a
+    /// client sends (stored definitions from before this check still
+    /// load). MongoDB refuses a second index on a key pattern with other
+    /// options, and a copy only costs writes. Order and direction count:
+    /// `{a: 1}` and `{a: -1}` differ, as do `{a: 1, b: 1}` and `{b: 1, a: 1}`.
+    pub fn refuse_duplicate_indexes(&self) -> Result<(), DefinitionError> {
+        for (i, index) in self.indexes.iter().enumerate() {
+            if let Some(j) = self.indexes[..i]
+                .iter()
+                .position(|e| e.fields == index.fields)
+            {
+                return Err(shape(format!(
+                    "indexes[{i}] has the same fields as indexes[{j}]; merge them into one"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Checks a dotted field path usable in an index.
 pub fn check_index_path(path: &str) -> Result<(), String> {
     if INDEXABLE_SYSTEM_FIELDS.contains(&path) {
@@ -306,6 +327,38 @@ mod tests {
             Some(vec!["*".to_owned()])
         );
         assert!(def.access.delete.is_none());
+    }
+
+    #[test]
+    fn indexes_differing_in_order_or_direction_are_distinct() {
+        let def = CollectionDef::parse(&json!({"indexes": [
+            {"fields": {"a": 1}}, {"fields": {"a": -1}},
+            {"fields": {"a": 1, "b": 1}}, {"fields": {"b": 1, "a": 1}},
+        ]}))
+        .expect("four distinct key patterns");
+        def.refuse_duplicate_indexes().expect("no duplicates");
+        assert_eq!(def.indexes.len(), 4);
+        assert_eq!(
+            def.indexes[3].fields,
+            vec![("b".into(), 1), ("a".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_second_index_on_a_key_pattern_is_refused_but_still_parses() {
+        let def = CollectionDef::parse(&json!({"indexes": [
+            {"fields": {"a": 1, "b": -1}}, {"fields": {"c": 1}},
+            {"fields": {"a": 1, "b": -1}, "unique": true},
+        ]}))
+        .expect("a stored definition with a copy still loads");
+        let e = def
+            .refuse_duplicate_indexes()
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.contains("indexes[2] has the same fields as indexes[0]"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -88,6 +88,7 @@ pub(crate) async fn put(
         .map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
     let body = parse_json(&body)?;
     let def = CollectionDef::parse(&body)
+        .and_then(|def| def.refuse_duplicate_indexes().map(|()| def))
         .map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
     let outcome = timed(
         "put_collection",

@@ -131,7 +131,9 @@ pub struct CollectionInput {
     /// JSON Schema (draft 2020-12, portable subset) of the documents.
     #[schema(value_type = Object)]
     pub schema: Option<Value>,
-    /// Declared indexes: `{"fields": {"path": 1 | -1}, "unique": bool, "sparse": bool}`.
+    /// Declared indexes: `{"fields": {"path": 1 | -1}, "unique": bool, "sparse": bool}`;
+    /// at most 32, of at most 8 fields each, one per key pattern (field
+    /// order and directions).
     #[schema(value_type = Vec<Object>)]
     pub indexes: Option<Vec<Value>>,
     /// Access rules per action (`read`, `create`, `update`, `delete`), each

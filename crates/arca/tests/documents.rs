@@ -679,6 +679,11 @@ async fn collection_definitions_round_trip_and_bad_ones_are_400() {
         ("ok", json!({"indexes": [{"fields": {"a": 2}}]}), "1 or -1"),
         (
             "ok",
+            json!({"indexes": [{"fields": {"a": 1}}, {"fields": {"a": 1}, "unique": true}]}),
+            "indexes[1] has the same fields as indexes[0]",
+        ),
+        (
+            "ok",
             json!({"access": {"read": {"roles": ["*"], "filter": {"$where": "1"}}}}),
             "$where",
         ),

@@ -149,6 +149,25 @@ pub fn body_text(body: &Map<String, Value>) -> String {
     serde_json::to_string(body).unwrap_or_else(|_| "{}".into())
 }
 
+/// The length in bytes of `body_text(body)`, counted without building it.
+pub fn body_len(body: &Map<String, Value>) -> usize {
+    /// A writer that keeps only the count (std's `io::sink` keeps nothing).
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // As in `body_text`: a map with string keys always serializes.
+    let _ = serde_json::to_writer(&mut n, body);
+    n.0
+}
+
 /// Parses only the top-level members named in `keys` out of a body's JSON
 /// object text; the other members are scanned over, never built. For
 /// evaluating a filter or a sort that reads a few fields of documents
@@ -428,6 +447,20 @@ mod tests {
                 .path,
             "/_id"
         );
+    }
+
+    #[test]
+    fn body_len_is_the_length_of_the_body_text() {
+        for body in [
+            json!({}),
+            json!({"a": "é\u{1F600}\n\"", "n": [1, 2.5, -0.0, null], "o": {"x": true}}),
+            json!({"big": "y".repeat(100_000)}),
+        ] {
+            let Value::Object(map) = body else {
+                panic!("object")
+            };
+            assert_eq!(body_len(&map), body_text(&map).len());
+        }
     }
 
     #[test]

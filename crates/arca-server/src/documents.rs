@@ -327,9 +327,21 @@ pub(crate) async fn patch(
         errors,
         ..
     } = split_client_body(patch_value, Some(&id)).map_err(document_error)?;
+    let limit = state.config().server.max_body_bytes;
     let doc = update_with(&state, &coll, &grant, &id, &pre, &errors, |current| {
         let mut body = current.body.clone();
         merge_patch(&mut body, patch.clone());
+        // Patches could grow a document past what any request may carry,
+        // and then it could never be sent back whole with PUT.
+        let len = arca_core::document::body_len(&body);
+        if len > limit {
+            return Err(ApiError::invalid_document(vec![arca_core::FieldError {
+                path: String::new(),
+                message: format!(
+                    "the patched document would be {len} bytes of JSON, over server.max_body_bytes ({limit})"
+                ),
+            }]));
+        }
         Ok(body)
     })
     .await?;

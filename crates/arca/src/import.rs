@@ -64,8 +64,9 @@ pub async fn run(
         while tasks.join_next().await.is_some() {}
         format!("{why} ({count} documents before it were imported)")
     }
+    let limit = cfg.server.max_body_bytes;
     for (n, line) in reader.lines().enumerate() {
-        let checked = check_line(line, n + 1, &def);
+        let checked = check_line(line, n + 1, &def, limit);
         let body = match checked {
             Ok(Some(body)) => body,
             Ok(None) => continue,
@@ -107,10 +108,18 @@ fn check_line(
     line: std::io::Result<String>,
     line_no: usize,
     def: &CollectionDef,
+    limit: usize,
 ) -> Result<Option<arca_core::ClientBody>, String> {
     let line = line.map_err(|e| format!("line {line_no}: {e}"))?;
     if line.trim().is_empty() {
         return Ok(None);
+    }
+    // The server's body limit, as a POST of the line would meet it.
+    if line.len() > limit {
+        return Err(format!(
+            "line {line_no}: {} bytes, over server.max_body_bytes ({limit})",
+            line.len()
+        ));
     }
     let bytes = line.as_bytes();
     if let Some(lit) = arca_core::number::first_unrepresentable(bytes) {

@@ -356,6 +356,49 @@ async fn patch_merges_revalidates_and_honours_if_match() {
 }
 
 #[tokio::test]
+async fn patches_cannot_grow_a_document_past_the_body_limit() {
+    let s = Server::start(Opts {
+        env: vec![("ARCA_SERVER__MAX_BODY_BYTES".into(), "2048".into())],
+        ..Opts::default()
+    });
+    define(
+        &s,
+        &s.admin(),
+        "people",
+        json!({"access": {"read": {"roles": ["*"]},
+        "create": {"roles": ["editor"]}, "update": {"roles": ["editor"]}}}),
+    )
+    .await;
+    let t = s.token("ed", &["editor"], None);
+    created(&s, &t, json!({"_id": "g1", "name": "A"})).await;
+    let patch = |field: &str| {
+        client()
+            .patch(s.url(&format!("{PEOPLE}/g1")))
+            .bearer_auth(&t)
+            .json(&json!({ field: "x".repeat(1200) }))
+            .send()
+    };
+    // Each patch fits the limit; the first result does too.
+    let r = patch("a").await.expect("patch");
+    assert_eq!(r.status(), 200);
+    // The second would make a document that no PUT could send back.
+    let p = problem(patch("b").await.expect("patch"), 422).await;
+    let message = p["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("over server.max_body_bytes (2048)"), "{p}");
+    let doc: Value = s
+        .get(&format!("{PEOPLE}/g1"), &t)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(doc["_rev"], 2);
+    assert!(doc.get("b").is_none(), "unchanged: {doc}");
+    // Replacing a field instead of adding one still works.
+    let r = patch("a").await.expect("patch");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
 async fn delete_is_204_honours_if_match_then_404() {
     let (s, t) = setup().await;
     created(&s, &t, json!({"_id": "d1", "name": "A"})).await;
@@ -1185,6 +1228,25 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
         err.contains("line 2") && err.contains("/age") && err.contains("1 documents before it"),
+        "{err}"
+    );
+    // A line longer than the server's body limit is refused as a POST of
+    // it would be.
+    let file = data.0.join("long.ndjson");
+    let long = format!("{{\"_id\": \"long\", \"name\": \"{}\"}}\n", "x".repeat(200));
+    std::fs::write(&file, long).expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["import", "--collection", "people"])
+        .arg(&file)
+        .env("ARCA_STORE__URL", &url)
+        .env("ARCA_SERVER__MAX_BODY_BYTES", "200")
+        .env_remove("ARCA_CONFIG")
+        .output()
+        .expect("arca import");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 1: 227 bytes, over server.max_body_bytes (200)"),
         "{err}"
     );
     let s = Server::start(Opts {

@@ -72,7 +72,7 @@ enum Command {
     Openapi,
     /// Bulk-load documents from NDJSON (one JSON object per line) into an
     /// existing collection of the configured store: every line is checked
-    /// like a POST (schema, reserved fields, numbers); the import stops at
+    /// like a POST (size, schema, reserved fields, numbers); the import stops at
     /// the first invalid line, naming it, with every line before it imported.
     /// Run it while the server is down.
     Import {

@@ -65,8 +65,9 @@ pub struct ServerConfig {
     /// A connection that has not sent a complete request head for this
     /// long is closed: one that sends nothing, headers that trickle in, or
     /// a keep-alive connection idle between requests; and one whose client
-    /// reads nothing of its response for this long. HTTP/2 connections are
-    /// pinged at this interval and closed when a ping goes unanswered.
+    /// reads nothing of its response for this long. An HTTP/2 connection
+    /// with no new request for this long gets GOAWAY; HTTP/2 peers are
+    /// also pinged at this interval and cut when a ping goes unanswered.
     pub idle_timeout: HumanDuration,
     /// Connections open at once; at the limit, new ones wait in the
     /// kernel's accept backlog until one closes.

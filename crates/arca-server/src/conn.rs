@@ -5,27 +5,33 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
+use axum::http::Version;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use crate::config;
 
 /// The accepted connections: how hyper serves each one, and the handle that
 /// asks them all to finish.
+///
+/// Idle connections are closed after `server.idle_timeout`: by hyper's
+/// header-read timeout for HTTP/1, by a GOAWAY sent here for HTTP/2 (hyper
+/// has no idle timeout for it, and a client that answers its keep-alive
+/// pings would otherwise hold the connection for ever).
 ///
 /// Written here rather than with `axum::serve` because that sets no timer,
 /// so hyper's header-read timeout never runs: a client could hold a
@@ -36,7 +42,9 @@ use crate::config;
 /// ([`WriteDeadline`]).
 pub(crate) struct Connections {
     builder: auto::Builder<TokioExecutor>,
-    graceful: GracefulShutdown,
+    /// Sends once at shutdown; each connection holds a receiver, so
+    /// `closed()` resolves when the last one has ended.
+    shutdown: watch::Sender<()>,
     /// `server.idle_timeout`.
     idle: Duration,
     /// `server.max_connections` permits, one held by each open connection.
@@ -58,7 +66,7 @@ impl Connections {
             .keep_alive_timeout(Duration::from_secs(20));
         Self {
             builder,
-            graceful: GracefulShutdown::new(),
+            shutdown: watch::channel(()).0,
             idle,
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
         }
@@ -67,7 +75,8 @@ impl Connections {
     /// Asks every connection to finish (idle ones close at once, in-flight
     /// requests complete) and resolves when all have.
     pub(crate) async fn shutdown(self) {
-        self.graceful.shutdown().await;
+        self.shutdown.send_replace(());
+        self.shutdown.closed().await;
     }
 
     /// Accepts connections until the future is dropped (which closes the
@@ -96,15 +105,11 @@ impl Connections {
             };
             // Responses are written whole: send them without Nagle's delay.
             let _ = stream.set_nodelay(true);
-            // hyper's header-read timeout starts once the protocol is known,
-            // and telling HTTP/1 from HTTP/2 waits for the client's first
-            // bytes: a client that sends nothing, or half of HTTP/2's preface,
-            // is cut here if no request has begun within `idle_timeout`.
-            let began = Arc::new(AtomicBool::new(false));
+            let activity = Arc::new(Activity::new());
             let service = TowerToHyperService::new(app.clone().map_request({
-                let began = began.clone();
+                let activity = activity.clone();
                 move |req: Request<Incoming>| {
-                    began.store(true, Ordering::Relaxed);
+                    activity.request(req.version());
                     req
                 }
             }));
@@ -112,8 +117,12 @@ impl Connections {
                 .builder
                 .serve_connection(TokioIo::new(WriteDeadline::new(stream, self.idle)), service)
                 .into_owned();
-            let conn = self.graceful.watch(conn);
-            tokio::spawn(run(conn, began, self.idle, slot));
+            let watch = Watch {
+                activity,
+                idle: self.idle,
+                shutdown: self.shutdown.subscribe(),
+            };
+            tokio::spawn(run(conn, watch, slot));
         }
     }
 }
@@ -121,26 +130,109 @@ impl Connections {
 /// The error a served connection ends with.
 type ConnError = Box<dyn std::error::Error + Send + Sync>;
 
+/// One connection's requests, as its service sees them begin.
+struct Activity {
+    /// When the connection was accepted.
+    opened: Instant,
+    /// When the last request began, in nanoseconds after `opened`, plus
+    /// one (0: no request yet).
+    last: AtomicU64,
+    /// The requests are HTTP/2.
+    h2: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+        }
+    }
+
+    /// Records a request beginning.
+    fn request(&self, version: Version) {
+        let since = self.opened.elapsed().as_nanos();
+        self.last.store(
+            u64::try_from(since).unwrap_or(u64::MAX - 1) + 1,
+            Ordering::Relaxed,
+        );
+        if version == Version::HTTP_2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// When the last request began, if one has.
+    fn last_request(&self) -> Option<Instant> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.opened + Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+/// What `run` watches besides the connection itself.
+struct Watch {
+    activity: Arc<Activity>,
+    /// `server.idle_timeout`.
+    idle: Duration,
+    /// Changes once, when the server shuts down.
+    shutdown: watch::Receiver<()>,
+}
+
+impl Watch {
+    /// When to look at the connection's idleness next: before its first
+    /// request, and for HTTP/2 after each; `None` for HTTP/1 once a
+    /// request began (hyper's header-read timeout closes it when idle).
+    fn next_check(&self) -> Option<Instant> {
+        match self.activity.last_request() {
+            None => Some(self.activity.opened + self.idle),
+            Some(last) if self.activity.h2.load(Ordering::Relaxed) => Some(last + self.idle),
+            Some(_) => None,
+        }
+    }
+}
+
 /// Drives one connection to its end: counted in `http_connections_open`
 /// meanwhile, and in `http_connections_timed_out_total{reason}` when a
-/// timeout ends it (`idle`: no complete request head in time; `write`: the
-/// client read nothing of its response in time).
+/// timeout ends it (`idle`: no request begun in time, first or next;
+/// `write`: the client read nothing of its response in time). At shutdown,
+/// and when an HTTP/2 connection has been idle for `idle_timeout`, it is
+/// asked to finish: requests in flight complete, no new one is taken.
 async fn run(
-    conn: impl Future<Output = Result<(), ConnError>>,
-    began: Arc<AtomicBool>,
-    idle: Duration,
+    conn: impl GracefulConnection<Error = ConnError>,
+    mut watch: Watch,
     _slot: OwnedSemaphorePermit,
 ) {
     let _open = OpenConnection::new();
     tokio::pin!(conn);
-    let ended = tokio::select! {
-        r = &mut conn => r,
-        () = tokio::time::sleep(idle) => {
-            if !began.load(Ordering::Relaxed) {
-                timed_out("idle");
-                return;
+    // The shutdown receiver lives as long as the connection, so the
+    // server's shutdown waits for it.
+    let mut finishing = false;
+    let ended = loop {
+        let check = if finishing { None } else { watch.next_check() };
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            Ok(()) = watch.shutdown.changed(), if !finishing => {
+                conn.as_mut().graceful_shutdown();
+                finishing = true;
             }
-            conn.await
+            () = sleep_until_some(check) => {
+                // hyper's header-read timeout starts once the protocol is
+                // known, and telling HTTP/1 from HTTP/2 waits for the
+                // client's first bytes: a client that sends nothing, or
+                // half of HTTP/2's preface, is cut here.
+                if watch.activity.last_request().is_none() {
+                    timed_out("idle");
+                    return;
+                }
+                // No request since: an idle HTTP/2 connection gets GOAWAY.
+                if watch.next_check().is_some_and(|at| at <= Instant::now()) {
+                    timed_out("idle");
+                    conn.as_mut().graceful_shutdown();
+                    finishing = true;
+                }
+            }
         }
     };
     if let Err(e) = ended {
@@ -148,6 +240,14 @@ async fn run(
             Some(reason) => timed_out(reason),
             None => tracing::debug!(error = %e, "connection ended with an error"),
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

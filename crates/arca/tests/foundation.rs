@@ -541,6 +541,148 @@ fn wait_closed(c: &mut std::net::TcpStream, within: Duration) -> Option<(Vec<u8>
     None
 }
 
+/// A minimal HTTP/2 client (prior knowledge, cleartext) on a raw socket:
+/// enough to send GETs, answer the server's SETTINGS and PINGs as any
+/// client library does, and see its GOAWAY, which none of the clients
+/// here exposes.
+struct H2 {
+    s: std::net::TcpStream,
+    next_stream: u32,
+}
+
+/// HTTP/2 frame types used here.
+const H2_HEADERS: u8 = 0x1;
+const H2_SETTINGS: u8 = 0x4;
+const H2_PING: u8 = 0x6;
+const H2_GOAWAY: u8 = 0x7;
+
+impl H2 {
+    fn connect(addr: &str) -> Self {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .expect("preface");
+        let mut c = Self { s, next_stream: 1 };
+        c.frame(H2_SETTINGS, 0, 0, &[]);
+        c
+    }
+
+    fn frame(&mut self, ty: u8, flags: u8, stream: u32, payload: &[u8]) {
+        use std::io::Write;
+        let len = u32::try_from(payload.len()).expect("small").to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], ty, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        self.s.write_all(&f).expect("frame");
+    }
+
+    /// Sends `GET path` (HPACK: indexed :method GET and :scheme http,
+    /// literal :path and :authority) and returns its stream.
+    fn get(&mut self, path: &str) -> u32 {
+        let mut block = vec![0x82, 0x86, 0x04, u8::try_from(path.len()).expect("short")];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 0x01, b'x']);
+        let stream = self.next_stream;
+        self.next_stream += 2;
+        // END_STREAM | END_HEADERS
+        self.frame(H2_HEADERS, 0x5, stream, &block);
+        stream
+    }
+
+    /// Reads frames for up to `within`, acknowledging SETTINGS and PINGs,
+    /// until one of type `ty` on `stream` comes: `Some(true)` then,
+    /// `Some(false)` if the server closed first, `None` at the time limit.
+    fn wait_for(&mut self, ty: u8, stream: u32, within: Duration) -> Option<bool> {
+        use std::io::{ErrorKind, Read};
+        let start = Instant::now();
+        loop {
+            let left = within.checked_sub(start.elapsed())?;
+            self.s
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("timeout");
+            let mut head = [0u8; 9];
+            match self.s.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None;
+                }
+                Err(_) => return Some(false),
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (fty, flags) = (head[3], head[4]);
+            let fstream = u32::from_be_bytes([head[5] & 0x7f, head[6], head[7], head[8]]);
+            let mut payload = vec![0u8; len];
+            if self.s.read_exact(&mut payload).is_err() {
+                return Some(false);
+            }
+            match (fty, flags & 0x1) {
+                (H2_SETTINGS, 0) => self.frame(H2_SETTINGS, 0x1, 0, &[]),
+                (H2_PING, 0) => self.frame(H2_PING, 0x1, 0, &payload),
+                _ => {}
+            }
+            if fty == ty && fstream == stream {
+                return Some(true);
+            }
+        }
+    }
+}
+
+#[test]
+fn idle_http2_connections_get_goaway_after_idle_timeout() {
+    let s = Server::start(Opts {
+        env: vec![("ARCA_SERVER__IDLE_TIMEOUT".into(), "1s".into())],
+        ..Opts::default()
+    });
+    // One request, then idle (answering the server's keep-alive pings).
+    let mut idle = H2::connect(&s.addr);
+    let stream = idle.get("/healthz");
+    assert_eq!(
+        idle.wait_for(H2_HEADERS, stream, Duration::from_secs(5)),
+        Some(true)
+    );
+    let answered = Instant::now();
+    // A client that keeps asking, every 300 ms for 2.4 s, is left alone.
+    let mut busy = H2::connect(&s.addr);
+    for _ in 0..8 {
+        let stream = busy.get("/healthz");
+        assert_eq!(
+            busy.wait_for(H2_HEADERS, stream, Duration::from_secs(5)),
+            Some(true),
+            "an active connection was closed"
+        );
+        assert_eq!(
+            busy.wait_for(H2_GOAWAY, 0, Duration::from_millis(300)),
+            None
+        );
+    }
+    // Meanwhile the idle one got GOAWAY about idle_timeout after its
+    // request (its frames were buffered), then the close.
+    assert_eq!(
+        idle.wait_for(H2_GOAWAY, 0, Duration::from_secs(1)),
+        Some(true)
+    );
+    let after = answered.elapsed();
+    assert_eq!(
+        idle.wait_for(0xff, 0, Duration::from_secs(3)),
+        Some(false),
+        "closed"
+    );
+    // The busy one, once it stops, goes the same way.
+    let stopped = Instant::now();
+    assert_eq!(
+        busy.wait_for(H2_GOAWAY, 0, Duration::from_secs(5)),
+        Some(true)
+    );
+    let busy_after = stopped.elapsed();
+    assert!(
+        busy_after >= Duration::from_millis(500) && busy_after < Duration::from_secs(3),
+        "{busy_after:?}"
+    );
+    assert!(after < Duration::from_secs(4), "{after:?}");
+    let idled = s.metric(r#"http_connections_timed_out_total{reason="idle"}"#);
+    assert_eq!(idled, Some(2.0));
+}
+
 #[tokio::test]
 async fn a_body_still_arriving_at_the_request_timeout_is_408_and_closes() {
     let s = Server::start(Opts {

@@ -300,7 +300,44 @@ pub fn router(public: bool) -> Router<AppState> {
     }
     let ui = utoipa_swagger_ui::SwaggerUi::new("/docs")
         .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).try_it_out_enabled(true));
-    router.merge(ui)
+    router.merge(Router::from(ui).layer(axum::middleware::from_fn(docs_encoding)))
+}
+
+/// The largest `/docs` asset (the Swagger UI bundle is ~1.5 MB plain).
+const MAX_DOCS_ASSET: usize = 16 << 20;
+
+/// utoipa-swagger-ui sends its embedded assets gzip-compressed whatever the
+/// request accepts (its handler does not negotiate). Every browser accepts
+/// gzip; for a client that does not (`curl` without `--compressed`), the
+/// asset is decompressed here, so it never gets a coding it did not ask for.
+async fn docs_encoding(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use std::io::Read;
+    let gzip_ok = accepts_gzip(req.headers().get_all(header::ACCEPT_ENCODING).iter());
+    let res = next.run(req).await;
+    let gzipped = res
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    if !gzipped {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    parts
+        .headers
+        .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip_ok {
+        return Response::from_parts(parts, body);
+    }
+    let Ok(compressed) = axum::body::to_bytes(body, MAX_DOCS_ASSET).await else {
+        return ApiError::internal("a /docs asset could not be read").into_response();
+    };
+    let mut plain = Vec::new();
+    if let Err(e) = flate2::read::GzDecoder::new(&compressed[..]).read_to_end(&mut plain) {
+        return ApiError::internal(format!("a /docs asset is not valid gzip: {e}")).into_response();
+    }
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(plain))
 }
 
 /// The OpenAPI document of this server, with a schema and typed paths for

@@ -262,6 +262,24 @@ async fn the_docs_page_loads_only_its_own_assets() {
     assert!(init.contains("/openapi.json"), "{init}");
 }
 
+#[tokio::test]
+async fn docs_assets_are_plain_for_clients_that_do_not_accept_gzip() {
+    let s = Server::dev();
+    let gzipped = docs_asset(&s, "swagger-ui-bundle.js").await;
+    for accept in [None, Some("identity"), Some("br, gzip;q=0")] {
+        let mut req = client().get(s.url("/docs/swagger-ui-bundle.js"));
+        if let Some(accept) = accept {
+            req = req.header("accept-encoding", accept);
+        }
+        let r = req.send().await.expect("asset");
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("content-encoding").is_none(), "{accept:?}");
+        assert_eq!(r.headers()["vary"], "accept-encoding");
+        let plain = r.bytes().await.expect("body");
+        assert_eq!(plain, gzipped, "{accept:?}: the same asset, decompressed");
+    }
+}
+
 /// A `/docs/` asset as a browser gets it: 200 and gzip-encoded (the
 /// bundled assets were compressed when the binary was built; the
 /// initializer, which holds this server's configuration, by the

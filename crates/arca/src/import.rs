@@ -1,7 +1,9 @@
 //! `arca import`: bulk-loads NDJSON into a collection through the same
 //! checks as `POST .../documents` (reserved fields, numbers, the schema),
 //! with many inserts in flight so the SQLite writer commits them in large
-//! groups. It is the fast path for migrations and benchmark seeding.
+//! groups. It is the fast path for migrations and benchmark seeding, and
+//! may run while a server serves the same store (SQLite orders the two
+//! writers; tested under concurrent traffic).
 
 use std::io::BufRead;
 use std::path::Path;
@@ -56,21 +58,20 @@ pub async fn run(
         ))
     };
     let scope = Scope::tenant(tenant);
-    let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
-    let mut count = 0u64;
-    // On a bad line, the inserts already started are finished (never
-    // dropped half-way), so the report of what got in is exact.
-    async fn stop(tasks: &mut JoinSet<Result<(), String>>, count: u64, why: String) -> String {
-        while tasks.join_next().await.is_some() {}
-        format!("{why} ({count} documents before it were imported)")
-    }
+    let mut tasks: JoinSet<Result<(), Failure>> = JoinSet::new();
+    let mut tally = Tally::default();
+    let mut last_read = 0;
     let limit = cfg.server.max_body_bytes;
     for (n, line) in reader.lines().enumerate() {
-        let checked = check_line(line, n + 1, &def, limit);
-        let body = match checked {
+        let line_no = n + 1;
+        last_read = line_no;
+        let body = match check_line(line, line_no, &def, limit) {
             Ok(Some(body)) => body,
             Ok(None) => continue,
-            Err(why) => return Err(stop(&mut tasks, count, why).await),
+            Err(why) => {
+                tally.failed.push((line_no, why));
+                break;
+            }
         };
         let doc = NewDocument {
             id: body.id,
@@ -78,29 +79,82 @@ pub async fn run(
             body: body.fields,
         };
         let (store, scope, name) = (store.clone(), scope.clone(), name.clone());
-        let line_no = n + 1;
         tasks.spawn(async move {
             store
                 .insert(&name, &scope, doc)
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("line {line_no}: {e}"))
+                .map_err(|e| (line_no, e.to_string()))
         });
-        count += 1;
         while tasks.len() >= IN_FLIGHT {
             if let Some(r) = tasks.join_next().await {
-                r.map_err(|e| e.to_string())??;
+                tally.settle(r);
             }
         }
+        // A refused insert (a duplicate _id or unique value) stops the
+        // reading too.
+        if !tally.failed.is_empty() {
+            break;
+        }
     }
+    // Inserts already started are finished (never dropped half-way), so
+    // the report of what got in is exact.
     while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| e.to_string())??;
+        tally.settle(r);
+    }
+    if !tally.failed.is_empty() {
+        return Err(tally.report(last_read));
     }
     let secs = started.elapsed().as_secs_f64();
     Ok(format!(
-        "imported {count} documents into {name} in {secs:.2} s ({:.0} documents/s)",
-        count as f64 / secs.max(1e-9)
+        "imported {} documents into {name} in {secs:.2} s ({:.0} documents/s)",
+        tally.imported,
+        tally.imported as f64 / secs.max(1e-9)
     ))
+}
+
+/// A line that was not imported: its number and why.
+type Failure = (usize, String);
+
+/// What the inserts came to.
+#[derive(Default)]
+struct Tally {
+    imported: u64,
+    failed: Vec<Failure>,
+}
+
+impl Tally {
+    fn settle(&mut self, joined: Result<Result<(), Failure>, tokio::task::JoinError>) {
+        match joined {
+            Ok(Ok(())) => self.imported += 1,
+            Ok(Err(failure)) => self.failed.push(failure),
+            // Only a panic gets here (the set is never aborted).
+            Err(e) => self.failed.push((0, format!("an insert failed: {e}"))),
+        }
+    }
+
+    /// The error of an import that stopped: the first failed line, and
+    /// exactly which lines got in. Up to `IN_FLIGHT` inserts run at once,
+    /// so lines after a refused one may have been imported too.
+    fn report(mut self, last_read: usize) -> String {
+        self.failed.sort();
+        let (first, why) = &self.failed[0];
+        let lines: Vec<String> = self.failed.iter().map(|(n, _)| n.to_string()).collect();
+        let except = match lines.len() {
+            1 => format!("line {first}"),
+            n if n <= 10 => format!("lines {}", lines.join(", ")),
+            n => format!("lines {} and {} more", lines[..10].join(", "), n - 10),
+        };
+        let imported = match self.imported {
+            1 => "1 document was".to_owned(),
+            n => format!("{n} documents were"),
+        };
+        format!(
+            "line {first}: {why}. {imported} imported: lines 1 to {last_read} except {except}; \
+             nothing after line {last_read} was read",
+            why = why.strip_prefix(&format!("line {first}: ")).unwrap_or(why),
+        )
+    }
 }
 
 /// Checks one NDJSON line like a POST body; `None` for a blank line.

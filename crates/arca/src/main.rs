@@ -72,9 +72,9 @@ enum Command {
     Openapi,
     /// Bulk-load documents from NDJSON (one JSON object per line) into an
     /// existing collection of the configured store: every line is checked
-    /// like a POST (size, schema, reserved fields, numbers); the import stops at
-    /// the first invalid line, naming it, with every line before it imported.
-    /// Run it while the server is down.
+    /// like a POST (size, schema, reserved fields, numbers, unique values);
+    /// the import stops at the first line that fails, naming it and saying
+    /// exactly which lines were imported. It may run while the server serves.
     Import {
         /// The collection.
         #[arg(long)]

@@ -1192,6 +1192,93 @@ async fn concurrent_patches_with_the_same_if_match_succeed_exactly_once() {
 }
 
 #[tokio::test]
+async fn import_runs_while_the_server_serves_reads_and_writes() {
+    let s = Server::dev();
+    define(&s, &s.admin(), "people", people_def()).await;
+    let t = s.token("ed", &["editor"], None);
+    let files: Vec<_> = (0..2)
+        .map(|round| {
+            let file = s.data.0.join(format!("live{round}.ndjson"));
+            let lines: String = (0..50_000)
+                .map(|i| format!("{{\"_id\": \"i{round}-{i}\", \"name\": \"n{i}\"}}\n"))
+                .collect();
+            std::fs::write(&file, lines).expect("write");
+            file
+        })
+        .collect();
+    // The server keeps creating and listing while two imports run.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, url, t) = (stop.clone(), s.url(PEOPLE), t.clone());
+        tokio::spawn(async move {
+            let mut created = 0u64;
+            let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client()
+                    .post(&url)
+                    .bearer_auth(&t)
+                    .json(&json!({"name": format!("live{created}")}))
+                    .send()
+                    .await
+                    .expect("post");
+                *statuses.entry(r.status().as_u16()).or_default() += 1;
+                created += 1;
+                let r = client()
+                    .get(format!("{url}?limit=5"))
+                    .bearer_auth(&t)
+                    .send()
+                    .await
+                    .expect("list");
+                *statuses.entry(r.status().as_u16()).or_default() += 1;
+            }
+            (created, statuses)
+        })
+    };
+    let url = format!("sqlite://{}/arca.db", s.data.0.display());
+    for file in files {
+        let url = url.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(BIN)
+                .args(["import", "--collection", "people"])
+                .arg(&file)
+                .env("ARCA_STORE__URL", &url)
+                .env_remove("ARCA_CONFIG")
+                .output()
+                .expect("arca import")
+        })
+        .await
+        .expect("join");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (created, statuses) = traffic.await.expect("traffic");
+    assert!(created > 0);
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        vec![200, 201],
+        "every request to the server succeeded: {statuses:?}"
+    );
+    let n: Value = s
+        .get("/v1/collections/people/count", &t)
+        .await
+        .json()
+        .await
+        .expect("count");
+    assert_eq!(n["count"], 100_000 + created);
+    let doc: Value = s
+        .get(&format!("{PEOPLE}/i1-49999"), &t)
+        .await
+        .json()
+        .await
+        .expect("doc");
+    assert_eq!(doc["name"], "n49999");
+}
+
+#[tokio::test]
 async fn import_loads_ndjson_with_the_same_checks_as_post() {
     let data = Arc::new(TempDir::new("import"));
     {
@@ -1227,9 +1314,48 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        err.contains("line 2") && err.contains("/age") && err.contains("1 documents before it"),
+        err.contains("line 2: /age")
+            && err.contains("1 document was imported: lines 1 to 2 except line 2;"),
         "{err}"
     );
+    // A refused insert (here a duplicate _id) stops it too, and the report
+    // says exactly what got in: inserts run many at once, so lines after
+    // the refused one may be in.
+    let lines: String = (0..3000)
+        .map(|i| match i {
+            // An id the first import wrote.
+            100 => "{\"_id\": \"p5\", \"name\": \"n\"}\n".to_owned(),
+            i => format!("{{\"_id\": \"q{i}\", \"name\": \"n\"}}\n"),
+        })
+        .collect();
+    let dup = import(&lines);
+    assert_eq!(dup.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&dup.stderr).into_owned();
+    let (imported, last) = {
+        let after = err
+            .split("line 101: duplicate value for _id. ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{err}"));
+        let n: u64 = after
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("count");
+        let last: u64 = after
+            .split("lines 1 to ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .expect("last line read");
+        (n, last)
+    };
+    assert!(
+        err.contains(&format!(
+            "except line 101; nothing after line {last} was read"
+        )),
+        "{err}"
+    );
+    assert_eq!(imported, last - 1, "{err}");
     // A line longer than the server's body limit is refused as a POST of
     // it would be.
     let file = data.0.join("long.ndjson");
@@ -1261,8 +1387,9 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
         .await
         .expect("j");
     assert_eq!(
-        n["count"], 501,
-        "the 500, then the valid line before the bad one"
+        n["count"],
+        501 + imported,
+        "the 500, the valid line before the bad one, and what the report says"
     );
     let doc: Value = s
         .get(&format!("{PEOPLE}/p42"), &t)

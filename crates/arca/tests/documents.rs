@@ -1405,4 +1405,30 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
         ),
         (json!(42), json!("loader"), json!(1))
     );
+    // `-` reads standard input (`kubectl exec -i ... -- /arca import ... -`).
+    let mut child = std::process::Command::new(BIN)
+        .args(["import", "--collection", "people", "-"])
+        .env("ARCA_STORE__URL", &url)
+        .env_remove("ARCA_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("arca import -");
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().expect("stdin");
+        for i in 0..10 {
+            writeln!(input, "{{\"_id\": \"s{i}\", \"name\": \"piped\"}}").expect("write");
+        }
+    }
+    let out = child.wait_with_output().expect("import output");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 10 documents"));
+    let doc: Value = s
+        .get(&format!("{PEOPLE}/s9"), &t)
+        .await
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(doc["name"], "piped");
 }

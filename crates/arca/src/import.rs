@@ -50,7 +50,7 @@ pub async fn run(
         "access": stored.access,
     }))
     .map_err(|e| e.to_string())?;
-    let reader: Box<dyn BufRead> = if file == Path::new("-") {
+    let mut reader: Box<dyn BufRead> = if file == Path::new("-") {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
         Box::new(std::io::BufReader::new(
@@ -62,10 +62,16 @@ pub async fn run(
     let mut tally = Tally::default();
     let mut last_read = 0;
     let limit = cfg.server.max_body_bytes;
-    for (n, line) in reader.lines().enumerate() {
-        let line_no = n + 1;
+    let mut buf = Vec::new();
+    loop {
+        let line_no = last_read + 1;
+        let line = match read_line(&mut reader, &mut buf, limit) {
+            Ok(None) => break,
+            Ok(Some(line)) => Ok(line),
+            Err(e) => Err(format!("line {line_no}: {e}")),
+        };
         last_read = line_no;
-        let body = match check_line(line, line_no, &def, limit) {
+        let body = match line.and_then(|line| check_line(line, line_no, &def)) {
             Ok(Some(body)) => body,
             Ok(None) => continue,
             Err(why) => {
@@ -157,23 +163,51 @@ impl Tally {
     }
 }
 
-/// Checks one NDJSON line like a POST body; `None` for a blank line.
-fn check_line(
-    line: std::io::Result<String>,
-    line_no: usize,
-    def: &CollectionDef,
+/// Reads the next line (without its `\n` or `\r\n`) into `buf`; `None` at
+/// the end. A line is held in memory only up to `limit` bytes, the
+/// server's body limit, as a POST of it would meet: past that it is an
+/// error. (`BufRead::lines` would hold any line whole, and an import often
+/// runs inside the server's container, where a multi-gigabyte file with no
+/// line breaks would get it killed for memory.)
+fn read_line<'a>(
+    reader: &mut dyn BufRead,
+    buf: &'a mut Vec<u8>,
     limit: usize,
-) -> Result<Option<arca_core::ClientBody>, String> {
-    let line = line.map_err(|e| format!("line {line_no}: {e}"))?;
-    if line.trim().is_empty() {
+) -> std::io::Result<Option<&'a str>> {
+    use std::io::{Error, ErrorKind, Read};
+    buf.clear();
+    // The line, then "\r\n" at most.
+    let cap = limit as u64 + 2;
+    let n = reader.take(cap).read_until(b'\n', buf)?;
+    if n == 0 {
         return Ok(None);
     }
-    // The server's body limit, as a POST of the line would meet it.
-    if line.len() > limit {
-        return Err(format!(
-            "line {line_no}: {} bytes, over server.max_body_bytes ({limit})",
-            line.len()
+    let ended = buf.last() == Some(&b'\n');
+    if ended {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+    if buf.len() > limit || (!ended && n as u64 == cap) {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("longer than server.max_body_bytes ({limit} bytes)"),
         ));
+    }
+    std::str::from_utf8(buf)
+        .map(Some)
+        .map_err(|e| Error::new(ErrorKind::InvalidData, format!("not UTF-8 ({e})")))
+}
+
+/// Checks one NDJSON line like a POST body; `None` for a blank line.
+fn check_line(
+    line: &str,
+    line_no: usize,
+    def: &CollectionDef,
+) -> Result<Option<arca_core::ClientBody>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
     }
     let bytes = line.as_bytes();
     if let Some(lit) = arca_core::number::first_unrepresentable(bytes) {
@@ -188,5 +222,46 @@ fn check_line(
     match errors.first() {
         Some(first) => Err(format!("line {line_no}: {} {}", first.path, first.message)),
         None => Ok(Some(body)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_line;
+    use std::io::BufRead;
+
+    /// Every line of `input` as `read_line` gives it, with a limit of 5.
+    fn lines(input: &[u8]) -> Vec<Result<String, String>> {
+        let mut reader: Box<dyn BufRead> = Box::new(input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            match read_line(&mut reader, &mut buf, 5) {
+                Ok(None) => return out,
+                Ok(Some(line)) => out.push(Ok(line.to_owned())),
+                Err(e) => {
+                    // Never more than the limit and a line ending in memory.
+                    assert!(buf.len() <= 7, "{} bytes held", buf.len());
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lines_end_with_lf_crlf_or_the_input_and_hold_at_most_the_limit() {
+        let ok = |s: &str| Ok(s.to_owned());
+        assert_eq!(
+            lines(b"a\nbb\r\n\n12345\nlast"),
+            vec![ok("a"), ok("bb"), ok(""), ok("12345"), ok("last")]
+        );
+        assert_eq!(lines(b"12345\r\n"), vec![ok("12345")]);
+        let too_long = Err("longer than server.max_body_bytes (5 bytes)".to_owned());
+        assert_eq!(lines(b"ok\n123456\nnext"), vec![ok("ok"), too_long.clone()]);
+        assert_eq!(lines(b"123456"), vec![too_long.clone()]);
+        let endless = vec![b'x'; 1 << 20];
+        assert_eq!(lines(&endless), vec![too_long]);
+        assert!(matches!(&lines(b"\xff\n")[0], Err(e) if e.starts_with("not UTF-8")));
     }
 }

@@ -1372,7 +1372,7 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("line 1: 227 bytes, over server.max_body_bytes (200)"),
+        err.contains("line 1: longer than server.max_body_bytes (200 bytes)"),
         "{err}"
     );
     let s = Server::start(Opts {

@@ -66,7 +66,7 @@ pub struct ServerConfig {
     /// long is closed: one that sends nothing, headers that trickle in, or
     /// a keep-alive connection idle between requests; and one whose client
     /// reads nothing of its response for this long. An HTTP/2 connection
-    /// with no new request for this long gets GOAWAY; HTTP/2 peers are
+    /// with no request running or begun for this long gets GOAWAY; HTTP/2 peers are
     /// also pinged at this interval and cut when a ping goes unanswered.
     pub idle_timeout: HumanDuration,
     /// Connections open at once; at the limit, new ones wait in the

@@ -5,7 +5,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -21,7 +21,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
-use tower::ServiceExt;
 
 use crate::config;
 
@@ -106,13 +105,10 @@ impl Connections {
             // Responses are written whole: send them without Nagle's delay.
             let _ = stream.set_nodelay(true);
             let activity = Arc::new(Activity::new());
-            let service = TowerToHyperService::new(app.clone().map_request({
-                let activity = activity.clone();
-                move |req: Request<Incoming>| {
-                    activity.request(req.version());
-                    req
-                }
-            }));
+            let service = TowerToHyperService::new(Tracked {
+                inner: app.clone(),
+                activity: activity.clone(),
+            });
             let conn = self
                 .builder
                 .serve_connection(TokioIo::new(WriteDeadline::new(stream, self.idle)), service)
@@ -130,13 +126,15 @@ impl Connections {
 /// The error a served connection ends with.
 type ConnError = Box<dyn std::error::Error + Send + Sync>;
 
-/// One connection's requests, as its service sees them begin.
+/// One connection's requests, as its service sees them begin and end.
 struct Activity {
     /// When the connection was accepted.
     opened: Instant,
-    /// When the last request began, in nanoseconds after `opened`, plus
-    /// one (0: no request yet).
+    /// When a request last began or ended, in nanoseconds after `opened`,
+    /// plus one (0: no request yet).
     last: AtomicU64,
+    /// Requests begun and not yet answered (their response head).
+    in_flight: AtomicUsize,
     /// The requests are HTTP/2.
     h2: AtomicBool,
 }
@@ -146,28 +144,87 @@ impl Activity {
         Self {
             opened: Instant::now(),
             last: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
         }
     }
 
-    /// Records a request beginning.
-    fn request(&self, version: Version) {
+    fn touch(&self) {
         let since = self.opened.elapsed().as_nanos();
         self.last.store(
             u64::try_from(since).unwrap_or(u64::MAX - 1) + 1,
             Ordering::Relaxed,
         );
+    }
+
+    /// Records a request beginning.
+    fn begin(&self, version: Version) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
         if version == Version::HTTP_2 {
             self.h2.store(true, Ordering::Relaxed);
         }
     }
 
-    /// When the last request began, if one has.
+    /// Records a request answered (or dropped).
+    fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+
+    /// When a request last began or ended, if one has begun.
     fn last_request(&self) -> Option<Instant> {
         match self.last.load(Ordering::Relaxed) {
             0 => None,
             n => Some(self.opened + Duration::from_nanos(n - 1)),
         }
+    }
+}
+
+/// The app as one connection's service: it keeps the connection's
+/// `Activity` up to date.
+#[derive(Clone)]
+struct Tracked {
+    inner: Router,
+    activity: Arc<Activity>,
+}
+
+impl tower::Service<Request<Incoming>> for Tracked {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = InFlight<<Router as tower::Service<Request<Incoming>>>::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::<Request<Incoming>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        self.activity.begin(req.version());
+        InFlight {
+            inner: self.inner.call(req),
+            activity: self.activity.clone(),
+        }
+    }
+}
+
+/// A request's response future, counted in its connection's `Activity`
+/// until it completes or is dropped.
+struct InFlight<F> {
+    inner: F,
+    activity: Arc<Activity>,
+}
+
+impl<F: Future + Unpin> Future for InFlight<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        Pin::new(&mut self.get_mut().inner).poll(cx)
+    }
+}
+
+impl<F> Drop for InFlight<F> {
+    fn drop(&mut self) {
+        self.activity.end();
     }
 }
 
@@ -182,23 +239,29 @@ struct Watch {
 
 impl Watch {
     /// When to look at the connection's idleness next: before its first
-    /// request, and for HTTP/2 after each; `None` for HTTP/1 once a
-    /// request began (hyper's header-read timeout closes it when idle).
+    /// request, and for HTTP/2 `idle_timeout` after the last request began
+    /// or ended (later while one runs); `None` for HTTP/1 once a request
+    /// began (hyper's header-read timeout closes it when idle).
     fn next_check(&self) -> Option<Instant> {
         match self.activity.last_request() {
             None => Some(self.activity.opened + self.idle),
-            Some(last) if self.activity.h2.load(Ordering::Relaxed) => Some(last + self.idle),
-            Some(_) => None,
+            Some(_) if !self.activity.h2.load(Ordering::Relaxed) => None,
+            // A request still running: not idle; look again later.
+            Some(_) if self.activity.in_flight.load(Ordering::Relaxed) > 0 => {
+                Some(Instant::now() + self.idle)
+            }
+            Some(last) => Some(last + self.idle),
         }
     }
 }
 
 /// Drives one connection to its end: counted in `http_connections_open`
 /// meanwhile, and in `http_connections_timed_out_total{reason}` when a
-/// timeout ends it (`idle`: no request begun in time, first or next;
+/// timeout ends it (`idle`: no first request in time, or an HTTP/2
+/// connection with no request running or begun for `idle_timeout`;
 /// `write`: the client read nothing of its response in time). At shutdown,
-/// and when an HTTP/2 connection has been idle for `idle_timeout`, it is
-/// asked to finish: requests in flight complete, no new one is taken.
+/// and when an HTTP/2 connection has been idle that long, it is asked to
+/// finish: requests in flight complete, no new one is taken.
 async fn run(
     conn: impl GracefulConnection<Error = ConnError>,
     mut watch: Watch,

@@ -576,17 +576,53 @@ impl H2 {
         self.s.write_all(&f).expect("frame");
     }
 
-    /// Sends `GET path` (HPACK: indexed :method GET and :scheme http,
-    /// literal :path and :authority) and returns its stream.
+    /// Sends `GET path` and returns its stream.
     fn get(&mut self, path: &str) -> u32 {
-        let mut block = vec![0x82, 0x86, 0x04, u8::try_from(path.len()).expect("short")];
-        block.extend_from_slice(path.as_bytes());
-        block.extend_from_slice(&[0x01, 0x01, b'x']);
+        self.request("GET", path, &[], true)
+    }
+
+    /// Sends a request's headers (HPACK literals with indexed names, never
+    /// indexed: `(static table index, value)`), ending the stream unless a
+    /// body follows; returns the stream.
+    fn request(&mut self, method: &str, path: &str, headers: &[(usize, &str)], end: bool) -> u32 {
+        fn literal(block: &mut Vec<u8>, index: usize, value: &str) {
+            // A 4-bit prefix for the name index, 7 bits for the length.
+            integer(block, 0x00, 4, index);
+            integer(block, 0x00, 7, value.len());
+            block.extend_from_slice(value.as_bytes());
+        }
+        fn integer(block: &mut Vec<u8>, flags: u8, prefix: u32, mut n: usize) {
+            let max = (1usize << prefix) - 1;
+            if n < max {
+                block.push(flags | u8::try_from(n).expect("fits"));
+                return;
+            }
+            block.push(flags | u8::try_from(max).expect("fits"));
+            n -= max;
+            while n >= 128 {
+                block.push(u8::try_from(n % 128).expect("fits") | 0x80);
+                n /= 128;
+            }
+            block.push(u8::try_from(n).expect("fits"));
+        }
+        // :scheme http (indexed), then :method, :path, :authority.
+        let mut block = vec![0x86];
+        literal(&mut block, 2, method);
+        literal(&mut block, 4, path);
+        literal(&mut block, 1, "x");
+        for (index, value) in headers {
+            literal(&mut block, *index, value);
+        }
         let stream = self.next_stream;
         self.next_stream += 2;
-        // END_STREAM | END_HEADERS
-        self.frame(H2_HEADERS, 0x5, stream, &block);
+        // END_HEADERS, and END_STREAM when no body follows.
+        self.frame(H2_HEADERS, if end { 0x5 } else { 0x4 }, stream, &block);
         stream
+    }
+
+    /// Sends a DATA frame, the last one of its stream if `end`.
+    fn data(&mut self, stream: u32, bytes: &[u8], end: bool) {
+        self.frame(0x0, u8::from(end), stream, bytes);
     }
 
     /// Reads frames for up to `within`, acknowledging SETTINGS and PINGs,
@@ -681,6 +717,53 @@ fn idle_http2_connections_get_goaway_after_idle_timeout() {
     assert!(after < Duration::from_secs(4), "{after:?}");
     let idled = s.metric(r#"http_connections_timed_out_total{reason="idle"}"#);
     assert_eq!(idled, Some(2.0));
+}
+
+#[tokio::test]
+async fn an_http2_request_running_past_idle_timeout_is_not_cut_short() {
+    let s = Server::start(Opts {
+        env: vec![("ARCA_SERVER__IDLE_TIMEOUT".into(), "1s".into())],
+        ..Opts::default()
+    });
+    let t = s.admin();
+    let addr = s.addr.clone();
+    let auth = format!("Bearer {t}");
+    // A PUT whose body takes 2.5 s to arrive: no GOAWAY meanwhile, since
+    // a request is running; the response comes, then idleness counts.
+    let got = tokio::task::spawn_blocking(move || {
+        let mut c = H2::connect(&addr);
+        // Static table: 31 content-type, 23 authorization.
+        let stream = c.request(
+            "PUT",
+            "/v1/collections/slowh2",
+            &[(31, "application/json"), (23, &auth)],
+            false,
+        );
+        let body = br#"{"schema": {"type": "object"}}"#;
+        for (i, part) in body.chunks(7).enumerate() {
+            assert_eq!(
+                c.wait_for(H2_GOAWAY, 0, Duration::from_millis(500)),
+                None,
+                "GOAWAY while the body was arriving (part {i})"
+            );
+            c.data(stream, part, i == body.len().div_ceil(7) - 1);
+        }
+        let answered = c.wait_for(H2_HEADERS, stream, Duration::from_secs(5));
+        let idle_after = Instant::now();
+        let goaway = c.wait_for(H2_GOAWAY, 0, Duration::from_secs(5));
+        (answered, goaway, idle_after.elapsed())
+    })
+    .await
+    .expect("join");
+    assert_eq!(got.0, Some(true), "the response came");
+    assert_eq!(got.1, Some(true), "then GOAWAY once idle");
+    assert!(
+        got.2 >= Duration::from_millis(700),
+        "GOAWAY {:?} after the response",
+        got.2
+    );
+    let r = s.get("/v1/collections/slowh2", &t).await;
+    assert_eq!(r.status(), 200, "the slow PUT created the collection");
 }
 
 #[tokio::test]

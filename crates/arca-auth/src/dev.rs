@@ -80,7 +80,38 @@ impl DevKeys {
 
     /// Mints an access token. `roles_claim` and `tenant_claim` are the
     /// configured claim names (dotted names become nested objects).
+    /// Refuses what the server would then refuse (an empty subject,
+    /// tenant or role) and extra claims that would be overwritten by the
+    /// standard ones, rather than mint a token that cannot work.
     pub fn mint(&self, req: &MintRequest<'_>) -> Result<String, String> {
+        if req.sub.is_empty() {
+            return Err("the subject (--sub) must not be empty".into());
+        }
+        if req.tenant.is_some_and(str::is_empty) {
+            return Err("the tenant (--tenant) must not be empty".into());
+        }
+        if req.roles.iter().any(String::is_empty) {
+            return Err("a role (--role) must not be empty".into());
+        }
+        let first = |name: &str| name.split('.').next().unwrap_or(name).to_owned();
+        let reserved = ["iss", "aud", "sub", "iat", "exp"]
+            .map(str::to_owned)
+            .into_iter()
+            .chain([first(req.roles_claim), first(req.tenant_claim)]);
+        for name in reserved {
+            if req.extra.contains_key(&name) {
+                return Err(format!(
+                    "the claim {name} is set by arca token itself (--sub, --role, --tenant, --ttl)"
+                ));
+            }
+        }
+        if req.ttl < MIN_TTL || req.ttl > MAX_TTL {
+            return Err(format!(
+                "the lifetime (--ttl) must be from {} s to {} days",
+                MIN_TTL.as_secs(),
+                MAX_TTL.as_secs() / 86_400
+            ));
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -105,6 +136,11 @@ impl DevKeys {
         jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| e.to_string())
     }
 }
+
+/// The shortest lifetime of a dev token.
+const MIN_TTL: Duration = Duration::from_secs(1);
+/// The longest lifetime of a dev token (a year: it is for development).
+const MAX_TTL: Duration = Duration::from_secs(366 * 86_400);
 
 /// What a dev token says.
 pub struct MintRequest<'a> {
@@ -181,6 +217,78 @@ mod tests {
             Value::Object(c),
             serde_json::json!({"realm_access": {"roles": ["a"]}})
         );
+    }
+
+    #[test]
+    fn tokens_the_server_would_refuse_are_not_minted() {
+        let dir = std::env::temp_dir().join(format!("arca-dev-mint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let keys = DevKeys::load_or_create(&dir).expect("create");
+        let extra = Map::new();
+        let roles = vec!["editor".to_owned()];
+        let base = MintRequest {
+            sub: "alice",
+            roles: &roles,
+            tenant: Some("acme"),
+            ttl: Duration::from_secs(3600),
+            roles_claim: "realm_access.roles",
+            tenant_claim: "tid",
+            extra: &extra,
+        };
+        keys.mint(&base).expect("a good request");
+        let empty_role = vec![String::new()];
+        let exp = Map::from_iter([("exp".to_owned(), Value::from(1))]);
+        let realm = Map::from_iter([("realm_access".to_owned(), Value::from(1))]);
+        for (req, needle) in [
+            (MintRequest { sub: "", ..base }, "--sub"),
+            (
+                MintRequest {
+                    tenant: Some(""),
+                    ..base
+                },
+                "--tenant",
+            ),
+            (
+                MintRequest {
+                    roles: &empty_role,
+                    ..base
+                },
+                "--role",
+            ),
+            (
+                MintRequest {
+                    ttl: Duration::ZERO,
+                    ..base
+                },
+                "--ttl",
+            ),
+            // Far enough to overflow `now + ttl` if it were added.
+            (
+                MintRequest {
+                    ttl: Duration::from_secs(u64::MAX),
+                    ..base
+                },
+                "--ttl",
+            ),
+            (
+                MintRequest {
+                    extra: &exp,
+                    ..base
+                },
+                "claim exp",
+            ),
+            (
+                MintRequest {
+                    extra: &realm,
+                    ..base
+                },
+                "claim realm_access",
+            ),
+        ] {
+            let e = keys.mint(&req).expect_err("refused");
+            assert!(e.contains(needle), "{e} should mention {needle}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -57,7 +57,7 @@ enum Command {
         /// The tenant.
         #[arg(long)]
         tenant: Option<String>,
-        /// Lifetime, e.g. 1h, 30m.
+        /// Lifetime, e.g. 1h, 30m (1s to 366 days).
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: HumanDuration,
         /// A further claim as NAME=VALUE (VALUE is JSON, or else a string);

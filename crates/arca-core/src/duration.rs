@@ -40,8 +40,12 @@ impl fmt::Display for HumanDuration {
             write!(f, "{ms}ms")
         } else if !ms.is_multiple_of(60_000) || ms == 0 {
             write!(f, "{}s", ms / 1000)
-        } else {
+        } else if !ms.is_multiple_of(3_600_000) {
             write!(f, "{}m", ms / 60_000)
+        } else if !ms.is_multiple_of(86_400_000) {
+            write!(f, "{}h", ms / 3_600_000)
+        } else {
+            write!(f, "{}d", ms / 86_400_000)
         }
     }
 }
@@ -70,10 +74,13 @@ mod tests {
             ("10s", 10_000),
             ("5m", 300_000),
             ("1h", 3_600_000),
+            ("90m", 5_400_000),
+            ("2d", 172_800_000),
             ("0s", 0),
         ] {
             let d = HumanDuration::parse(s).expect(s);
             assert_eq!(d.0.as_millis(), ms);
+            assert_eq!(d.to_string(), s, "the shortest form");
             assert_eq!(HumanDuration::parse(&d.to_string()), Ok(d));
         }
     }

@@ -377,6 +377,60 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "expected a positive duration such as \"75s\"",
         );
     }
+    // Bounds on every duration: out of range, a timer or an expiry check
+    // overflows (`auth.leeway` past the epoch made every token check
+    // panic), a JWKS refresh of 0 fetches in a loop, and a delay of years
+    // keeps a pod from stopping.
+    let (second, hour, day) = (
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+        Duration::from_secs(86_400),
+    );
+    for (key, value, min, max) in [
+        (
+            "server.request_timeout",
+            cfg.server.request_timeout,
+            Duration::ZERO,
+            day,
+        ),
+        (
+            "server.idle_timeout",
+            cfg.server.idle_timeout,
+            Duration::ZERO,
+            day,
+        ),
+        (
+            "server.shutdown_delay",
+            cfg.server.shutdown_delay,
+            Duration::ZERO,
+            hour,
+        ),
+        (
+            "server.shutdown_timeout",
+            cfg.server.shutdown_timeout,
+            Duration::ZERO,
+            hour,
+        ),
+        ("auth.jwks_refresh", cfg.auth.jwks_refresh, 10 * second, day),
+        (
+            "auth.jwks_min_refetch",
+            cfg.auth.jwks_min_refetch,
+            Duration::ZERO,
+            hour,
+        ),
+        ("auth.leeway", cfg.auth.leeway, Duration::ZERO, hour),
+    ] {
+        if value.0 < min || value.0 > max {
+            return bad(
+                key,
+                &format!(
+                    "expected {} to {}, got {value}",
+                    HumanDuration(min),
+                    HumanDuration(max)
+                ),
+            );
+        }
+    }
     if !(1..=tokio::sync::Semaphore::MAX_PERMITS).contains(&cfg.server.max_connections) {
         return bad(
             "server.max_connections",
@@ -545,6 +599,50 @@ mod tests {
         assert!(e.0.contains("server.idle_timeout"), "{e}");
         let c = load(None, env(&[("ARCA_SERVER__IDLE_TIMEOUT", "2m")])).expect("idle");
         assert_eq!(c.server.idle_timeout.0, Duration::from_secs(120));
+        // Every duration has bounds: past them a timer or an expiry check
+        // would overflow, or a refresh loop would spin.
+        for (var, value, message) in [
+            (
+                "ARCA_AUTH__LEEWAY",
+                "213503982334601d",
+                "`auth.leeway`: expected 0s to 1h",
+            ),
+            (
+                "ARCA_AUTH__JWKS_REFRESH",
+                "0s",
+                "`auth.jwks_refresh`: expected 10s to 1d, got 0s",
+            ),
+            (
+                "ARCA_SERVER__REQUEST_TIMEOUT",
+                "2d",
+                "`server.request_timeout`: expected 0s to 1d, got 2d",
+            ),
+            ("ARCA_SERVER__IDLE_TIMEOUT", "25h", "`server.idle_timeout`"),
+            (
+                "ARCA_SERVER__SHUTDOWN_DELAY",
+                "61m",
+                "`server.shutdown_delay`: expected 0s to 1h",
+            ),
+            (
+                "ARCA_SERVER__SHUTDOWN_TIMEOUT",
+                "2h",
+                "`server.shutdown_timeout`",
+            ),
+            (
+                "ARCA_AUTH__JWKS_MIN_REFETCH",
+                "1d",
+                "`auth.jwks_min_refetch`",
+            ),
+        ] {
+            let e = load(None, env(&[(var, value)])).expect_err(var);
+            assert!(e.0.contains(message), "{var}={value}: {e}");
+        }
+        for (var, value) in [
+            ("ARCA_AUTH__LEEWAY", "1h"),
+            ("ARCA_SERVER__SHUTDOWN_DELAY", "0s"),
+        ] {
+            load(None, env(&[(var, value)])).expect("at a bound");
+        }
 
         let e = load(None, env(&[("ARCA_STORE__SQLITE__READ_CACHE_MIB", "0")])).expect_err("zero");
         assert!(e.0.contains("store.sqlite.read_cache_mib"), "{e}");

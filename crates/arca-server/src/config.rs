@@ -365,23 +365,12 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "expected a positive number of bytes",
         );
     }
-    if cfg.server.request_timeout.0.is_zero() {
-        return bad(
-            "server.request_timeout",
-            "expected a positive duration such as \"30s\"",
-        );
-    }
-    if cfg.server.idle_timeout.0.is_zero() {
-        return bad(
-            "server.idle_timeout",
-            "expected a positive duration such as \"75s\"",
-        );
-    }
     // Bounds on every duration: out of range, a timer or an expiry check
     // overflows (`auth.leeway` past the epoch made every token check
     // panic), a JWKS refresh of 0 fetches in a loop, and a delay of years
     // keeps a pod from stopping.
-    let (second, hour, day) = (
+    let (ms, second, hour, day) = (
+        Duration::from_millis(1),
         Duration::from_secs(1),
         Duration::from_secs(3600),
         Duration::from_secs(86_400),
@@ -390,15 +379,10 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         (
             "server.request_timeout",
             cfg.server.request_timeout,
-            Duration::ZERO,
+            ms,
             day,
         ),
-        (
-            "server.idle_timeout",
-            cfg.server.idle_timeout,
-            Duration::ZERO,
-            day,
-        ),
+        ("server.idle_timeout", cfg.server.idle_timeout, ms, day),
         (
             "server.shutdown_delay",
             cfg.server.shutdown_delay,
@@ -615,7 +599,7 @@ mod tests {
             (
                 "ARCA_SERVER__REQUEST_TIMEOUT",
                 "2d",
-                "`server.request_timeout`: expected 0s to 1d, got 2d",
+                "`server.request_timeout`: expected 1ms to 1d, got 2d",
             ),
             ("ARCA_SERVER__IDLE_TIMEOUT", "25h", "`server.idle_timeout`"),
             (

@@ -130,8 +130,8 @@ type ConnError = Box<dyn std::error::Error + Send + Sync>;
 struct Activity {
     /// When the connection was accepted.
     opened: Instant,
-    /// When a request last began or ended, in nanoseconds after `opened`,
-    /// plus one (0: no request yet).
+    /// When the first request began or a request last ended, in
+    /// nanoseconds after `opened`, plus one (0: no request yet).
     last: AtomicU64,
     /// Requests begun and not yet answered (their response head).
     in_flight: AtomicUsize,
@@ -157,10 +157,14 @@ impl Activity {
         );
     }
 
-    /// Records a request beginning.
+    /// Records a request beginning. Only the first needs the time (it
+    /// ends the wait for a first request); while any runs, the connection
+    /// is busy whatever `last` says, and `end` sets it.
     fn begin(&self, version: Version) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.touch();
+        if self.last.load(Ordering::Relaxed) == 0 {
+            self.touch();
+        }
         if version == Version::HTTP_2 {
             self.h2.store(true, Ordering::Relaxed);
         }
@@ -172,7 +176,8 @@ impl Activity {
         self.touch();
     }
 
-    /// When a request last began or ended, if one has begun.
+    /// When the first request began or a request last ended, if one has
+    /// begun.
     fn last_request(&self) -> Option<Instant> {
         match self.last.load(Ordering::Relaxed) {
             0 => None,
@@ -239,8 +244,8 @@ struct Watch {
 
 impl Watch {
     /// When to look at the connection's idleness next: before its first
-    /// request, and for HTTP/2 `idle_timeout` after the last request began
-    /// or ended (later while one runs); `None` for HTTP/1 once a request
+    /// request, and for HTTP/2 `idle_timeout` after the last request ended
+    /// (later while one runs); `None` for HTTP/1 once a request
     /// began (hyper's header-read timeout closes it when idle).
     fn next_check(&self) -> Option<Instant> {
         match self.activity.last_request() {

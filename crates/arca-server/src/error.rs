@@ -265,7 +265,8 @@ impl IntoResponse for ApiError {
         );
         if status == StatusCode::REQUEST_TIMEOUT {
             // The rest of the body may still be on its way: the connection
-            // cannot carry another request (RFC 9110 section 15.5.9).
+            // cannot carry another request (RFC 9110 section 15.5.9). On
+            // HTTP/2 hyper drops this connection-specific header itself.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {

@@ -336,10 +336,8 @@ impl Preconditions {
             .as_ref()
             .is_some_and(|t| !t.matches_strong(rev))
         {
-            return Err(ApiError::new(
-                ProblemKind::PreconditionFailed,
-                "the document changed since the given revision",
-            ));
+            // The same problem as a write that loses its revision race.
+            return Err(arca_store::StoreError::RevMismatch.into());
         }
         if self
             .if_none_match

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -77,19 +77,11 @@ async fn timeout_and_problems(
     let deadline = tokio::time::Instant::now() + limit;
     // Only a request with a body needs it (GETs skip the insert). HTTP/2
     // bodies come with no length header, hence the body's own answer.
-    let http1 = req.version() < axum::http::Version::HTTP_2;
     if !axum::body::HttpBody::is_end_stream(req.body()) {
         req.extensions_mut().insert(RequestDeadline(deadline));
     }
     match tokio::time::timeout_at(deadline, next.run(req)).await {
-        Ok(mut res) => {
-            // `Connection: close` (set with a 408) is HTTP/1's alone; HTTP/2
-            // forbids connection-specific headers (hyper would strip it).
-            if !http1 && res.status() == StatusCode::REQUEST_TIMEOUT {
-                res.headers_mut().remove(header::CONNECTION);
-            }
-            problem_for_bare_error(res)
-        }
+        Ok(res) => problem_for_bare_error(res),
         Err(_) => timeout_problem(limit),
     }
 }

@@ -77,7 +77,7 @@ async fn create_returns_201_location_etag_and_system_fields() {
     assert_eq!(doc["name"], "Ana");
     assert!(doc.get("_tenant").is_none());
     // And it reads back the same.
-    let got: Value = s.get(&loc, &t).await.json().await.expect("json");
+    let got: Value = s.get_json(&loc, &t).await;
     assert_eq!(got, doc);
 }
 
@@ -385,12 +385,7 @@ async fn patches_cannot_grow_a_document_past_the_body_limit() {
     let p = problem(patch("b").await.expect("patch"), 422).await;
     let message = p["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("over server.max_body_bytes (2048)"), "{p}");
-    let doc: Value = s
-        .get(&format!("{PEOPLE}/g1"), &t)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let doc: Value = s.get_json(&format!("{PEOPLE}/g1"), &t).await;
     assert_eq!(doc["_rev"], 2);
     assert!(doc.get("b").is_none(), "unchanged: {doc}");
     // Replacing a field instead of adding one still works.
@@ -585,7 +580,7 @@ async fn list_pages_with_cursor_and_count_counts() {
     }
     let expected: Vec<String> = (0..25).map(|i| format!("id{i:02}")).collect();
     assert_eq!(seen, expected);
-    let default: Value = s.get(PEOPLE, &t).await.json().await.expect("j");
+    let default: Value = s.get_json(PEOPLE, &t).await;
     assert_eq!(
         default["items"].as_array().expect("items").len(),
         20,
@@ -600,12 +595,7 @@ async fn list_pages_with_cursor_and_count_counts() {
     ] {
         problem(s.get(&format!("{PEOPLE}?{bad}"), &t).await, 400).await;
     }
-    let n: Value = s
-        .get("/v1/collections/people/count", &t)
-        .await
-        .json()
-        .await
-        .expect("j");
+    let n: Value = s.get_json("/v1/collections/people/count", &t).await;
     assert_eq!(n, json!({"count": 25}));
 }
 
@@ -704,7 +694,7 @@ async fn collection_definitions_round_trip_and_bad_ones_are_400() {
         json!([{"fields": {"email": 1}, "unique": true, "sparse": true}])
     );
     assert!(def["created_at"].is_string() && def["updated_at"].is_string());
-    let all: Value = s.get("/v1/collections", &t).await.json().await.expect("j");
+    let all: Value = s.get_json("/v1/collections", &t).await;
     assert_eq!(all["items"].as_array().expect("items").len(), 1);
     for (name, body, needle) in [
         ("Bad-Name", json!({}), "collection names"),
@@ -768,12 +758,7 @@ async fn unique_index_over_duplicates_is_409_and_definition_unchanged() {
         .await
         .expect("put");
     problem(r, 409).await;
-    let def: Value = s
-        .get("/v1/collections/users", &t)
-        .await
-        .json()
-        .await
-        .expect("j");
+    let def: Value = s.get_json("/v1/collections/users", &t).await;
     assert_eq!(def["indexes"], json!([]));
 }
 
@@ -1064,11 +1049,8 @@ async fn backup_while_writing_restores_a_consistent_prefix() {
             ..Opts::default()
         });
         let page = r
-            .get(&format!("{PEOPLE}?limit=1000&fields=_id"), &editor)
-            .await
-            .json::<Value>()
-            .await
-            .expect("page");
+            .get_json(&format!("{PEOPLE}?limit=1000&fields=_id"), &editor)
+            .await;
         let ids: Vec<&str> = page["items"]
             .as_array()
             .expect("items")
@@ -1262,19 +1244,9 @@ async fn import_runs_while_the_server_serves_reads_and_writes() {
         vec![200, 201],
         "every request to the server succeeded: {statuses:?}"
     );
-    let n: Value = s
-        .get("/v1/collections/people/count", &t)
-        .await
-        .json()
-        .await
-        .expect("count");
+    let n: Value = s.get_json("/v1/collections/people/count", &t).await;
     assert_eq!(n["count"], 100_000 + created);
-    let doc: Value = s
-        .get(&format!("{PEOPLE}/i1-49999"), &t)
-        .await
-        .json()
-        .await
-        .expect("doc");
+    let doc: Value = s.get_json(&format!("{PEOPLE}/i1-49999"), &t).await;
     assert_eq!(doc["name"], "n49999");
 }
 
@@ -1380,23 +1352,13 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
         ..Opts::default()
     });
     let t = s.token("reader", &["editor"], None);
-    let n: Value = s
-        .get("/v1/collections/people/count", &t)
-        .await
-        .json()
-        .await
-        .expect("j");
+    let n: Value = s.get_json("/v1/collections/people/count", &t).await;
     assert_eq!(
         n["count"],
         501 + imported,
         "the 500, the valid line before the bad one, and what the report says"
     );
-    let doc: Value = s
-        .get(&format!("{PEOPLE}/p42"), &t)
-        .await
-        .json()
-        .await
-        .expect("j");
+    let doc: Value = s.get_json(&format!("{PEOPLE}/p42"), &t).await;
     assert_eq!(
         (
             doc["age"].clone(),
@@ -1424,11 +1386,6 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
     let out = child.wait_with_output().expect("import output");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 10 documents"));
-    let doc: Value = s
-        .get(&format!("{PEOPLE}/s9"), &t)
-        .await
-        .json()
-        .await
-        .expect("j");
+    let doc: Value = s.get_json(&format!("{PEOPLE}/s9"), &t).await;
     assert_eq!(doc["name"], "piped");
 }

@@ -131,12 +131,7 @@ async fn compressed_bodies_are_415_and_a_byte_order_mark_is_ignored() {
     with_bom.extend_from_slice(br#"{"schema": {"type": "object", "title": "bom"}}"#);
     let r = put(None, with_bom).await.expect("put");
     assert_eq!(r.status(), 200);
-    let def: Value = s
-        .get("/v1/collections/things", &t)
-        .await
-        .json()
-        .await
-        .expect("json");
+    let def: Value = s.get_json("/v1/collections/things", &t).await;
     assert_eq!(def["schema"]["title"], "bom");
     // Only at the start: a BOM elsewhere is not JSON.
     let r = put(None, b"{\xEF\xBB\xBF}".to_vec()).await.expect("put");

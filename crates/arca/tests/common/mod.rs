@@ -175,6 +175,16 @@ impl Server {
         self.bodiless(reqwest::Method::GET, path, token).await
     }
 
+    /// `GET path` with `token` as the bearer, its body parsed as JSON
+    /// (whatever the status).
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get(path, token)
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
+    }
+
     /// `DELETE path` with `token` as the bearer.
     pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
         self.bodiless(reqwest::Method::DELETE, path, token).await

@@ -24,6 +24,31 @@ pub struct SystemFields {
     pub owner: String,
 }
 
+impl SystemFields {
+    /// The system fields of a new document: revision 1, created and
+    /// updated `at`. Every writer (the server, `arca import`, `arca copy`)
+    /// stamps documents with this, so every engine stores the same values.
+    pub fn first(id: DocId, owner: String, at: String) -> Self {
+        Self {
+            id,
+            rev: 1,
+            created_at: at.clone(),
+            updated_at: at,
+            owner,
+        }
+    }
+
+    /// The system fields of the next revision, written `at`: the same id,
+    /// owner and creation time, the revision one higher.
+    pub fn next(&self, at: String) -> Self {
+        Self {
+            rev: self.rev + 1,
+            updated_at: at,
+            ..self.clone()
+        }
+    }
+}
+
 /// A stored document: system fields and the client's body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
@@ -111,9 +136,15 @@ impl DocumentText {
     /// The same bytes as `serde_json::to_vec` of the parsed `Document`:
     /// system fields first, then the body's members in stored order.
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.body.len() + self.system.owner.len() + 120);
+        let mut out = Vec::with_capacity(self.json_len_hint());
         self.write_json(&mut out);
         out
+    }
+
+    /// About how many bytes `write_json` appends (the body and the system
+    /// fields), for sizing a buffer once.
+    pub fn json_len_hint(&self) -> usize {
+        self.body.len() + self.system.owner.len() + 120
     }
 
     /// Appends `to_json_bytes` to `out`.

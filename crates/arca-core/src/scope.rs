@@ -1,7 +1,14 @@
 //! `Scope`: the part of the data a request may touch: a tenant and a row
 //! filter (the access rule's, with claims substituted). Every store call
-//! takes one, so an unscoped query does not type-check; the server builds
-//! scopes in exactly one place (its access module).
+//! takes one, so an unscoped query does not type-check.
+//!
+//! Who may make one is part of the security model, so the constructors say
+//! who they are for, and `clippy.toml` forbids calling them anywhere else
+//! (`disallowed-methods`): the server's gateway makes scopes after the
+//! access check (`Scope::authorized`), and operator tools that act with the
+//! store's own authority (`arca import`, `arca copy`, engine test suites)
+//! make whole-tenant scopes (`Scope::operator`). Each permitted call site
+//! carries an `#[allow(clippy::disallowed_methods)]` with the reason.
 
 use crate::name::Tenant;
 use crate::query::Filter;
@@ -15,20 +22,28 @@ pub struct Scope {
 }
 
 impl Scope {
-    /// The whole of `tenant`'s data.
-    pub fn tenant(tenant: Tenant) -> Self {
+    /// The documents of `tenant` that match `filter`, for a caller whose
+    /// access was checked. Only the server's gateway calls this.
+    pub fn authorized(tenant: Tenant, filter: Filter) -> Self {
+        Self { tenant, filter }
+    }
+
+    /// The whole of `tenant`'s data, for operator tools that run with the
+    /// store's own authority (bulk import, copying a store, engine tests),
+    /// never on behalf of a request.
+    pub fn operator(tenant: Tenant) -> Self {
         Self {
             tenant,
             filter: Filter::all(),
         }
     }
 
-    /// The documents of `tenant` that match `filter`.
-    pub fn filtered(tenant: Tenant, filter: Filter) -> Self {
-        Self { tenant, filter }
+    /// The tenant this scope is confined to.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
     }
 
-    /// The tenant this scope is confined to.
+    /// The storage key of the tenant (`""` for the untenanted space).
     pub fn tenant_key(&self) -> &str {
         self.tenant.key()
     }

@@ -1,8 +1,6 @@
 //! `/v1/collections`: defining, listing, reading and deleting collections
 //! (schema admins only).
 
-use std::sync::Arc;
-
 use arca_core::{CollectionDef, CollectionName};
 use arca_store::PutOutcome;
 use axum::Router;
@@ -12,11 +10,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::access::require_schema_admin;
+use crate::access::schema_admin;
 use crate::error::{ApiError, ProblemKind};
 use crate::extract::{Authenticated, JsonBytes, PathParams, parse_json};
-use crate::respond::{json, timed};
-use crate::state::{AppState, Collection};
+use crate::gateway::Collection;
+use crate::respond::json;
+use crate::state::AppState;
 
 /// The collection routes.
 pub fn router() -> Router<AppState> {
@@ -43,14 +42,15 @@ fn name_or_404(raw: &str) -> Result<CollectionName, ApiError> {
 }
 
 #[utoipa::path(get, operation_id = "list_collections", path = "/v1/collections", tag = "collections",
-    responses((status = 200, description = "Every collection", body = crate::openapi::CollectionList),
-              crate::openapi::Guarded))]
+    responses((status = 200, description = "Every collection", body = crate::wire::CollectionList),
+              crate::wire::Guarded))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
 ) -> Result<Response, ApiError> {
-    require_schema_admin(&state, &caller)?;
+    schema_admin(state.auth().settings(), &caller)?;
     let items: Vec<Value> = state
+        .gateway()
         .collections()
         .iter()
         .map(|c| definition_json(c))
@@ -59,46 +59,38 @@ pub(crate) async fn list(
 }
 
 #[utoipa::path(get, operation_id = "read_collection", path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
-    responses((status = 200, description = "The definition", body = crate::openapi::CollectionOutput),
-              (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded))]
+    responses((status = 200, description = "The definition", body = crate::wire::CollectionOutput),
+              (status = 404, description = "No such collection or document", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded))]
 pub(crate) async fn read(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     p: PathParams,
 ) -> Result<Response, ApiError> {
-    require_schema_admin(&state, &caller)?;
-    let c = state.collection(&name_or_404(&p[0])?)?;
+    schema_admin(state.auth().settings(), &caller)?;
+    let c = state.gateway().collection(&name_or_404(p.get("name")?)?)?;
     Ok(json(StatusCode::OK, &definition_json(&c)))
 }
 
 #[utoipa::path(put, operation_id = "put_collection", path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
-    request_body(content = crate::openapi::CollectionInput, content_type = "application/json"),
-    responses((status = 200, description = "Updated", body = crate::openapi::CollectionOutput),
-              (status = 201, description = "Created", body = crate::openapi::CollectionOutput),
-              (status = 400, description = "Malformed JSON or an invalid definition (naming the keyword)", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 409, description = "A new unique index meets duplicates; nothing changed", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::WithBody))]
+    request_body(content = crate::wire::CollectionInput, content_type = "application/json"),
+    responses((status = 200, description = "Updated", body = crate::wire::CollectionOutput),
+              (status = 201, description = "Created", body = crate::wire::CollectionOutput),
+              (status = 400, description = "Malformed JSON or an invalid definition (naming the keyword)", body = crate::wire::Problem, content_type = "application/problem+json"),
+              (status = 409, description = "A new unique index meets duplicates; nothing changed", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::WithBody))]
 pub(crate) async fn put(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     p: PathParams,
     JsonBytes(body): JsonBytes,
 ) -> Result<Response, ApiError> {
-    require_schema_admin(&state, &caller)?;
-    let name = CollectionName::parse(&p[0])
+    let admin = schema_admin(state.auth().settings(), &caller)?;
+    let name = CollectionName::parse(p.get("name")?)
         .map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
     let body = parse_json(&body)?;
     let def = CollectionDef::parse(&body)
         .and_then(|def| def.refuse_duplicate_indexes().map(|()| def))
         .map_err(|e| ApiError::new(ProblemKind::InvalidDefinition, e.to_string()))?;
-    let outcome = timed(
-        "put_collection",
-        state
-            .store()
-            .put_collection(&name, def.schema.source(), &def.indexes, &def.access_source),
-    )
-    .await?;
-    state.reload_catalog().await.map_err(ApiError::from)?;
-    let c: Arc<Collection> = state.collection(&name)?;
+    let (outcome, c) = state.gateway().define(&admin, &name, &def).await?;
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Updated => StatusCode::OK,
@@ -107,16 +99,15 @@ pub(crate) async fn put(
 }
 
 #[utoipa::path(delete, operation_id = "delete_collection", path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
-    responses((status = 204, description = "Deleted with its documents"), (status = 404, description = "No such collection or document", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded))]
+    responses((status = 204, description = "Deleted with its documents"), (status = 404, description = "No such collection or document", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     p: PathParams,
 ) -> Result<Response, ApiError> {
-    require_schema_admin(&state, &caller)?;
-    let name = name_or_404(&p[0])?;
-    let existed = timed("delete_collection", state.store().delete_collection(&name)).await?;
-    state.reload_catalog().await.map_err(ApiError::from)?;
+    let admin = schema_admin(state.auth().settings(), &caller)?;
+    let name = name_or_404(p.get("name")?)?;
+    let existed = state.gateway().undefine(&admin, &name).await?;
     if existed {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {

@@ -108,6 +108,10 @@ impl Default for ServerConfig {
 pub struct StoreConfig {
     /// `sqlite://PATH` (embedded engine).
     pub url: String,
+    /// How often each process checks whether collection definitions were
+    /// changed through another process using the same store (one small
+    /// read of the catalogue generation).
+    pub catalog_refresh: HumanDuration,
     /// `[store.sqlite]`
     pub sqlite: SqliteConfig,
 }
@@ -116,6 +120,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://./arca-data/arca.db".into(),
+            catalog_refresh: HumanDuration(Duration::from_secs(1)),
             sqlite: SqliteConfig::default(),
         }
     }
@@ -403,6 +408,12 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             hour,
         ),
         ("auth.leeway", cfg.auth.leeway, Duration::ZERO, hour),
+        (
+            "store.catalog_refresh",
+            cfg.store.catalog_refresh,
+            10 * ms,
+            hour,
+        ),
     ] {
         if value.0 < min || value.0 > max {
             return bad(

@@ -5,31 +5,23 @@
 //! against the revision it read (`If-Match` and `If-None-Match` are
 //! checked against that revision).
 
-use std::sync::Arc;
-
-use arca_auth::Identity;
 use arca_core::document::ClientBody;
 use arca_core::query::{Cursor, Filter, Projection, Sort, cursor};
-use arca_core::{
-    Action, CollectionName, DocId, Document, DocumentError, SystemFields, merge_patch,
-    split_client_body,
-};
-use arca_store::{NewDocument, Query, StoreError, page_end};
+use arca_core::{DocId, Document, DocumentError, DocumentText, merge_patch, split_client_body};
+use arca_store::Query;
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use crate::access::{Grant, authorize};
-use crate::error::{ApiError, ProblemKind};
-use crate::extract::{Caller, JsonBytes, PathParams, Preconditions, parse_document_json};
-use crate::respond::{json, timed};
-use crate::state::{AppState, Collection};
-
-/// How many times a write without `If-Match` retries after losing a race.
-const WRITE_RETRIES: usize = 16;
+use crate::conditions::Preconditions;
+use crate::error::ApiError;
+use crate::extract::{Caller, JsonBytes, PathParams, Target, parse_document_json};
+use crate::gateway::{Collection, Create, Delete, Read, Update};
+use crate::respond::json;
+use crate::state::AppState;
 
 /// The document routes.
 pub fn router() -> Router<AppState> {
@@ -42,21 +34,6 @@ pub fn router() -> Router<AppState> {
         .route("/v1/collections/{name}/count", get(count))
 }
 
-fn collection(state: &AppState, raw: &str) -> Result<Arc<Collection>, ApiError> {
-    let name = CollectionName::parse(raw)
-        .map_err(|_| ApiError::new(ProblemKind::CollectionNotFound, "no such collection"))?;
-    state.collection(&name)
-}
-
-fn not_found() -> ApiError {
-    ApiError::new(ProblemKind::DocumentNotFound, "no such document")
-}
-
-/// A URL id that cannot exist is simply not found.
-fn doc_id(raw: &str) -> Result<DocId, ApiError> {
-    DocId::parse(raw).map_err(|_| not_found())
-}
-
 fn document_error(e: DocumentError) -> ApiError {
     match e {
         DocumentError::NotAnObject => ApiError::invalid_document(vec![arca_core::FieldError {
@@ -64,23 +41,6 @@ fn document_error(e: DocumentError) -> ApiError {
             message: "a document is a JSON object".into(),
         }]),
         DocumentError::Invalid(errors) => ApiError::invalid_document(errors),
-    }
-}
-
-/// Validates `body` against the schema; `earlier` are failures already
-/// found on reserved fields, reported together with the schema's.
-fn validate(
-    coll: &Collection,
-    body: &Map<String, Value>,
-    earlier: &[arca_core::FieldError],
-) -> Result<(), ApiError> {
-    // The validator takes a `Value`, hence the copy of the map.
-    let mut errors = earlier.to_vec();
-    errors.extend(coll.def.schema.validate(&Value::Object(body.clone())));
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_document(errors))
     }
 }
 
@@ -107,104 +67,48 @@ fn set_etag(res: &mut Response, etag: &str) {
     }
 }
 
-/// A fresh time-ordered id (made here, before the insert, so that the
-/// create rule can see the whole new document, `_id` included).
-fn new_doc_id() -> DocId {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEED: OnceLock<[u8; 5]> = OnceLock::new();
-    static COUNTER: OnceLock<AtomicU32> = OnceLock::new();
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let n = COUNTER
-        .get_or_init(|| AtomicU32::new(rand::random()))
-        .fetch_add(1, Ordering::Relaxed);
-    DocId::generated(
-        u32::try_from(secs).unwrap_or(u32::MAX),
-        *SEED.get_or_init(rand::random),
-        n,
-    )
-}
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
-
-fn outside_rule(action: &str) -> ApiError {
-    ApiError::new(
-        ProblemKind::Forbidden,
-        format!("the document does not match the collection's {action} rule for this caller"),
-    )
-}
-
 #[utoipa::path(post, operation_id = "create_document", path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
     request_body(content = Object, content_type = "application/json", description = "The document (optionally with `_id`)"),
-    responses((status = 201, description = "Created", body = crate::openapi::AnyDocument,
+    responses((status = 201, description = "Created", body = crate::wire::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""), ("Location" = String, description = "The document's URL"))),
-              (status = 409, description = "Duplicate _id or unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "The document does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed, crate::openapi::WithBody))]
+              (status = 409, description = "Duplicate _id or unique index value", body = crate::wire::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The document does not fit the collection", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed, crate::wire::WithBody))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    p: PathParams,
+    Target(coll): Target,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let coll = collection(&state, &p[0])?;
-    let grant = authorize(&state, &caller, &coll, Action::Create)?;
-    let ClientBody { id, fields, errors } =
-        split_client_body(parse_document_json(&bytes)?, None).map_err(document_error)?;
-    validate(&coll, &fields, &errors)?;
-    let id = id.unwrap_or_else(new_doc_id);
-    let owner = owner_of(&caller);
-    // The create rule sees the document as it will be stored.
-    let ts = now_rfc3339();
-    let provisional = Document {
-        system: SystemFields {
-            id: id.clone(),
-            rev: 1,
-            created_at: ts.clone(),
-            updated_at: ts,
-            owner: owner.clone(),
-        },
-        body: fields,
-    };
-    if !grant.action.matches(&provisional.to_json()) {
-        return Err(outside_rule("create"));
-    }
-    let doc = NewDocument {
-        id: Some(id),
-        owner,
-        body: provisional.body,
-    };
-    let stored = timed("insert", state.store().insert(&coll.name, &grant.read, doc)).await?;
+    let grant = state
+        .gateway()
+        .authorize::<Create>(caller.as_ref(), &coll)?;
+    let body = split_client_body(parse_document_json(&bytes)?, None).map_err(document_error)?;
+    let stored = grant.create(body).await?;
     Ok(document_response(StatusCode::CREATED, &stored, Some(&coll)))
-}
-
-fn owner_of(caller: &Option<Arc<Identity>>) -> String {
-    caller.as_ref().map(|c| c.sub.clone()).unwrap_or_default()
 }
 
 #[utoipa::path(get, operation_id = "read_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
         ("If-None-Match" = Option<String>, Header, description = "ETag(s) already held")),
-    responses((status = 200, description = "The document", body = crate::openapi::AnyDocument,
+    responses((status = 200, description = "The document", body = crate::wire::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""))),
               (status = 304, description = "Not modified", headers(("ETag" = String))),
-              crate::openapi::Guarded, crate::openapi::Addressed))]
+              crate::wire::Guarded, crate::wire::Addressed))]
 pub(crate) async fn read(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    Target(coll): Target,
     p: PathParams,
     Preconditions { if_none_match, .. }: Preconditions,
 ) -> Result<Response, ApiError> {
-    let coll = collection(&state, &p[0])?;
-    let grant = authorize(&state, &caller, &coll, Action::Read)?;
-    let id = doc_id(&p[1])?;
+    let grant = state.gateway().authorize::<Read>(caller.as_ref(), &coll)?;
+    let id = p.doc_id()?;
     // The stored text goes out as is: nothing here needs the parsed body.
-    let doc = timed("get", state.store().get_text(&coll.name, &grant.read, &id))
-        .await?
-        .ok_or_else(not_found)?;
+    let doc = grant.get_text(&id).await?.ok_or_else(|| {
+        ApiError::new(
+            crate::error::ProblemKind::DocumentNotFound,
+            "no such document",
+        )
+    })?;
     let mut res = if if_none_match.is_some_and(|t| t.matches_weak(doc.system.rev)) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
@@ -214,84 +118,32 @@ pub(crate) async fn read(
     Ok(res)
 }
 
-/// Reads the current document within the read scope (404 outside), checks
-/// it against the update rule (403), lets `change` compute the new body,
-/// checks the result against the rule too (403), and writes it
-/// conditionally on the revision read. With `If-Match` a lost race is 412;
-/// without, the whole step is retried.
-async fn update_with(
-    state: &AppState,
-    coll: &Collection,
-    grant: &Grant,
-    id: &DocId,
-    pre: &Preconditions,
-    earlier: &[arca_core::FieldError],
-    change: impl Fn(&Document) -> Result<Map<String, Value>, ApiError>,
-) -> Result<Document, ApiError> {
-    for _ in 0..WRITE_RETRIES {
-        let current = timed("get", state.store().get(&coll.name, &grant.read, id))
-            .await?
-            .ok_or_else(not_found)?;
-        if !grant.action.matches(&current.to_json()) {
-            return Err(outside_rule("update"));
-        }
-        pre.check_write(current.system.rev)?;
-        let body = change(&current)?;
-        validate(coll, &body, earlier)?;
-        let next = Document {
-            system: SystemFields {
-                rev: current.system.rev + 1,
-                updated_at: now_rfc3339(),
-                ..current.system.clone()
-            },
-            body,
-        };
-        if !grant.action.matches(&next.to_json()) {
-            return Err(outside_rule("update"));
-        }
-        match state
-            .store()
-            .replace(&coll.name, &grant.read, id, current.system.rev, next.body)
-            .await
-        {
-            Ok(doc) => return Ok(doc),
-            // Without If-Match, a lost race is retried: If-None-Match and
-            // the access rule are checked again on the new revision.
-            Err(StoreError::RevMismatch) if pre.if_match.is_none() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::new(
-        ProblemKind::Conflict,
-        "the document is changing too fast; retry",
-    ))
-}
-
 #[utoipa::path(put, operation_id = "replace_document", path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("id" = String, Path, description = "Document id", pattern = r"^[A-Za-z0-9_-]{1,128}$"),
         ("If-Match" = Option<String>, Header, description = "Required revision"),
         ("If-None-Match" = Option<String>, Header, description = "Refuse the write (412) if the current revision is one of these; `*`: if the document exists")),
     request_body(content = Object, content_type = "application/json", description = "The full new body"),
-    responses((status = 200, description = "The new revision", body = crate::openapi::AnyDocument,
+    responses((status = 200, description = "The new revision", body = crate::wire::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""))),
-              (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "The document does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed, crate::openapi::WithBody))]
+              (status = 409, description = "Duplicate unique index value", body = crate::wire::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::wire::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The document does not fit the collection", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed, crate::wire::WithBody))]
 pub(crate) async fn replace(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    Target(coll): Target,
     p: PathParams,
     pre: Preconditions,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let coll = collection(&state, &p[0])?;
-    let grant = authorize(&state, &caller, &coll, Action::Update)?;
-    let id = doc_id(&p[1])?;
+    let grant = state
+        .gateway()
+        .authorize::<Update>(caller.as_ref(), &coll)?;
+    let id = p.doc_id()?;
     let ClientBody { fields, errors, .. } =
         split_client_body(parse_document_json(&bytes)?, Some(&id)).map_err(document_error)?;
-    let doc = update_with(&state, &coll, &grant, &id, &pre, &errors, |_| {
-        Ok(fields.clone())
-    })
-    .await?;
+    let doc = grant
+        .update(&id, &pre, &errors, |_| Ok(fields.clone()))
+        .await?;
     Ok(document_response(StatusCode::OK, &doc, None))
 }
 
@@ -300,21 +152,23 @@ pub(crate) async fn replace(
         ("If-None-Match" = Option<String>, Header, description = "Refuse the write (412) if the current revision is one of these; `*`: if the document exists")),
     request_body(description = "JSON Merge Patch (RFC 7396)", content(
         (Object = "application/merge-patch+json"), (Object = "application/json"))),
-    responses((status = 200, description = "The new revision", body = crate::openapi::AnyDocument,
+    responses((status = 200, description = "The new revision", body = crate::wire::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""))),
-              (status = 409, description = "Duplicate unique index value", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "The result does not fit the collection", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed, crate::openapi::WithBody))]
+              (status = 409, description = "Duplicate unique index value", body = crate::wire::Problem, content_type = "application/problem+json"),
+              (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::wire::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The result does not fit the collection", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed, crate::wire::WithBody))]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    Target(coll): Target,
     p: PathParams,
     pre: Preconditions,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let coll = collection(&state, &p[0])?;
-    let grant = authorize(&state, &caller, &coll, Action::Update)?;
-    let id = doc_id(&p[1])?;
+    let grant = state
+        .gateway()
+        .authorize::<Update>(caller.as_ref(), &coll)?;
+    let id = p.doc_id()?;
     let patch_value = parse_document_json(&bytes)?;
     if !patch_value.is_object() {
         return Err(ApiError::invalid_document(vec![arca_core::FieldError {
@@ -328,7 +182,7 @@ pub(crate) async fn patch(
         ..
     } = split_client_body(patch_value, Some(&id)).map_err(document_error)?;
     let limit = state.config().server.max_body_bytes;
-    let doc = update_with(&state, &coll, &grant, &id, &pre, &errors, |current| {
+    let doc = grant.update(&id, &pre, &errors, |current| {
         let mut body = current.body.clone();
         merge_patch(&mut body, patch.clone());
         // Patches could grow a document past what any request may carry,
@@ -352,39 +206,19 @@ pub(crate) async fn patch(
         ("If-Match" = Option<String>, Header, description = "Required revision"),
         ("If-None-Match" = Option<String>, Header, description = "Refuse the write (412) if the current revision is one of these; `*`: if the document exists")),
     responses((status = 204, description = "Deleted"),
-              (status = 409, description = "The document kept changing; retry", body = crate::openapi::Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::openapi::Problem, content_type = "application/problem+json"), crate::openapi::Guarded, crate::openapi::Addressed))]
+              (status = 409, description = "The document kept changing; retry", body = crate::wire::Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    Target(coll): Target,
     p: PathParams,
     pre: Preconditions,
 ) -> Result<Response, ApiError> {
-    let coll = collection(&state, &p[0])?;
-    let grant = authorize(&state, &caller, &coll, Action::Delete)?;
-    let id = doc_id(&p[1])?;
-    for _ in 0..WRITE_RETRIES {
-        let current = timed("get", state.store().get(&coll.name, &grant.read, &id))
-            .await?
-            .ok_or_else(not_found)?;
-        if !grant.action.matches(&current.to_json()) {
-            return Err(outside_rule("delete"));
-        }
-        pre.check_write(current.system.rev)?;
-        // Deleting at the revision that was checked keeps the check true.
-        match state
-            .store()
-            .delete(&coll.name, &grant.read, &id, Some(current.system.rev))
-            .await
-        {
-            Ok(()) => return Ok(StatusCode::NO_CONTENT.into_response()),
-            Err(StoreError::RevMismatch) if pre.if_match.is_none() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::new(
-        ProblemKind::Conflict,
-        "the document is changing too fast; retry",
-    ))
+    let grant = state
+        .gateway()
+        .authorize::<Delete>(caller.as_ref(), &coll)?;
+    grant.delete(&p.doc_id()?, &pre).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// A listing's query parameters, parsed: `filter`, `sort`, `fields`,
@@ -491,16 +325,15 @@ fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
         ("fields" = Option<String>, Query, description = "Inclusion projection (comma-separated paths)"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 20", minimum = 1, maximum = 1000),
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page")),
-    responses((status = 200, description = "A page of documents", body = crate::openapi::DocumentPage),
-              crate::openapi::Guarded, crate::openapi::Addressed))]
+    responses((status = 200, description = "A page of documents", body = crate::wire::DocumentPage),
+              crate::wire::Guarded, crate::wire::Addressed))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    p: PathParams,
+    Target(coll): Target,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let coll = collection(&state, &p[0])?;
-    let scope = authorize(&state, &caller, &coll, Action::Read)?.read;
+    let grant = state.gateway().authorize::<Read>(caller.as_ref(), &coll)?;
     let mut params = parse_list_params(raw.as_deref())?;
     let limit = params.query.limit;
     // One extra document tells whether a next page exists.
@@ -517,14 +350,8 @@ pub(crate) async fn list(
     };
     let Some(projection) = &params.fields else {
         // No projection: the stored texts go out as they are.
-        let page = timed(
-            "find",
-            state
-                .store()
-                .find_page(&coll.name, &scope, &params.query, limit),
-        )
-        .await?;
-        let next = match &page.last {
+        let mut docs = grant.find_text(&params.query).await?;
+        let next = match page_end(&mut docs, limit) {
             Some(last) => {
                 let whole: Value = serde_json::from_slice(&last.to_json_bytes())
                     .map_err(|e| ApiError::internal(format!("a stored document: {e}")))?;
@@ -532,13 +359,9 @@ pub(crate) async fn list(
             }
             None => Value::Null,
         };
-        return Ok(page_response(&page.items, &next));
+        return Ok(page_response(&docs, &next));
     };
-    let mut docs = timed(
-        "find",
-        state.store().find(&coll.name, &scope, &params.query),
-    )
-    .await?;
+    let mut docs = grant.find(&params.query).await?;
     let next = page_end(&mut docs, limit).map_or(Value::Null, |last| {
         cursor_after(&last.to_json(), &last.system.id)
     });
@@ -549,11 +372,29 @@ pub(crate) async fn list(
     Ok(json(StatusCode::OK, &json!({"items": items, "next": next})))
 }
 
-/// `{"items": [...], "next": ...}` around a page's written documents.
-fn page_response(items: &[u8], next: &Value) -> Response {
-    let mut out = Vec::with_capacity(64 + items.len());
+/// Cuts a listing fetched with a look-ahead (`query.limit` of `page + 1`)
+/// to its first `page` documents; returns the last one kept when more
+/// followed it (a next page exists).
+fn page_end<T>(docs: &mut Vec<T>, page: usize) -> Option<&T> {
+    if docs.len() <= page {
+        return None;
+    }
+    docs.truncate(page);
+    docs.last()
+}
+
+/// `{"items": [...], "next": ...}` around a page's documents, written
+/// from their stored texts.
+fn page_response(docs: &[DocumentText], next: &Value) -> Response {
+    let size: usize = docs.iter().map(DocumentText::json_len_hint).sum();
+    let mut out = Vec::with_capacity(64 + size);
     out.extend_from_slice(b"{\"items\":[");
-    out.extend_from_slice(items);
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        doc.write_json(&mut out);
+    }
     out.extend_from_slice(b"],\"next\":");
     // Writing a Value into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, next);
@@ -563,16 +404,15 @@ fn page_response(items: &[u8], next: &Value) -> Response {
 
 #[utoipa::path(get, operation_id = "count_documents", path = "/v1/collections/{name}/count", tag = "documents",
     params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"), ("filter" = Option<String>, Query, description = "MongoDB-style filter (JSON)")),
-    responses((status = 200, description = "The count", body = crate::openapi::CountOutput),
-              crate::openapi::Guarded, crate::openapi::Addressed))]
+    responses((status = 200, description = "The count", body = crate::wire::CountOutput),
+              crate::wire::Guarded, crate::wire::Addressed))]
 pub(crate) async fn count(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    p: PathParams,
+    Target(coll): Target,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let coll = collection(&state, &p[0])?;
-    let scope = authorize(&state, &caller, &coll, Action::Read)?.read;
+    let grant = state.gateway().authorize::<Read>(caller.as_ref(), &coll)?;
     let mut filter_text = None;
     for (k, v) in query_pairs(raw.as_deref())? {
         if k == "filter" && filter_text.replace(v.into_owned()).is_some() {
@@ -580,6 +420,6 @@ pub(crate) async fn count(
         }
     }
     let (filter, _) = parse_filter(filter_text.as_deref())?;
-    let n = timed("count", state.store().count(&coll.name, &scope, &filter)).await?;
+    let n = grant.count(&filter).await?;
     Ok(json(StatusCode::OK, &json!({"count": n})))
 }

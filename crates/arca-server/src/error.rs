@@ -5,6 +5,7 @@
 //! are logged with the request id and never shown.
 
 use arca_core::FieldError;
+use arca_store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -313,6 +314,47 @@ pub fn problem_for_status(status: StatusCode) -> Option<ApiError> {
         _ => return None,
     };
     Some(ApiError::bare(kind))
+}
+
+/// How store failures reach clients: each as its problem kind; an
+/// unavailable store is logged (its cause never shown).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => {
+                ApiError::new(ProblemKind::DocumentNotFound, "no such document")
+            }
+            StoreError::CollectionMissing => {
+                ApiError::new(ProblemKind::CollectionNotFound, "no such collection")
+            }
+            StoreError::Conflict(what) if what == "_id" => ApiError::new(
+                ProblemKind::Conflict,
+                "a document with this _id already exists",
+            ),
+            StoreError::Conflict(what) => ApiError::new(
+                ProblemKind::Conflict,
+                format!("duplicate value for the unique index on {what}"),
+            ),
+            StoreError::RevMismatch => ApiError::new(
+                ProblemKind::PreconditionFailed,
+                "the document changed since the given revision",
+            ),
+            StoreError::DuplicatesForUniqueIndex(what) => ApiError::new(
+                ProblemKind::Conflict,
+                format!(
+                    "existing documents hold duplicate values for the new unique index on {what}; the definition was not changed"
+                ),
+            ),
+            StoreError::Timeout => ApiError::new(
+                ProblemKind::Timeout,
+                "the query ran past the time limit; narrow the filter (an indexed field) or page with a smaller limit",
+            ),
+            StoreError::Unavailable(cause) => {
+                tracing::error!(error = %cause, "store unavailable");
+                ApiError::new(ProblemKind::Unavailable, "the store is unavailable")
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
-//! Request extractors that fail with problem+json: path segments, JSON
-//! bodies (content type -> 415, size -> 413, syntax -> 400), the bearer
-//! identity, and conditional-request headers.
+//! Request extractors that fail with problem+json: path segments by name,
+//! the collection a route addresses (404), JSON bodies (content type ->
+//! 415, size -> 413, syntax -> 400) and the bearer identity.
 
 use std::sync::Arc;
 
 use arca_auth::{AuthError, Identity};
+use arca_core::{CollectionName, DocId};
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
@@ -12,14 +13,14 @@ use axum::http::{HeaderMap, header};
 use serde_json::Value;
 
 use crate::error::{ApiError, ProblemKind};
+use crate::gateway::Collection;
 use crate::middleware::RequestDeadline;
 use crate::state::AppState;
 
-/// The path parameters of a route, in route order, as raw strings (parsed
-/// by the handler into domain types, since what a bad value means depends
-/// on the route). `p[0]` is the first segment. Built on axum's
-/// `RawPathParams`, which shares the router's decoded segments instead of
-/// copying each name and value.
+/// The path parameters of a route, by name, as raw strings (parsed by the
+/// handler into domain types, since what a bad value means depends on the
+/// route). Built on axum's `RawPathParams`, which shares the router's
+/// decoded segments instead of copying each name and value.
 pub struct PathParams(RawPathParams);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathParams {
@@ -33,16 +34,37 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParams {
     }
 }
 
-impl std::ops::Index<usize> for PathParams {
-    type Output = str;
+impl PathParams {
+    /// The segment named `name` in the route (`{name}`); a route always
+    /// has the segments its handler reads, so a missing one is a
+    /// programming error, reported as a 500 rather than a panic.
+    pub fn get(&self, name: &str) -> Result<&str, ApiError> {
+        self.0
+            .iter()
+            .find_map(|(k, v)| (k == name).then_some(v))
+            .ok_or_else(|| ApiError::internal(format!("the route has no {{{name}}} segment")))
+    }
 
-    /// The `i`-th segment; a route always has the segments its handler
-    /// reads, so an index past them is a programming error.
-    fn index(&self, i: usize) -> &str {
-        match self.0.iter().nth(i) {
-            Some((_, v)) => v,
-            None => panic!("route has no path segment {i}"),
-        }
+    /// The `{id}` segment as a document id; an id that cannot exist is
+    /// simply not found (404).
+    pub fn doc_id(&self) -> Result<DocId, ApiError> {
+        DocId::parse(self.get("id")?)
+            .map_err(|_| ApiError::new(ProblemKind::DocumentNotFound, "no such document"))
+    }
+}
+
+/// The collection named by the route's `{name}` segment, looked up in the
+/// catalogue: 404 when there is none (a name that cannot exist included).
+pub struct Target(pub Arc<Collection>);
+
+impl FromRequestParts<AppState> for Target {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let params = PathParams::from_request_parts(parts, state).await?;
+        let name = CollectionName::parse(params.get("name")?)
+            .map_err(|_| ApiError::new(ProblemKind::CollectionNotFound, "no such collection"))?;
+        state.gateway().collection(&name).map(Self)
     }
 }
 
@@ -253,113 +275,5 @@ impl FromRequestParts<AppState> for Authenticated {
             Caller(Some(id)) => Ok(Self(id)),
             Caller(None) => Err(ApiError::missing_token()),
         }
-    }
-}
-
-/// What an `If-Match` / `If-None-Match` header asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntityTags {
-    /// `*`
-    Any,
-    /// Revisions named by `"N"` tags (weak tags kept apart).
-    Revs { strong: Vec<u64>, weak: Vec<u64> },
-}
-
-impl EntityTags {
-    /// Reads a header; `None` when absent. Unparseable tags match nothing.
-    pub fn from_header(headers: &HeaderMap, name: header::HeaderName) -> Option<Self> {
-        let mut strong = Vec::new();
-        let mut weak = Vec::new();
-        let mut seen = false;
-        for v in headers.get_all(name).iter() {
-            seen = true;
-            let s = v.to_str().unwrap_or_default();
-            for tag in s.split(',').map(str::trim) {
-                if tag == "*" {
-                    return Some(Self::Any);
-                }
-                let (is_weak, t) = match tag.strip_prefix("W/") {
-                    Some(t) => (true, t),
-                    None => (false, tag),
-                };
-                if let Some(n) = t
-                    .strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .and_then(|t| t.parse().ok())
-                {
-                    if is_weak {
-                        weak.push(n)
-                    } else {
-                        strong.push(n)
-                    }
-                }
-            }
-        }
-        seen.then_some(Self::Revs { strong, weak })
-    }
-
-    /// Strong comparison (`If-Match`).
-    pub fn matches_strong(&self, rev: u64) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Revs { strong, .. } => strong.contains(&rev),
-        }
-    }
-
-    /// Weak comparison (`If-None-Match`).
-    pub fn matches_weak(&self, rev: u64) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Revs { strong, weak } => strong.contains(&rev) || weak.contains(&rev),
-        }
-    }
-}
-
-/// A request's conditional headers (each `None` when absent), read
-/// without copying the request's headers.
-pub struct Preconditions {
-    /// `If-Match`, for writes.
-    pub if_match: Option<EntityTags>,
-    /// `If-None-Match`: a read answers 304 when it matches, a write is
-    /// refused with 412.
-    pub if_none_match: Option<EntityTags>,
-}
-
-impl Preconditions {
-    /// Whether a write may change the document at revision `rev`, in RFC
-    /// 9110's order (section 13.2.2): `If-Match` must match (strong
-    /// comparison), then `If-None-Match` must not (weak comparison; `*`
-    /// matches any existing document). A failed condition is 412.
-    pub fn check_write(&self, rev: u64) -> Result<(), ApiError> {
-        if self
-            .if_match
-            .as_ref()
-            .is_some_and(|t| !t.matches_strong(rev))
-        {
-            // The same problem as a write that loses its revision race.
-            return Err(arca_store::StoreError::RevMismatch.into());
-        }
-        if self
-            .if_none_match
-            .as_ref()
-            .is_some_and(|t| t.matches_weak(rev))
-        {
-            return Err(ApiError::new(
-                ProblemKind::PreconditionFailed,
-                "the document's current revision matches If-None-Match",
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self {
-            if_match: EntityTags::from_header(&parts.headers, header::IF_MATCH),
-            if_none_match: EntityTags::from_header(&parts.headers, header::IF_NONE_MATCH),
-        })
     }
 }

@@ -4,26 +4,38 @@
 //! - `config`: typed configuration from file and environment;
 //! - `conn`: accepting connections and their timeouts;
 //! - `error`: the one error type and the problem+json catalogue;
-//! - `extract`: extractors (path, JSON body, caller identity, ETags);
-//! - `access`: role checks and the `Scope` of a request;
+//! - `extract`: extractors (path segments by name, the addressed
+//!   collection, JSON bodies, the caller's identity);
+//! - `conditions`: `If-Match` / `If-None-Match`;
+//! - `access`: the access rules applied to a caller (decisions only);
+//! - `gateway`: the one road to tenant data: the store, its catalogue, and
+//!   the per-action handles (`Grant`) that run the rule checks;
 //! - `middleware`: request id, tracing, metrics, timeout, CORS, compression;
-//! - `ops`, `collections`, `documents`: the routes, one module per resource;
-//! - `state`: shared state and the collection catalogue;
+//! - `ops`, `collections`, `documents`, `explain`: the routes, one module
+//!   per resource;
+//! - `wire`: request and response shapes the OpenAPI document describes;
+//! - `openapi`: the OpenAPI document and `/docs` (the only module that
+//!   lists the handlers);
+//! - `state`: shared state;
 //! - `metrics`, `respond`: small shared helpers.
 
 pub mod access;
 pub mod collections;
+pub mod conditions;
 pub mod config;
 mod conn;
 pub mod documents;
 pub mod error;
+pub mod explain;
 pub mod extract;
+pub mod gateway;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod respond;
 pub mod state;
+pub mod wire;
 
 use std::future::Future;
 use std::time::Duration;
@@ -42,7 +54,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ops::router(state.config().metrics.listen.is_none()))
         .merge(collections::router())
         .merge(documents::router())
-        .merge(access::router())
+        .merge(explain::router())
         .merge(openapi::router(state.config().docs.public))
         .fallback(middleware::route_not_found)
         .with_state(state.clone());
@@ -77,6 +89,21 @@ pub async fn serve(
         loop {
             tick.tick().await;
             metrics.run_upkeep();
+        }
+    });
+    // Collection definitions changed through another process using the
+    // same store reach this one within `store.catalog_refresh`.
+    let catalog = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(catalog.config().store.catalog_refresh.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match catalog.gateway().refresh_catalog().await {
+                Ok(true) => tracing::info!("collection definitions changed elsewhere; reloaded"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "checking the catalogue generation failed"),
+            }
         }
     });
     let delay = state.config().server.shutdown_delay.0;

@@ -33,14 +33,14 @@ pub fn metrics_router() -> Router<AppState> {
 }
 
 #[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "operations",
-    responses((status = 200, description = "The process serves", body = crate::openapi::Status)))]
+    responses((status = 200, description = "The process serves", body = crate::wire::Status)))]
 pub(crate) async fn healthz() -> Response {
     json_ok(r#"{"status":"ok"}"#)
 }
 
 #[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready: store answers, keys loaded", body = crate::openapi::Status),
-              (status = 503, description = "Not ready or shutting down", body = crate::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Ready: store answers, keys loaded", body = crate::wire::Status),
+              (status = 503, description = "Not ready or shutting down", body = crate::wire::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_shutting_down() {
         return ApiError::new(ProblemKind::Unavailable, "shutting down").into_response();
@@ -49,7 +49,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
         return ApiError::new(ProblemKind::Unavailable, "signing keys not loaded yet")
             .into_response();
     }
-    match tokio::time::timeout(Duration::from_secs(2), state.store().ping()).await {
+    match tokio::time::timeout(Duration::from_secs(2), state.gateway().ping()).await {
         Ok(Ok(())) => json_ok(r#"{"status":"ready"}"#),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: store check failed");

@@ -1,51 +1,35 @@
-//! Shared application state: configuration, the store, the authenticator,
-//! the collection catalogue (with the OpenAPI document rendered from it) and
-//! readiness.
+//! Shared application state: configuration, the data gateway (the store
+//! and its catalogue), the authenticator, values derived from the
+//! catalogue (made once per version of it), and readiness.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arca_auth::Authenticator;
-use arca_core::{CollectionDef, CollectionName};
-use arca_store::{Store, StoreError, StoredCollection};
+use arca_store::{Store, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
-use crate::error::{ApiError, ProblemKind};
-use crate::openapi::Rendered;
-
-/// A collection as the server uses it: the compiled definition plus its
-/// stored form.
-pub struct Collection {
-    /// The name.
-    pub name: CollectionName,
-    /// The compiled definition.
-    pub def: CollectionDef,
-    /// The stored form (schema and access as given, timestamps).
-    pub stored: StoredCollection,
-}
-
-/// The compiled collections, and how many times they were loaded.
-#[derive(Default)]
-struct Catalog {
-    by_name: HashMap<CollectionName, Arc<Collection>>,
-    generation: u64,
-}
+use crate::gateway::Gateway;
 
 /// State shared by every handler (cheap to clone).
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
+/// A value derived from the catalogue, with the catalogue version it was
+/// made for.
+type Derived = (u64, Arc<dyn Any + Send + Sync>);
+
 struct Inner {
     config: Config,
-    store: Arc<dyn Store>,
+    gateway: Gateway,
     auth: Arc<Authenticator>,
-    catalog: RwLock<Catalog>,
-    /// `/openapi.json` as last rendered, with the catalogue generation it
-    /// was rendered for.
-    openapi: Mutex<Option<(u64, Arc<Rendered>)>>,
+    /// Values derived from the catalogue, one per type (the rendered
+    /// OpenAPI document), each with the version it was made for.
+    derived: Mutex<HashMap<TypeId, Derived>>,
     shutting_down: AtomicBool,
     metrics: PrometheusHandle,
     started: Instant,
@@ -58,18 +42,16 @@ impl AppState {
         store: Arc<dyn Store>,
         auth: Arc<Authenticator>,
     ) -> Result<Self, StoreError> {
-        let state = Self(Arc::new(Inner {
+        let gateway = Gateway::open(store, config.auth.clone()).await?;
+        Ok(Self(Arc::new(Inner {
             config,
-            store,
+            gateway,
             auth,
-            catalog: RwLock::new(Catalog::default()),
-            openapi: Mutex::new(None),
+            derived: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             metrics: crate::metrics::install(),
             started: Instant::now(),
-        }));
-        state.reload_catalog().await?;
-        Ok(state)
+        })))
     }
 
     /// The configuration.
@@ -77,9 +59,9 @@ impl AppState {
         &self.0.config
     }
 
-    /// The store.
-    pub fn store(&self) -> &dyn Store {
-        self.0.store.as_ref()
+    /// The gateway to the data and the catalogue.
+    pub fn gateway(&self) -> &Gateway {
+        &self.0.gateway
     }
 
     /// The authenticator.
@@ -107,78 +89,24 @@ impl AppState {
         self.0.shutting_down.load(Ordering::Acquire)
     }
 
-    /// Re-reads every collection definition from the store.
-    pub async fn reload_catalog(&self) -> Result<(), StoreError> {
-        let stored = self.store().collections().await?;
-        let mut map = HashMap::with_capacity(stored.len());
-        for s in stored {
-            let body = serde_json::json!({
-                "schema": s.schema,
-                "indexes": s.indexes.iter().map(arca_core::IndexDef::to_json).collect::<Vec<_>>(),
-                "access": s.access,
-            });
-            match CollectionDef::parse(&body) {
-                Ok(def) => {
-                    map.insert(
-                        s.name.clone(),
-                        Arc::new(Collection {
-                            name: s.name.clone(),
-                            def,
-                            stored: s,
-                        }),
-                    );
-                }
-                Err(e) => {
-                    tracing::error!(collection = %s.name, error = %e, "stored definition no longer compiles; collection unavailable")
-                }
-            }
+    /// The value of type `T` derived from the current catalogue: made by
+    /// `make` once per catalogue version (the version is read before it is
+    /// made, so a value is never labelled newer than it is), then shared.
+    pub fn derived<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Arc<T> {
+        let version = self.gateway().catalog_version();
+        let key = TypeId::of::<T>();
+        let cached = {
+            let map = self.0.derived.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&key)
+                .filter(|(v, _)| *v == version)
+                .map(|(_, value)| value.clone())
+        };
+        if let Some(value) = cached.and_then(|v| v.downcast::<T>().ok()) {
+            return value;
         }
-        let mut catalog = self.0.catalog.write().unwrap_or_else(|p| p.into_inner());
-        catalog.by_name = map;
-        catalog.generation += 1;
-        Ok(())
-    }
-
-    /// The catalogue's generation: it grows with every reload, so anything
-    /// derived from the collections can tell when to be made again.
-    pub fn catalog_generation(&self) -> u64 {
-        self.read_catalog().generation
-    }
-
-    /// The rendered `/openapi.json` if it was made for `generation`.
-    pub(crate) fn cached_openapi(&self, generation: u64) -> Option<Arc<Rendered>> {
-        let cached = self.0.openapi.lock().unwrap_or_else(|p| p.into_inner());
-        cached
-            .as_ref()
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, body)| body.clone())
-    }
-
-    /// Keeps `/openapi.json` as rendered for `generation` (read before the
-    /// rendering began, so a copy is never labelled newer than it is).
-    pub(crate) fn cache_openapi(&self, generation: u64, body: Arc<Rendered>) {
-        *self.0.openapi.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, body));
-    }
-
-    fn read_catalog(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
-        self.0.catalog.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A collection by name, or 404.
-    pub fn collection(&self, name: &CollectionName) -> Result<Arc<Collection>, ApiError> {
-        let found = self.read_catalog().by_name.get(name).cloned();
-        found.ok_or_else(|| {
-            ApiError::new(
-                ProblemKind::CollectionNotFound,
-                format!("no collection named {name}"),
-            )
-        })
-    }
-
-    /// Every collection, by name.
-    pub fn collections(&self) -> Vec<Arc<Collection>> {
-        let mut all: Vec<_> = self.read_catalog().by_name.values().cloned().collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        let made = Arc::new(make());
+        let mut map = self.0.derived.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key, (version, made.clone()));
+        made
     }
 }

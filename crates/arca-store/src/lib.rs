@@ -4,12 +4,19 @@
 //! never SQL or BSON, so the HTTP layer is the same whatever the engine.
 //! Each method says how it maps onto MongoDB, so that the MongoDB engine
 //! fits the same trait without a redesign.
+//!
+//! Engines store what they are given and decide nothing the contract
+//! defines: ids, revisions and timestamps are stamped by the caller (the
+//! server's gateway, or an operator tool) before a write, so every engine
+//! stores the same values and an access rule checked before the write sees
+//! exactly what is stored. Engines return documents (or their stored text);
+//! how a page is framed as JSON is the server's business.
 
 pub mod sqlite;
 
 use arca_core::query::{Cursor, Filter, Sort};
 use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -25,7 +32,8 @@ pub enum StoreError {
     /// The collection has no storage (deleted meanwhile).
     #[error("collection not found")]
     CollectionMissing,
-    /// A duplicate `_id` or unique index value; names the fields.
+    /// A duplicate `_id` or unique index value; names the fields (`_id`
+    /// for the id).
     #[error("duplicate value for {0}")]
     Conflict(String),
     /// The stored revision is not the expected one.
@@ -59,6 +67,22 @@ pub struct StoredCollection {
     pub updated_at: String,
 }
 
+/// A collection definition to store (`Store::put_collection`).
+#[derive(Debug, Clone, Copy)]
+pub struct CollectionSpec<'a> {
+    /// The name.
+    pub name: &'a CollectionName,
+    /// The JSON Schema as given.
+    pub schema: &'a Value,
+    /// Declared indexes.
+    pub indexes: &'a [IndexDef],
+    /// Access rules as given.
+    pub access: &'a Value,
+    /// The time of this change (RFC 3339 UTC): `created_at` of a new
+    /// collection, `updated_at` of every change.
+    pub at: &'a str,
+}
+
 /// Whether `put_collection` created or updated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PutOutcome {
@@ -66,54 +90,6 @@ pub enum PutOutcome {
     Created,
     /// An existing collection was redefined.
     Updated,
-}
-
-/// A document to insert.
-#[derive(Debug, Clone)]
-pub struct NewDocument {
-    /// Client-chosen id, or `None` for a generated one.
-    pub id: Option<DocId>,
-    /// The creator's `sub`.
-    pub owner: String,
-    /// User fields (already validated).
-    pub body: Map<String, Value>,
-}
-
-/// A page of documents written as JSON (see `Store::find_page`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct TextPage {
-    /// The page's documents as JSON objects, comma-separated (no brackets).
-    pub items: Vec<u8>,
-    /// The page's last document, when more documents follow it.
-    pub last: Option<DocumentText>,
-}
-
-/// Cuts a listing fetched with a look-ahead (`query.limit` of `page + 1`)
-/// to its first `page` documents; returns the last one kept when more
-/// followed it (a next page exists).
-pub fn page_end<T>(docs: &mut Vec<T>, page: usize) -> Option<&T> {
-    if docs.len() <= page {
-        return None;
-    }
-    docs.truncate(page);
-    docs.last()
-}
-
-impl TextPage {
-    /// The first `page` of `docs`, and the last of those if `docs` holds
-    /// more than `page`.
-    pub fn of(mut docs: Vec<DocumentText>, page: usize) -> Self {
-        let more = page_end(&mut docs, page).is_some();
-        let mut items = Vec::with_capacity(docs.len() * 256);
-        for (i, doc) in docs.iter().enumerate() {
-            if i > 0 {
-                items.push(b',');
-            }
-            doc.write_json(&mut items);
-        }
-        let last = if more { docs.pop() } else { None };
-        Self { items, last }
-    }
 }
 
 /// A listing: filter, order, position and size.
@@ -136,36 +112,41 @@ pub trait Store: Send + Sync + 'static {
     /// MongoDB: `ping` command.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Every collection definition. MongoDB: a `_arca_collections` collection.
+    /// A number that changes whenever a collection definition changes,
+    /// through any process using the store: replicas poll it to learn
+    /// that their catalogue is stale (reading it is cheap, unlike
+    /// `collections`). MongoDB: a counter document in `_arca_meta`.
+    async fn catalog_generation(&self) -> Result<u64, StoreError>;
+
+    /// Every collection definition. MongoDB: the `_arca_collections`
+    /// collection.
     async fn collections(&self) -> Result<Vec<StoredCollection>, StoreError>;
 
     /// Creates or redefines a collection and reconciles its indexes in one
-    /// step: if a new unique index meets duplicates, nothing changes.
-    /// MongoDB: `createCollection`/`collMod` with the `$jsonSchema`
-    /// validator, `createIndexes` (each with `_tenant` first), `dropIndexes`.
-    async fn put_collection(
-        &self,
-        name: &CollectionName,
-        schema: &Value,
-        indexes: &[IndexDef],
-        access: &Value,
-    ) -> Result<PutOutcome, StoreError>;
+    /// step: if a new unique index meets duplicates, nothing changes. Bumps
+    /// the catalogue generation. MongoDB: `createCollection`/`collMod`
+    /// with the `$jsonSchema` validator, `createIndexes` (each with
+    /// `_tenant` first), `dropIndexes`.
+    async fn put_collection(&self, spec: CollectionSpec<'_>) -> Result<PutOutcome, StoreError>;
 
     /// Deletes a collection and all its documents; `false` if it did not
-    /// exist. MongoDB: `drop` plus the catalogue entry.
+    /// exist. Bumps the catalogue generation. MongoDB: `drop` plus the
+    /// catalogue entry.
     async fn delete_collection(&self, name: &CollectionName) -> Result<bool, StoreError>;
 
-    /// Inserts a document in the scope's tenant with `_rev` 1.
+    /// Inserts `doc` as given (system fields included) in the scope's
+    /// tenant: `Conflict("_id")` if the id is taken there, `Conflict` naming
+    /// the fields of a unique index it would break.
     /// MongoDB: `insertOne` (duplicate key 11000 -> `Conflict`).
     async fn insert(
         &self,
         coll: &CollectionName,
         scope: &Scope,
-        doc: NewDocument,
-    ) -> Result<Document, StoreError>;
+        doc: &Document,
+    ) -> Result<(), StoreError>;
 
     /// The document with `id` within the scope (tenant and row filter).
-    /// MongoDB: `findOne({_tenant, _id, ...scope filter})`.
+    /// MongoDB: `findOne({_id: {t, i}})` then the scope's row filter.
     async fn get(
         &self,
         coll: &CollectionName,
@@ -190,28 +171,28 @@ pub trait Store: Send + Sync + 'static {
             .map(DocumentText::of))
     }
 
-    /// Replaces the body of the document at `expected_rev` and bumps its
-    /// revision, atomically: `RevMismatch` if it changed meanwhile,
-    /// `NotFound` if it is gone. MongoDB: `findOneAndReplace({_tenant,
-    /// _id, _rev: expected})`.
+    /// Replaces the stored document of `doc`'s id with `doc` (its body and
+    /// system fields as given: the caller stamps the new revision and time)
+    /// if the stored revision is still `expected_rev`, atomically:
+    /// `RevMismatch` if it changed meanwhile, `NotFound` if it is gone.
+    /// MongoDB: `replaceOne({_id: {t, i}, _rev: expected})`.
     async fn replace(
         &self,
         coll: &CollectionName,
         scope: &Scope,
-        id: &DocId,
+        doc: &Document,
         expected_rev: u64,
-        body: Map<String, Value>,
-    ) -> Result<Document, StoreError>;
+    ) -> Result<(), StoreError>;
 
-    /// Deletes the document (only at `expected_rev` when given).
-    /// MongoDB: `deleteOne({_tenant, _id[, _rev]})`.
+    /// Deletes the document (only at `expected_rev` when given) and returns
+    /// it as it was. MongoDB: `findOneAndDelete({_id: {t, i}[, _rev]})`.
     async fn delete(
         &self,
         coll: &CollectionName,
         scope: &Scope,
         id: &DocId,
         expected_rev: Option<u64>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Document, StoreError>;
 
     /// Documents of the scope matching the query's filter, in its order,
     /// strictly after its cursor, at most `limit` of them.
@@ -238,22 +219,6 @@ pub trait Store: Send + Sync + 'static {
         Ok(docs.iter().map(DocumentText::of).collect())
     }
 
-    /// `find_text` written out for a response: the first `page` documents
-    /// found, and the last of them when more follow (pass a `query.limit`
-    /// of `page + 1` to learn that). Engines that read on threads of their
-    /// own override it to write there, so the documents are freed where
-    /// they were made. MongoDB: as `find`.
-    async fn find_page(
-        &self,
-        coll: &CollectionName,
-        scope: &Scope,
-        query: &Query,
-        page: usize,
-    ) -> Result<TextPage, StoreError> {
-        let docs = self.find_text(coll, scope, query).await?;
-        Ok(TextPage::of(docs, page))
-    }
-
     /// The number of documents of the scope matching `filter`.
     /// MongoDB: `countDocuments({$and: [{_tenant}, scope filter, filter]})`.
     async fn count(
@@ -262,41 +227,4 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
         filter: &Filter,
     ) -> Result<u64, StoreError>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arca_core::SystemFields;
-
-    fn text(id: &str) -> DocumentText {
-        let system = SystemFields {
-            id: DocId::parse(id).expect("id"),
-            rev: 1,
-            created_at: "2026-11-29T10:00:00.000Z".into(),
-            updated_at: "2026-11-29T10:00:00.000Z".into(),
-            owner: "u".into(),
-        };
-        DocumentText::new(system, format!("{{\"k\":\"{id}\"}}")).expect("object")
-    }
-
-    #[test]
-    fn a_text_page_writes_its_documents_and_keeps_the_last_when_more_follow() {
-        let docs = || vec![text("a"), text("b"), text("c")];
-        let joined = |ids: &[&str]| {
-            let parts: Vec<Vec<u8>> = ids.iter().map(|i| text(i).to_json_bytes()).collect();
-            parts.join(&b","[..])
-        };
-        // More than a page: the look-ahead document is not written.
-        let p = TextPage::of(docs(), 2);
-        assert_eq!(p.items, joined(&["a", "b"]));
-        assert_eq!(p.last, Some(text("b")));
-        // Exactly a page, or less: nothing follows.
-        let p = TextPage::of(docs(), 3);
-        assert_eq!((p.items, p.last), (joined(&["a", "b", "c"]), None));
-        let p = TextPage::of(docs(), 10);
-        assert_eq!(p.last, None);
-        let p = TextPage::of(Vec::new(), 2);
-        assert_eq!((p.items, p.last), (Vec::new(), None));
-    }
 }

@@ -1,37 +1,43 @@
 //! The embedded engine: one SQLite file in WAL mode. Writes go to a single
 //! writer thread (group commit, see `writer`); reads go to a few dedicated
-//! reader threads, each owning one read connection, so no SQLite call ever
-//! runs on an async worker thread. (Dedicated threads rather than tokio's
-//! blocking pool: under load that pool grew to dozens of short-lived threads,
-//! each with its own allocator heap, and the shared connection pool needed a
-//! lock; a fixed set of readers bounds both.)
+//! reader threads, each owning one read connection (`readers`), so no
+//! SQLite call ever runs on an async worker thread.
 //!
-//! Layout: `_arca_collections` holds definitions; each collection is a table
-//! `c_<name>(tenant, id, rev, created_at, updated_at, owner, doc JSONB)` with
-//! primary key `(tenant, id)`; declared indexes are expression indexes
-//! leading with `tenant`. Queries: `plan` narrows candidates with SQL through
-//! an index where it can, and arca-core's evaluator decides every match.
+//! Layout: `_arca_collections` holds definitions and `_arca_meta` the
+//! catalogue generation; each collection is a table `c_<name>(tenant, id,
+//! rev, created_at, updated_at, owner, doc JSONB)` with primary key
+//! `(tenant, id)`; declared indexes are expression indexes leading with
+//! `tenant`. Queries: `plan` narrows candidates with SQL through an index
+//! where it can (`scan`), and arca-core's evaluator decides every match.
+//!
+//! Files: `setup` (opening connections, the engine's tables), `readers`
+//! (the reader pool), `scan` (listings and point reads), `writer` (the
+//! writer thread), `sql` (SQL text), `plan` (candidate narrowing), `queue`
+//! (the reader queue's wake-up policy), `backup` (online copies); this file
+//! is the `Store` implementation over them.
 
 pub mod backup;
 mod plan;
 mod queue;
+mod readers;
+mod scan;
+mod setup;
 mod sql;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
-use arca_core::query::{Filter, Node, Sort, SortKey};
+use arca_core::query::{Filter, Node};
 use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope};
-use rusqlite::config::DbConfig;
-use rusqlite::types::Value as Sql;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
-use serde_json::{Map, Value};
+use rusqlite::{Connection, params};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{NewDocument, PutOutcome, Query, Store, StoreError, StoredCollection, TextPage};
+use crate::{CollectionSpec, PutOutcome, Query, Store, StoreError, StoredCollection};
+use readers::Readers;
+use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
 use writer::{WriteOp, map_err};
 
 /// How the embedded engine is opened.
@@ -59,92 +65,6 @@ struct CollectionRecord {
     access: Value,
 }
 
-/// The two statements of an ordered equality page (see `ordered_sql`).
-type OrderedSql = Arc<(String, String)>;
-
-/// A read to run on a reader thread.
-struct ReadJob {
-    run: Box<dyn FnOnce(&Connection) + Send>,
-    /// A point read (by primary key): cheap and bounded, so several of
-    /// them may share one read transaction (see `reader_loop`).
-    point: bool,
-}
-
-/// At most this many point reads share one read transaction.
-const POINT_BATCH: usize = 32;
-
-/// At most this many other reads (listings, counts) share one.
-const LONG_BATCH: usize = 4;
-
-/// A reader thread's loop: runs jobs until the store is dropped.
-///
-/// Reads of the same kind that are already queued when a reader picks one
-/// up run together in one read transaction: SQLite's per-transaction work
-/// (the file and WAL locks, the file-size check) was a fifth of a GET's
-/// cost on the reader side, and batching listings cut their `fcntl` and
-/// `fstat` calls by 70%. Each job was queued before that transaction
-/// began, so each still sees every write acknowledged before it was asked.
-/// Point reads never wait behind a listing: the kinds are not mixed, and a
-/// batch of listings (at most `LONG_BATCH`) runs inside `long`, so point
-/// reads queued meanwhile wake another reader.
-fn reader_loop(conn: &Connection, jobs: &queue::Receiver<ReadJob>, mut run: impl FnMut(ReadJob)) {
-    let mut batch: Vec<ReadJob> = Vec::with_capacity(POINT_BATCH);
-    let mut next: Option<ReadJob> = None;
-    loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match jobs.recv() {
-                Some(job) => job,
-                // The store (the only sender) is gone.
-                None => return,
-            },
-        };
-        let point = job.point;
-        let cap = if point { POINT_BATCH } else { LONG_BATCH };
-        batch.push(job);
-        while batch.len() < cap {
-            match jobs.try_recv() {
-                Some(job) if job.point == point => batch.push(job),
-                Some(job) => {
-                    next = Some(job);
-                    break;
-                }
-                None => break,
-            }
-        }
-        if point {
-            run_batch(conn, &mut batch, &mut run);
-        } else {
-            jobs.long(|| run_batch(conn, &mut batch, &mut run));
-        }
-    }
-}
-
-/// Runs `batch` (emptying it), in one read transaction when it holds more
-/// than one job.
-fn run_batch(conn: &Connection, batch: &mut Vec<ReadJob>, run: &mut impl FnMut(ReadJob)) {
-    if batch.len() == 1 {
-        batch.drain(..).for_each(run);
-        return;
-    }
-    // A deferred BEGIN: the snapshot is taken by the first read, after
-    // every job of the batch was queued.
-    let began = conn
-        .prepare_cached("BEGIN")
-        .and_then(|mut st| st.execute([]))
-        .is_ok();
-    batch.drain(..).for_each(run);
-    if began && !conn.is_autocommit() {
-        let ended = conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut st| st.execute([]));
-        if let Err(e) = ended {
-            tracing::warn!(error = %e, "ending a batch of reads failed");
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-    }
-}
-
 /// The embedded SQLite engine.
 pub struct SqliteStore {
     /// `None` only while dropping (closing it stops the writer).
@@ -152,10 +72,8 @@ pub struct SqliteStore {
     /// The writer thread, joined on drop so its final checkpoint finishes
     /// before the process can exit.
     writer: Option<std::thread::JoinHandle<()>>,
-    reads: queue::Sender<ReadJob>,
+    readers: Readers,
     path: PathBuf,
-    id_seed: [u8; 5],
-    id_counter: AtomicU32,
     /// The paths leading each collection's declared indexes (what the
     /// planner may narrow on), kept in step with the definitions.
     indexed: RwLock<HashMap<CollectionName, Arc<HashSet<String>>>>,
@@ -165,93 +83,25 @@ pub struct SqliteStore {
     ordered: RwLock<HashMap<(CollectionName, String), OrderedSql>>,
 }
 
-fn open_conn(
-    path: &Path,
-    read_only: bool,
-    synchronous_full: bool,
-    cache_kib: u32,
-) -> Result<Connection, StoreError> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let conn = Connection::open_with_flags(path, flags).map_err(map_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(map_err)?;
-    let sync = if synchronous_full { "FULL" } else { "NORMAL" };
-    let mut pragmas = format!(
-        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -{cache_kib};"
-    );
-    if !read_only {
-        pragmas.insert_str(0, "PRAGMA journal_mode = WAL; ");
-    }
-    conn.execute_batch(&pragmas).map_err(map_err)?;
-    // Plans never depend on bound values. Without this, SQLite (built with
-    // STAT4) marks statements whose plan a parameter could change and
-    // re-prepares them whenever the value differs: in the list profile
-    // every cached statement was parsed and planned again on each call.
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-        .map_err(map_err)?;
-    conn.set_prepared_statement_cache_capacity(128);
-    Ok(conn)
-}
-
 impl SqliteStore {
-    /// Opens (creating if needed) the database and starts the writer thread.
-    /// Blocking: call it before serving, or from a blocking context.
+    /// Opens (creating if needed) the database and starts the writer and
+    /// reader threads. Blocking: call it before serving, or from a
+    /// blocking context.
     pub fn open(opts: &SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
-        let writer_conn = open_conn(&opts.path, false, opts.synchronous_full, 2000)?;
-        writer_conn
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS _arca_collections (
-                    name TEXT PRIMARY KEY,
-                    def TEXT NOT NULL,
-                    created_at TEXT NOT NULL,
-                    updated_at TEXT NOT NULL
-                )",
-            )
-            .map_err(map_err)?;
-        let (reads, receivers) = queue::queue::<ReadJob>(opts.readers.max(1));
-        let read_timeout = opts.read_timeout;
-        for (n, jobs) in receivers.into_iter().enumerate() {
-            let mut conn = open_conn(
-                &opts.path,
-                true,
-                opts.synchronous_full,
-                opts.reader_cache_kib.max(100),
-            )?;
-            // One progress handler per connection, checking the running
-            // job's deadline every 1000 VM steps.
-            let epoch = std::time::Instant::now();
-            let deadline = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
-            let watched = deadline.clone();
-            conn.progress_handler(
-                1000,
-                Some(move || epoch.elapsed().as_millis() as u64 > watched.load(Ordering::Relaxed)),
-            )
-            .map_err(map_err)?;
-            std::thread::Builder::new()
-                .name(format!("arca-sqlite-reader-{n}"))
-                .spawn(move || {
-                    reader_loop(&conn, &jobs, |job| {
-                        let limit = (epoch.elapsed() + read_timeout).as_millis() as u64;
-                        deadline.store(limit, Ordering::Relaxed);
-                        (job.run)(&conn);
-                        deadline.store(u64::MAX, Ordering::Relaxed);
-                    })
-                })
-                .map_err(|e| {
-                    StoreError::Unavailable(format!("cannot start a reader thread: {e}"))
-                })?;
-        }
+        let writer_conn = setup::open_conn(&opts.path, false, opts.synchronous_full, 2000)?;
+        setup::create_engine_tables(&writer_conn)?;
+        let readers = Readers::start(
+            &opts.path,
+            opts.readers,
+            opts.synchronous_full,
+            opts.reader_cache_kib,
+            opts.read_timeout,
+        )?;
         let (tx, rx) = mpsc::channel(4096);
         let writer = std::thread::Builder::new()
             .name("arca-sqlite-writer".into())
@@ -260,10 +110,8 @@ impl SqliteStore {
         Ok(Self {
             writes: Some(tx),
             writer: Some(writer),
-            reads,
+            readers,
             path: opts.path.clone(),
-            id_seed: rand::random(),
-            id_counter: AtomicU32::new(rand::random()),
             indexed: RwLock::new(HashMap::new()),
             ordered: RwLock::new(HashMap::new()),
         })
@@ -272,53 +120,6 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// `EXPLAIN QUERY PLAN` of the queries `find` runs for `filter` in
-    /// `_id` order (for tests and diagnostics), one line per plan step.
-    pub async fn explain(
-        &self,
-        coll: &CollectionName,
-        scope: &Scope,
-        filter: &Filter,
-    ) -> Result<Vec<String>, StoreError> {
-        let tenant = Sql::Text(scope.tenant_key().to_owned());
-        let queries: Vec<(String, Vec<Sql>)> =
-            match plan::prefer_ordered(filter, &self.indexed_paths(coll)) {
-                Some((path, value)) => {
-                    let (a, b) = ordered_sql(coll, &path);
-                    vec![
-                        (a, vec![tenant.clone(), value, Sql::Text(String::new())]),
-                        (b, vec![tenant, Sql::Text(String::new())]),
-                    ]
-                }
-                None => vec![self.candidate_sql(coll, scope, filter, None)],
-            };
-        self.read(move |c| {
-            let mut out = Vec::new();
-            for (sql, params) in queries {
-                let mut st = c
-                    .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                    .map_err(map_err)?;
-                let rows = st
-                    .query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(3))
-                    .map_err(map_err)?;
-                for r in rows {
-                    out.push(r.map_err(map_err)?);
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    fn new_id(&self) -> DocId {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        DocId::generated(u32::try_from(secs).unwrap_or(u32::MAX), self.id_seed, n)
     }
 
     fn set_indexed(&self, name: &CollectionName, defs: Option<&[IndexDef]>) {
@@ -340,45 +141,13 @@ impl SqliteStore {
         map.get(name).cloned().unwrap_or_default()
     }
 
-    /// The SQL that selects candidate rows for `filter` within the scope's
-    /// tenant, in `_id` order, optionally after an `_id`.
-    fn candidate_sql(
-        &self,
-        coll: &CollectionName,
-        scope: &Scope,
-        filter: &Filter,
-        after_id: Option<&str>,
-    ) -> (String, Vec<Sql>) {
-        let table = sql::table(coll);
-        let tenant = scope.tenant_key();
-        let mut sql = format!("SELECT {} FROM {table} WHERE tenant = ?", sql::DOC_COLUMNS);
-        let mut params = vec![Sql::Text(tenant.to_owned())];
-        if let Some(p) = plan::prefilter(filter, &table, tenant, &self.indexed_paths(coll)) {
-            if p.condition.starts_with("rowid IN") {
-                // The index scans inside the subquery drive; `+` keeps SQLite
-                // from scanning the tenant's rows instead (the tenant is
-                // still checked here and inside the subquery).
-                sql = format!("SELECT {} FROM {table} WHERE +tenant = ?", sql::DOC_COLUMNS);
-            }
-            sql.push_str(" AND ");
-            sql.push_str(&p.condition);
-            params.extend(p.params);
-        }
-        if let Some(id) = after_id {
-            sql.push_str(" AND id > ?");
-            params.push(Sql::Text(id.to_owned()));
-        }
-        sql.push_str(" ORDER BY id");
-        (sql, params)
-    }
-
     /// Runs `f` on a reader thread's connection and awaits its result.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.read_job(false, f).await
+        self.readers.run(false, f).await
     }
 
     /// `read` for a point read by primary key (may share a transaction).
@@ -387,28 +156,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.read_job(true, f).await
-    }
-
-    async fn read_job<T, F>(&self, point: bool, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        let run = Box::new(move |conn: &Connection| {
-            // A panic in `f` drops `tx`: the caller sees "unavailable",
-            // and the reader thread survives it.
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
-            if let Ok(out) = out {
-                let _ = tx.send(out);
-            }
-        });
-        self.reads
-            .send(ReadJob { run, point })
-            .map_err(|_| StoreError::Unavailable("readers stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the read failed".into()))?
+        self.readers.run(true, f).await
     }
 
     /// Queues a write and waits for the commit that holds it.
@@ -447,340 +195,24 @@ impl Drop for SqliteStore {
     }
 }
 
-/// The two `_id`-ordered scans of an equality on `path`: by the expression
-/// index (`tenant`, value, `id` bound as ?1, ?2, ?3), and by the "array on
-/// this path" index (`tenant`, `id` as ?1, ?2).
-fn ordered_sql(coll: &CollectionName, path: &str) -> (String, String) {
-    let t = sql::table(coll);
-    (
-        format!(
-            "SELECT {} FROM {t} WHERE tenant = ?1 AND {} = ?2 AND id > ?3 ORDER BY id",
-            sql::DOC_COLUMNS,
-            sql::field_expr(path)
-        ),
-        format!(
-            "SELECT {} FROM {t} WHERE tenant = ?1 AND {} AND id > ?2 ORDER BY id",
-            sql::DOC_COLUMNS,
-            sql::path_has_array(path)
-        ),
-    )
-}
-
-impl SqliteStore {
-    /// `find`, decoding bodies as `body` says.
-    async fn find_found<R: Send + 'static>(
-        &self,
-        coll: &CollectionName,
-        scope: &Scope,
-        query: &Query,
-        body: Body,
-        finish: impl FnOnce(Vec<Found>) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let filter = scope.filter().clone().and(query.filter.clone());
-        if matches!(filter.root(), Node::Nothing) || query.limit == 0 {
-            return finish(Vec::new());
-        }
-        let (sort, limit, after) = (query.sort.clone(), query.limit, query.after.clone());
-        let by_id = sort.is_by_id();
-        if by_id
-            && let Some((path, value)) = plan::prefer_ordered(&filter, &self.indexed_paths(coll))
-        {
-            // Equality on an indexed path in `_id` order: two index scans
-            // already in `_id` order, merged; a page costs its own size.
-            let sql = self.ordered_sql_of(coll, path);
-            let tenant = scope.tenant_key().to_owned();
-            let after_id = after.map(|c| c.id).unwrap_or_default();
-            return self
-                .read(move |c| {
-                    let pa = [
-                        Sql::Text(tenant.clone()),
-                        value,
-                        Sql::Text(after_id.clone()),
-                    ];
-                    let pb = [Sql::Text(tenant), Sql::Text(after_id)];
-                    let (a, b) = &*sql;
-                    merged_scan(c, (a, &pa), (b, &pb), &filter, &body, limit).and_then(finish)
-                })
-                .await;
-        }
-        let (sql, params) = self.candidate_sql(
-            coll,
-            scope,
-            &filter,
-            if by_id {
-                after.as_ref().map(|c| c.id.as_str())
-            } else {
-                None
-            },
-        );
-        self.read(move |c| {
-            if by_id {
-                // Candidates arrive in `_id` order: stop at the page's end.
-                let mut out = Vec::with_capacity(limit.min(64));
-                scan(c, &sql, &params, &filter, &body, |doc| {
-                    out.push(doc);
-                    out.len() < limit
-                })?;
-                return finish(out);
-            }
-            // Another order: every match is keyed in Rust and only the best
-            // `limit` are kept (a bounded heap: memory stays O(limit)
-            // however large the collection).
-            let mut best: std::collections::BinaryHeap<Ranked<'_>> =
-                std::collections::BinaryHeap::new();
-            let cursor = after
-                .as_ref()
-                .map(|c| (SortKey(c.key.clone()), c.id.clone()));
-            scan(c, &sql, &params, &filter, &body, |doc| {
-                let key = sort.key_document(&doc.doc);
-                let past_cursor = cursor.as_ref().is_none_or(|(k, id)| {
-                    sort.compare(&key, doc.doc.system.id.as_str(), k, id)
-                        == std::cmp::Ordering::Greater
-                });
-                if past_cursor {
-                    let entry = Ranked {
-                        key,
-                        doc,
-                        sort: &sort,
-                    };
-                    if best.len() < limit {
-                        best.push(entry);
-                    } else if best.peek().is_some_and(|worst| entry < *worst) {
-                        best.pop();
-                        best.push(entry);
-                    }
-                }
-                true
-            })?;
-            finish(best.into_sorted_vec().into_iter().map(|r| r.doc).collect())
-        })
-        .await
-    }
-
-    /// `ordered_sql` of `coll` and `path`, from the cache.
-    fn ordered_sql_of(&self, coll: &CollectionName, path: String) -> OrderedSql {
-        let key = (coll.clone(), path);
-        if let Some(sql) = self.ordered.read().ok().and_then(|m| m.get(&key).cloned()) {
-            return sql;
-        }
-        let sql = Arc::new(ordered_sql(&key.0, &key.1));
-        if let Ok(mut m) = self.ordered.write() {
-            m.insert(key, sql.clone());
-        }
-        sql
-    }
-
-    /// Reads the row of `id` in the scope's tenant and decodes it.
-    async fn point_read<T: Send + 'static>(
-        &self,
-        coll: &CollectionName,
-        scope: &Scope,
-        id: &DocId,
-        decode: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Result<T, StoreError>>,
-    ) -> Result<Option<T>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM {} WHERE tenant = ?1 AND id = ?2",
-            sql::DOC_COLUMNS,
-            sql::table(coll)
-        );
-        let (tenant, id) = (scope.tenant_key().to_owned(), id.clone());
-        self.read_point(move |c| {
-            let row = c
-                .prepare_cached(&sql)
-                .and_then(|mut st| {
-                    st.query_row(params![tenant, id.as_str()], decode)
-                        .optional()
-                })
-                .map_err(map_err)?;
-            row.transpose()
-        })
-        .await
-    }
-}
-
-/// `Body::Fields` of what `filters` and `sort` read: only those top-level
-/// fields are parsed.
-fn fields_read(filters: &[&Filter], sort: Option<&Sort>) -> Body {
-    let mut keys = Vec::new();
-    for f in filters {
-        f.top_level_fields(&mut keys);
-    }
-    if let Some(sort) = sort {
-        sort.top_level_fields(&mut keys);
-    }
-    Body::Fields(keys.into_iter().map(str::to_owned).collect())
-}
-
-/// What a text listing of `query` in `scope` parses.
-fn text_body(scope: &Scope, query: &Query) -> Body {
-    fields_read(&[scope.filter(), &query.filter], Some(&query.sort))
-}
-
-/// Found rows read with `Body::Fields` as documents with their texts.
-fn texts(found: Vec<Found>) -> Result<Vec<DocumentText>, StoreError> {
-    found
-        .into_iter()
-        .map(|f| sql::document_text(f.doc.system, f.text.unwrap_or_default()))
-        .collect()
-}
-
-/// Merges two `_id`-ordered candidate streams (a document in both counts
-/// once), keeps what the evaluator accepts, stops at `limit`.
-fn merged_scan(
-    c: &Connection,
-    (a_sql, a_params): (&str, &[Sql]),
-    (b_sql, b_params): (&str, &[Sql]),
-    filter: &Filter,
-    body: &Body,
-    limit: usize,
-) -> Result<Vec<Found>, StoreError> {
-    let mut sa = c.prepare_cached(a_sql).map_err(map_err)?;
-    let mut sb = c.prepare_cached(b_sql).map_err(map_err)?;
-    let mut ra = sa
-        .query(params_from_iter(a_params.iter()))
-        .map_err(map_err)?;
-    let mut rb = sb
-        .query(params_from_iter(b_params.iter()))
-        .map_err(map_err)?;
-    let next = |rows: &mut rusqlite::Rows<'_>| -> Result<Option<Found>, StoreError> {
-        match rows.next().map_err(map_err)? {
-            Some(row) => Ok(Some(body.decode(row).map_err(map_err)??)),
-            None => Ok(None),
-        }
-    };
-    let (mut na, mut nb) = (next(&mut ra)?, next(&mut rb)?);
-    let mut out = Vec::with_capacity(limit.min(64));
-    loop {
-        let doc = match (na.take(), nb.take()) {
-            (None, None) => break,
-            (Some(x), None) => {
-                na = next(&mut ra)?;
-                x
-            }
-            (None, Some(y)) => {
-                nb = next(&mut rb)?;
-                y
-            }
-            (Some(x), Some(y)) => match x.doc.system.id.cmp(&y.doc.system.id) {
-                std::cmp::Ordering::Less => {
-                    nb = Some(y);
-                    na = next(&mut ra)?;
-                    x
-                }
-                std::cmp::Ordering::Greater => {
-                    na = Some(x);
-                    nb = next(&mut rb)?;
-                    y
-                }
-                std::cmp::Ordering::Equal => {
-                    na = next(&mut ra)?;
-                    nb = next(&mut rb)?;
-                    x
-                }
-            },
-        };
-        if filter.matches_document(&doc.doc) {
-            out.push(doc);
-            if out.len() == limit {
-                break;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A document ranked by a sort order (for the bounded top-`limit` heap:
-/// the heap's greatest element is the worst of the kept ones).
-struct Ranked<'a> {
-    key: SortKey,
-    doc: Found,
-    sort: &'a arca_core::query::Sort,
-}
-
-impl Ord for Ranked<'_> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.sort.compare(
-            &self.key,
-            self.doc.doc.system.id.as_str(),
-            &other.key,
-            other.doc.doc.system.id.as_str(),
-        )
-    }
-}
-
-impl PartialOrd for Ranked<'_> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Ranked<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == std::cmp::Ordering::Equal
-    }
-}
-
-impl Eq for Ranked<'_> {}
-
-/// Streams candidate rows and hands those the evaluator accepts to `keep`;
-/// stops as soon as `keep` returns false.
-fn scan(
-    c: &Connection,
-    sql: &str,
-    params: &[Sql],
-    filter: &Filter,
-    body: &Body,
-    mut keep: impl FnMut(Found) -> bool,
-) -> Result<(), StoreError> {
-    let mut st = c.prepare_cached(sql).map_err(map_err)?;
-    let mut rows = st.query(params_from_iter(params.iter())).map_err(map_err)?;
-    while let Some(row) = rows.next().map_err(map_err)? {
-        let found = body.decode(row).map_err(map_err)??;
-        if filter.matches_document(&found.doc) && !keep(found) {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// How a listing decodes the bodies of the rows it reads.
-#[derive(Debug, Clone)]
-enum Body {
-    /// Parse the whole body.
-    Full,
-    /// Parse only these top-level fields (what the filter and the sort
-    /// read) and keep the stored text for the response.
-    Fields(Vec<String>),
-}
-
-/// A row a listing kept: the document (whole or partial, see `Body`) and,
-/// with `Body::Fields`, its stored text.
-struct Found {
-    doc: Document,
-    text: Option<String>,
-}
-
-impl Body {
-    fn decode(&self, row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Found, StoreError>> {
-        match self {
-            Body::Full => Ok(sql::decode_document(row)?.map(|doc| Found { doc, text: None })),
-            Body::Fields(keys) => {
-                let text: String = row.get(5)?;
-                let body = arca_core::parse_body_fields(&text, keys).unwrap_or_default();
-                Ok(sql::decode_system(row)?.map(|system| Found {
-                    doc: Document { system, body },
-                    text: Some(text),
-                }))
-            }
-        }
-    }
-}
-
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
             .await
+    }
+
+    async fn catalog_generation(&self) -> Result<u64, StoreError> {
+        self.read_point(|c| {
+            let n: Option<i64> = c
+                .prepare_cached("SELECT value FROM _arca_meta WHERE key = 'catalog_generation'")
+                .and_then(|mut st| {
+                    rusqlite::OptionalExtension::optional(st.query_row([], |r| r.get(0)))
+                })
+                .map_err(map_err)?;
+            Ok(n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+        })
+        .await
     }
 
     async fn collections(&self) -> Result<Vec<StoredCollection>, StoreError> {
@@ -820,35 +252,37 @@ impl Store for SqliteStore {
                 Ok(out)
             })
             .await?;
+        // Definitions changed through another process reach the planner
+        // here too (the server reloads when the generation moves).
+        let mut map = match self.indexed.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.clear();
         for c in &all {
-            self.set_indexed(&c.name, Some(&c.indexes));
+            map.insert(c.name.clone(), Arc::new(sql::indexed_paths(&c.indexes)));
         }
         Ok(all)
     }
 
-    async fn put_collection(
-        &self,
-        name: &CollectionName,
-        schema: &Value,
-        indexes: &[IndexDef],
-        access: &Value,
-    ) -> Result<PutOutcome, StoreError> {
+    async fn put_collection(&self, spec: CollectionSpec<'_>) -> Result<PutOutcome, StoreError> {
         let record = serde_json::to_string(&CollectionRecord {
-            schema: schema.clone(),
-            indexes: indexes.to_vec(),
-            access: access.clone(),
+            schema: spec.schema.clone(),
+            indexes: spec.indexes.to_vec(),
+            access: spec.access.clone(),
         })
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let (owned, defs) = (name.clone(), indexes.to_vec());
+        let (name, indexes, at) = (spec.name.clone(), spec.indexes.to_vec(), spec.at.to_owned());
         let out = self
             .write(|reply| WriteOp::PutCollection {
-                name: owned,
+                name,
                 record,
-                indexes: defs,
+                indexes,
+                at,
                 reply,
             })
             .await?;
-        self.set_indexed(name, Some(indexes));
+        self.set_indexed(spec.name, Some(spec.indexes));
         Ok(out)
     }
 
@@ -865,20 +299,18 @@ impl Store for SqliteStore {
         &self,
         coll: &CollectionName,
         scope: &Scope,
-        doc: NewDocument,
-    ) -> Result<Document, StoreError> {
-        let id = doc.id.unwrap_or_else(|| self.new_id());
-        let (coll, tenant, body) = (
+        doc: &Document,
+    ) -> Result<(), StoreError> {
+        let (coll, tenant, system, body) = (
             coll.clone(),
             scope.tenant_key().to_owned(),
+            doc.system.clone(),
             arca_core::body_text(&doc.body),
         );
-        let owner = doc.owner;
         self.write(|reply| WriteOp::Insert {
             coll,
             tenant,
-            id,
-            owner,
+            system,
             body,
             reply,
         })
@@ -920,20 +352,19 @@ impl Store for SqliteStore {
         &self,
         coll: &CollectionName,
         scope: &Scope,
-        id: &DocId,
+        doc: &Document,
         expected_rev: u64,
-        body: Map<String, Value>,
-    ) -> Result<Document, StoreError> {
-        let (coll, tenant, id, body) = (
+    ) -> Result<(), StoreError> {
+        let (coll, tenant, system, body) = (
             coll.clone(),
             scope.tenant_key().to_owned(),
-            id.clone(),
-            arca_core::body_text(&body),
+            doc.system.clone(),
+            arca_core::body_text(&doc.body),
         );
         self.write(|reply| WriteOp::Replace {
             coll,
             tenant,
-            id,
+            system,
             expected_rev,
             body,
             reply,
@@ -947,7 +378,7 @@ impl Store for SqliteStore {
         scope: &Scope,
         id: &DocId,
         expected_rev: Option<u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Document, StoreError> {
         let (coll, tenant, id) = (coll.clone(), scope.tenant_key().to_owned(), id.clone());
         self.write(|reply| WriteOp::Delete {
             coll,
@@ -979,22 +410,6 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DocumentText>, StoreError> {
         self.find_found(coll, scope, query, text_body(scope, query), texts)
             .await
-    }
-
-    async fn find_page(
-        &self,
-        coll: &CollectionName,
-        scope: &Scope,
-        query: &Query,
-        page: usize,
-    ) -> Result<TextPage, StoreError> {
-        // Written on the reader thread: the documents' strings are freed
-        // by the thread that allocated them (a cross-thread free costs
-        // the allocator several times more), and one buffer crosses over.
-        self.find_found(coll, scope, query, text_body(scope, query), move |found| {
-            Ok(TextPage::of(texts(found)?, page))
-        })
-        .await
     }
 
     async fn count(
@@ -1041,7 +456,10 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arca_core::SystemFields;
     use rusqlite::StatementStatus;
+    use rusqlite::types::Value as Sql;
+    use scan::{merged_scan, ordered_sql};
 
     /// Each read connection gets the configured page cache.
     #[tokio::test]
@@ -1071,6 +489,7 @@ mod tests {
     /// that depended on the bound values was re-prepared (parsed and
     /// planned again) on every call with a new value.
     #[tokio::test]
+    #[allow(clippy::disallowed_methods)] // an engine test acts as an operator
     async fn cached_statements_are_not_re_prepared_for_new_values() {
         let dir = tempfile::tempdir().expect("tmp");
         let opts = SqliteOptions {
@@ -1088,25 +507,31 @@ mod tests {
             sparse: false,
         };
         store
-            .put_collection(
-                &coll,
-                &serde_json::json!({"type": "object"}),
-                &[index],
-                &serde_json::json!({}),
-            )
+            .put_collection(CollectionSpec {
+                name: &coll,
+                schema: &serde_json::json!({"type": "object"}),
+                indexes: &[index],
+                access: &serde_json::json!({}),
+                at: "2026-12-06T00:00:00.000Z",
+            })
             .await
             .expect("define");
-        let scope = Scope::tenant(arca_core::Tenant::None);
+        let scope = Scope::operator(arca_core::Tenant::None);
         for i in 0..100 {
             let body = serde_json::json!({"category": format!("c{}", i % 5)});
-            let doc = NewDocument {
-                id: None,
-                owner: "u".into(),
+            let doc = Document {
+                system: SystemFields {
+                    id: DocId::parse(&format!("d{i:03}")).expect("id"),
+                    rev: 1,
+                    created_at: "2026-12-06T00:00:00.000Z".into(),
+                    updated_at: "2026-12-06T00:00:00.000Z".into(),
+                    owner: "u".into(),
+                },
                 body: body.as_object().cloned().unwrap_or_default(),
             };
-            store.insert(&coll, &scope, doc).await.expect("insert");
+            store.insert(&coll, &scope, &doc).await.expect("insert");
         }
-        let conn = open_conn(&opts.path, true, true, 2000).expect("reader");
+        let conn = setup::open_conn(&opts.path, true, true, 2000).expect("reader");
         let (a, b) = ordered_sql(&coll, "category");
         let no_tenant = || Sql::Text(String::new());
         for value in ["c1", "c2", "c3", "c4"] {

@@ -7,7 +7,6 @@
 
 use arca_core::{CollectionName, DocId, Document, IndexDef, SystemFields};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
-use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql;
@@ -21,30 +20,30 @@ pub enum WriteOp {
     Insert {
         coll: CollectionName,
         tenant: String,
-        id: DocId,
-        owner: String,
+        system: SystemFields,
         body: String,
-        reply: oneshot::Sender<Result<Document, StoreError>>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Replace {
         coll: CollectionName,
         tenant: String,
-        id: DocId,
+        system: SystemFields,
         expected_rev: u64,
         body: String,
-        reply: oneshot::Sender<Result<Document, StoreError>>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Delete {
         coll: CollectionName,
         tenant: String,
         id: DocId,
         expected_rev: Option<u64>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
+        reply: oneshot::Sender<Result<Document, StoreError>>,
     },
     PutCollection {
         name: CollectionName,
         record: String,
         indexes: Vec<IndexDef>,
+        at: String,
         reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
     },
     DeleteCollection {
@@ -83,10 +82,6 @@ impl Done {
             Done::Bool(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
         }
     }
-}
-
-fn now() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 /// Maps a SQLite error; constraint violations become `Conflict`.
@@ -167,9 +162,9 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
 fn fail(op: WriteOp, err: &StoreError) -> Done {
     match op {
         WriteOp::Insert { reply, .. } | WriteOp::Replace { reply, .. } => {
-            Done::Doc(reply, Err(err.clone()))
+            Done::Unit(reply, Err(err.clone()))
         }
-        WriteOp::Delete { reply, .. } => Done::Unit(reply, Err(err.clone())),
+        WriteOp::Delete { reply, .. } => Done::Doc(reply, Err(err.clone())),
         WriteOp::PutCollection { reply, .. } => Done::Put(reply, Err(err.clone())),
         WriteOp::DeleteCollection { reply, .. } => Done::Bool(reply, Err(err.clone())),
     }
@@ -194,26 +189,25 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
         WriteOp::Insert {
             coll,
             tenant,
-            id,
-            owner,
+            system,
             body,
             reply,
         } => {
-            let r = insert(conn, &coll, &tenant, id, owner, &body);
+            let r = insert(conn, &coll, &tenant, &system, &body);
             let ok = r.is_ok();
-            (Done::Doc(reply, r), ok)
+            (Done::Unit(reply, r), ok)
         }
         WriteOp::Replace {
             coll,
             tenant,
-            id,
+            system,
             expected_rev,
             body,
             reply,
         } => {
-            let r = replace(conn, &coll, &tenant, &id, expected_rev, &body);
+            let r = replace(conn, &coll, &tenant, &system, expected_rev, &body);
             let ok = r.is_ok();
-            (Done::Doc(reply, r), ok)
+            (Done::Unit(reply, r), ok)
         }
         WriteOp::Delete {
             coll,
@@ -224,15 +218,16 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
         } => {
             let r = delete(conn, &coll, &tenant, &id, expected_rev);
             let ok = r.is_ok();
-            (Done::Unit(reply, r), ok)
+            (Done::Doc(reply, r), ok)
         }
         WriteOp::PutCollection {
             name,
             record,
             indexes,
+            at,
             reply,
         } => {
-            let r = put_collection(conn, &name, &record, &indexes);
+            let r = put_collection(conn, &name, &record, &indexes, &at);
             let ok = r.is_ok();
             (Done::Put(reply, r), ok)
         }
@@ -282,81 +277,68 @@ fn name_conflict(conn: &Connection, coll: &CollectionName, err: StoreError) -> S
     }
 }
 
-fn parse_body(body: &str) -> Map<String, Value> {
-    match serde_json::from_str(body) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
-    }
-}
-
 fn insert(
     conn: &Connection,
     coll: &CollectionName,
     tenant: &str,
-    id: DocId,
-    owner: String,
+    system: &SystemFields,
     body: &str,
-) -> Result<Document, StoreError> {
-    let ts = now();
+) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO {} (tenant, id, rev, created_at, updated_at, owner, doc) VALUES (?1, ?2, 1, ?3, ?3, ?4, jsonb(?5))",
+        "INSERT INTO {} (tenant, id, rev, created_at, updated_at, owner, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, jsonb(?7))",
         sql::table(coll)
     );
     conn.prepare_cached(&sql)
-        .and_then(|mut st| st.execute(params![tenant, id.as_str(), ts, owner, body]))
+        .and_then(|mut st| {
+            st.execute(params![
+                tenant,
+                system.id.as_str(),
+                rev_param(system.rev),
+                system.created_at,
+                system.updated_at,
+                system.owner,
+                body
+            ])
+        })
         .map_err(|e| name_conflict(conn, coll, map_err(e)))?;
-    Ok(Document {
-        system: SystemFields {
-            id,
-            rev: 1,
-            created_at: ts.clone(),
-            updated_at: ts,
-            owner,
-        },
-        body: parse_body(body),
-    })
+    Ok(())
+}
+
+/// A revision as SQLite's signed integer (revisions never get near 2^63).
+fn rev_param(rev: u64) -> i64 {
+    i64::try_from(rev).unwrap_or(i64::MAX)
 }
 
 fn replace(
     conn: &Connection,
     coll: &CollectionName,
     tenant: &str,
-    id: &DocId,
+    system: &SystemFields,
     expected_rev: u64,
     body: &str,
-) -> Result<Document, StoreError> {
-    let ts = now();
+) -> Result<(), StoreError> {
     let sql = format!(
-        "UPDATE {} SET doc = jsonb(?1), rev = rev + 1, updated_at = ?2 WHERE tenant = ?3 AND id = ?4 AND rev = ?5 \
-         RETURNING rev, created_at, owner",
+        "UPDATE {} SET doc = jsonb(?1), rev = ?2, updated_at = ?3 WHERE tenant = ?4 AND id = ?5 AND rev = ?6",
         sql::table(coll)
     );
-    let rev = i64::try_from(expected_rev).unwrap_or(i64::MAX);
-    let row = conn
+    let id = system.id.as_str();
+    let n = conn
         .prepare_cached(&sql)
         .and_then(|mut st| {
-            st.query_row(params![body, ts, tenant, id.as_str(), rev], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .optional()
+            st.execute(params![
+                body,
+                rev_param(system.rev),
+                system.updated_at,
+                tenant,
+                id,
+                rev_param(expected_rev)
+            ])
         })
         .map_err(|e| name_conflict(conn, coll, map_err(e)))?;
-    match row {
-        Some((rev, created_at, owner)) => Ok(Document {
-            system: SystemFields {
-                id: id.clone(),
-                rev: u64::try_from(rev).unwrap_or(0),
-                created_at,
-                updated_at: ts,
-                owner,
-            },
-            body: parse_body(body),
-        }),
-        None => Err(missing_or_moved(conn, coll, tenant, id)?),
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(missing_or_moved(conn, coll, tenant, &system.id)?)
     }
 }
 
@@ -388,21 +370,38 @@ fn delete(
     tenant: &str,
     id: &DocId,
     expected_rev: Option<u64>,
-) -> Result<(), StoreError> {
+) -> Result<Document, StoreError> {
     let sql = format!(
-        "DELETE FROM {} WHERE tenant = ?1 AND id = ?2 AND (?3 IS NULL OR rev = ?3)",
-        sql::table(coll)
+        "DELETE FROM {} WHERE tenant = ?1 AND id = ?2 AND (?3 IS NULL OR rev = ?3) RETURNING {}",
+        sql::table(coll),
+        sql::DOC_COLUMNS
     );
-    let rev = expected_rev.map(|r| i64::try_from(r).unwrap_or(i64::MAX));
-    let n = conn
+    let removed = conn
         .prepare_cached(&sql)
-        .and_then(|mut st| st.execute(params![tenant, id.as_str(), rev]))
+        .and_then(|mut st| {
+            st.query_row(
+                params![tenant, id.as_str(), expected_rev.map(rev_param)],
+                sql::decode_document,
+            )
+            .optional()
+        })
         .map_err(map_err)?;
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(missing_or_moved(conn, coll, tenant, id)?)
+    match removed {
+        Some(doc) => doc,
+        None => Err(missing_or_moved(conn, coll, tenant, id)?),
     }
+}
+
+/// Moves the catalogue generation on (in the transaction of the change),
+/// so every process on the file learns that definitions changed.
+fn bump_catalog_generation(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO _arca_meta (key, value) VALUES ('catalog_generation', 1)
+         ON CONFLICT (key) DO UPDATE SET value = value + 1",
+    )
+    .and_then(|mut st| st.execute([]))
+    .map_err(map_err)?;
+    Ok(())
 }
 
 fn put_collection(
@@ -410,8 +409,8 @@ fn put_collection(
     name: &CollectionName,
     record: &str,
     indexes: &[IndexDef],
+    ts: &str,
 ) -> Result<PutOutcome, StoreError> {
-    let ts = now();
     let existed = conn
         .prepare_cached("SELECT 1 FROM _arca_collections WHERE name = ?1")
         .and_then(|mut st| st.exists(params![name.as_str()]))
@@ -458,6 +457,7 @@ fn put_collection(
             });
         }
     }
+    bump_catalog_generation(conn)?;
     Ok(if existed {
         PutOutcome::Updated
     } else {
@@ -474,5 +474,6 @@ fn delete_collection(conn: &Connection, name: &CollectionName) -> Result<bool, S
         .map_err(map_err)?;
     conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", sql::table(name)))
         .map_err(map_err)?;
+    bump_catalog_generation(conn)?;
     Ok(n == 1)
 }

@@ -1,0 +1,140 @@
+//! The one road to tenant data. The store handle the server uses lives
+//! here and nowhere else: handlers ask `Gateway::authorize` for a
+//! `Grant<A>` (the access check, then a handle owning the `Scope` and the
+//! action's rule, whose methods run the rule check themselves), and change
+//! collection definitions only with the proof of the schema admin role.
+//! Every store call goes through `Timed`, so every operation is measured.
+//! New data paths (aggregation, files, events) are new methods here, never
+//! a second road to the store.
+//!
+//! Files: `catalog` (the compiled collections, kept in step with the store
+//! across processes), `grant` (the per-action handles), `stamp` (ids and
+//! times decided before any engine sees a write), `timed` (the measuring
+//! store).
+
+mod catalog;
+mod grant;
+pub mod stamp;
+mod timed;
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use arca_auth::{AuthSettings, Identity};
+use arca_core::{CollectionDef, CollectionName, Scope};
+use arca_store::{CollectionSpec, PutOutcome, Store, StoreError};
+
+pub use catalog::Collection;
+pub use grant::{Act, Create, Delete, Grant, Read, Update};
+
+use crate::access::{self, SchemaAdmin};
+use crate::error::ApiError;
+use catalog::Catalog;
+
+/// The store, its catalogue, and the rules that say who reaches what.
+pub struct Gateway {
+    store: Arc<dyn Store>,
+    catalog: Catalog,
+    settings: AuthSettings,
+}
+
+impl Gateway {
+    /// Wraps `store` (every call timed) and loads the catalogue.
+    pub async fn open(store: Arc<dyn Store>, settings: AuthSettings) -> Result<Self, StoreError> {
+        let gateway = Self {
+            store: Arc::new(timed::Timed(store)),
+            catalog: Catalog::default(),
+            settings,
+        };
+        gateway.catalog.reload(gateway.store.as_ref()).await?;
+        Ok(gateway)
+    }
+
+    /// Checks `A` on `coll` for the caller and returns its handle. This is
+    /// the one place a request's `Scope` is made.
+    pub fn authorize<A: Act>(
+        &self,
+        caller: Option<&Arc<Identity>>,
+        coll: &Arc<Collection>,
+    ) -> Result<Grant<A>, ApiError> {
+        let id = caller.map(Arc::as_ref);
+        let decision = access::decide(&self.settings, id, &coll.name, &coll.def, A::ACTION)?;
+        // The scope is made after the access check, from its decision.
+        #[allow(clippy::disallowed_methods)]
+        let scope = Scope::authorized(decision.tenant, decision.read);
+        Ok(Grant {
+            store: self.store.clone(),
+            coll: coll.clone(),
+            scope,
+            rule: decision.action,
+            sub: id.map(|i| i.sub.clone()).unwrap_or_default(),
+            act: PhantomData,
+        })
+    }
+
+    /// A collection by name, or 404.
+    pub fn collection(&self, name: &CollectionName) -> Result<Arc<Collection>, ApiError> {
+        self.catalog.get(name)
+    }
+
+    /// Every collection, by name.
+    pub fn collections(&self) -> Vec<Arc<Collection>> {
+        self.catalog.all()
+    }
+
+    /// The catalogue's version (grows with every reload).
+    pub fn catalog_version(&self) -> u64 {
+        self.catalog.version()
+    }
+
+    /// Reloads the catalogue if another process changed a definition;
+    /// whether it did.
+    pub async fn refresh_catalog(&self) -> Result<bool, StoreError> {
+        self.catalog.refresh(self.store.as_ref()).await
+    }
+
+    /// Creates or redefines a collection (schema admins only) and returns
+    /// it as now compiled.
+    pub async fn define(
+        &self,
+        _admin: &SchemaAdmin,
+        name: &CollectionName,
+        def: &CollectionDef,
+    ) -> Result<(PutOutcome, Arc<Collection>), ApiError> {
+        let at = stamp::now();
+        let outcome = self
+            .store
+            .put_collection(CollectionSpec {
+                name,
+                schema: def.schema.source(),
+                indexes: &def.indexes,
+                access: &def.access_source,
+                at: &at,
+            })
+            .await?;
+        self.catalog.reload(self.store.as_ref()).await?;
+        Ok((outcome, self.catalog.get(name)?))
+    }
+
+    /// Deletes a collection and its documents (schema admins only);
+    /// whether it existed.
+    pub async fn undefine(
+        &self,
+        _admin: &SchemaAdmin,
+        name: &CollectionName,
+    ) -> Result<bool, ApiError> {
+        let existed = self.store.delete_collection(name).await?;
+        self.catalog.reload(self.store.as_ref()).await?;
+        Ok(existed)
+    }
+
+    /// Whether the store answers (`/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// The authentication settings the rules are applied with.
+    pub fn settings(&self) -> &AuthSettings {
+        &self.settings
+    }
+}

@@ -180,6 +180,9 @@ def main():
                     help="each scenario runs this many times, Arca and DRF interleaved; medians are reported")
     ap.add_argument("--one-worker", action=argparse.BooleanOptionalAction, default=True,
                     help="also run get, list and ceiling on Arca with server.workers = 1")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="another arca binary (an earlier build) run in the same rounds on its own copy of "
+                         "the data; the report gives this build's per-CPU-second ratio to it per scenario")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="arca-bench-"))
@@ -222,11 +225,11 @@ def main():
         subprocess.run([args.arca, "import", "--collection", "items", str(data)], env={**os.environ, **arca_env},
                        check=True, capture_output=True)
         facts["arca_seed_s"] = time.monotonic() - t
-        if args.one_worker:
-            # The import's last commits may still be in the WAL: copy it too.
+        # The import's last commits may still be in the WAL: copy it too.
+        for copy, wanted in (("arca1", args.one_worker), ("base", args.baseline)):
             for suffix in ("", "-wal"):
-                if (work / "arca" / f"arca.db{suffix}").exists():
-                    shutil.copy(work / "arca" / f"arca.db{suffix}", work / f"arca1.db{suffix}")
+                if wanted and (work / "arca" / f"arca.db{suffix}").exists():
+                    shutil.copy(work / "arca" / f"arca.db{suffix}", work / f"{copy}.db{suffix}")
         arca, ready_ms = start_arca()
         facts["arca_ready_ms"] = ready_ms
         facts["arca_rss_idle_kib"] = rss_kib(arca.p.pid, "VmRSS")
@@ -245,6 +248,16 @@ def main():
         if one:
             procs.append(one[1])
             wait_status(f"{one[0]}/readyz", step=0.001)
+        # An earlier build, same settings, its own copy of the data: its
+        # rows sit right after this build's in every round.
+        if args.baseline:
+            base_port = free_port()
+            base = Proc([args.baseline, "serve"], {
+                **arca_env, "ARCA_STORE__URL": f"sqlite://{work}/base.db",
+                "ARCA_SERVER__LISTEN": f"127.0.0.1:{base_port}"}, log=work / "base.log")
+            procs.append(base)
+            wait_status(f"http://127.0.0.1:{base_port}/readyz", step=0.001)
+            servers.insert(1, (BASE, f"http://127.0.0.1:{base_port}", base))
 
         # The DRF peer: same issuer, same collection, same N.
         if not args.skip_drf:
@@ -322,6 +335,7 @@ def main():
 
 
 ONE = "arca (1 worker)"
+BASE = "arca (baseline build)"
 
 
 def median(xs):
@@ -381,6 +395,10 @@ def report(args, results, facts):
     # the stricter one here (wrk shares the cores), so both are printed.
     m, lo, hi = paired(ar["get"], ar["ceiling"], "rps")
     lines.append(f"- Arca GET / ceiling (req/s): {100 * m:.0f} % (rounds: {100 * lo:.0f}-{100 * hi:.0f} %)")
+    b = {k[1]: v for k, v in results.items() if k[0] == BASE}
+    for name in b:
+        m, lo, hi = paired(ar[name], b[name])
+        lines.append(f"- this build / baseline build per CPU-second, {name}: {m:.3f} (rounds: {lo:.3f}-{hi:.3f})")
     o = {k[1]: v for k, v in results.items() if k[0] == ONE}
     if o:
         line = f"- {ONE}: GET / ceiling {100 * paired(o['get'], o['ceiling'])[0]:.0f} %"

@@ -287,6 +287,66 @@ async fn metrics_count_requests_by_route_template() {
     );
 }
 
+/// Every store operation is timed (one wrapper around the engine), the
+/// writes that replace and delete included.
+#[tokio::test]
+async fn every_store_operation_is_measured() {
+    let s = Server::dev();
+    let t = s.admin();
+    define(
+        &s,
+        &t,
+        "ops",
+        json!({"access": {"read": {"roles": ["*"]}, "create": {"roles": ["*"]},
+                          "update": {"roles": ["*"]}, "delete": {"roles": ["*"]}}}),
+    )
+    .await;
+    let base = "/v1/collections/ops/documents";
+    let r = client()
+        .post(s.url(base))
+        .bearer_auth(&t)
+        .json(&json!({"_id": "d", "n": 1}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 201);
+    assert_eq!(s.get(&format!("{base}/d"), &t).await.status(), 200);
+    let r = client()
+        .put(s.url(&format!("{base}/d")))
+        .bearer_auth(&t)
+        .json(&json!({"n": 2}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.get(base, &t).await.status(), 200);
+    assert_eq!(s.get("/v1/collections/ops/count", &t).await.status(), 200);
+    assert_eq!(s.delete(&format!("{base}/d"), &t).await.status(), 204);
+    assert_eq!(s.delete("/v1/collections/ops", &t).await.status(), 204);
+    assert_eq!(s.get("/readyz", &t).await.status(), 200);
+    let text = s.metrics().await;
+    for op in [
+        "ping",
+        "catalog_generation",
+        "collections",
+        "put_collection",
+        "delete_collection",
+        "insert",
+        "get",
+        "replace",
+        "delete",
+        "find",
+        "count",
+    ] {
+        let series = format!("store_operation_duration_seconds_count{{op=\"{op}\"}}");
+        let n: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "{op} is not measured: {text}");
+    }
+}
+
 #[tokio::test]
 async fn operations_endpoints_ignore_authorization() {
     let s = Server::dev();

@@ -5,6 +5,7 @@
 //! Each method says how it maps onto MongoDB, so that the MongoDB engine
 //! fits the same trait without a redesign.
 
+pub mod mongodb;
 pub mod sqlite;
 
 use arca_core::query::{Cursor, Filter, Sort};

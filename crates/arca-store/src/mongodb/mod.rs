@@ -11,6 +11,7 @@
 //! - `schema`: a collection's JSON Schema -> a `$jsonSchema` validator.
 
 pub mod filter;
+pub mod schema;
 pub mod value;
 
 /// The BSON crate the driver is built with (bson 3, through the driver's

@@ -187,9 +187,16 @@ impl Q {
         Q::Doc(d)
     }
 
-    /// Conjunction, flattening nested `$and`s.
+    /// Conjunction, flattening nested `$and`s, written as one document
+    /// (`{a: {$gt: 1, $lt: 5}, b: ...}`, the same conjunction) unless two
+    /// parts use the same operator on the same path or the same top-level
+    /// operator (then `$and`). One document also suits the stand-in, which
+    /// refuses a `$and` at the top of an `$elemMatch` query.
     fn and(parts: Vec<Q>) -> Q {
-        Q::combine(parts, "$and", Q::None, Q::All)
+        match Q::combine(parts, "$and", Q::None, Q::All) {
+            Q::Doc(d) => Q::Doc(merge_conjunction(&d).unwrap_or(d)),
+            other => other,
+        }
     }
 
     /// Disjunction, flattening nested `$or`s.
@@ -241,6 +248,36 @@ impl Q {
             Q::Doc(d) => Q::Doc(doc! {"$nor": [d]}),
         }
     }
+}
+
+/// `{$and: [d1, d2...]}` as one document, when no key collides.
+fn merge_conjunction(d: &Document) -> Option<Document> {
+    let Some(Bson::Array(parts)) = d.get("$and") else {
+        return None;
+    };
+    if d.len() != 1 {
+        return None;
+    }
+    let mut out = Document::new();
+    for part in parts {
+        for (k, v) in part.as_document()? {
+            match (out.get_mut(k), v) {
+                (None, _) => {
+                    out.insert(k.clone(), v.clone());
+                }
+                (Some(Bson::Document(ops)), Bson::Document(more)) if !k.starts_with('$') => {
+                    for (op, x) in more {
+                        if !op.starts_with('$') || ops.contains_key(op) {
+                            return None;
+                        }
+                        ops.insert(op.clone(), x.clone());
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+    Some(out)
 }
 
 /// A piece of a filter: what to send when widening (over) and when
@@ -912,11 +949,11 @@ mod tests {
         );
         exact(
             json!({"a": {"$gt": 1, "$lt": 5}}),
-            doc! {"$and": [{"a": {"$gt": 1}}, {"a": {"$lt": 5}}]},
+            doc! {"a": {"$gt": 1, "$lt": 5}},
         );
         exact(
             json!({"$or": [{"a": 1}, {"$and": [{"b": 2}, {"c": 3}]}]}),
-            doc! {"$or": [{"a": {"$eq": 1}}, {"$and": [{"b": {"$eq": 2}}, {"c": {"$eq": 3}}]}]},
+            doc! {"$or": [{"a": {"$eq": 1}}, {"b": {"$eq": 2}, "c": {"$eq": 3}}]},
         );
         exact(
             json!({"$nor": [{"a": 1}, {"b": 2}]}),
@@ -943,7 +980,7 @@ mod tests {
         exact(json!({"a": {"$not": {"$type": "objectId"}}}), doc! {});
         exact(
             json!({"x": 1, "a": {"$gte": null}}),
-            doc! {"$and": [{"x": {"$eq": 1}}, {"a": {"$eq": Bson::Null}}]},
+            doc! {"x": {"$eq": 1}, "a": {"$eq": Bson::Null}},
         );
     }
 
@@ -1000,11 +1037,11 @@ mod tests {
         // A negation uses the narrowed form, so no match is lost.
         inexact(
             json!({"a.b": {"$ne": null}}),
-            doc! {"$nor": [{"$and": [{"a.b": {"$eq": Bson::Null}}, {"$nor": [{"a": {"$type": "array"}}]}]}]},
+            doc! {"$nor": [{"a.b": {"$eq": Bson::Null}, "$nor": [{"a": {"$type": "array"}}]}]},
         );
         inexact(
             json!({"a.b": {"$nin": [null]}}),
-            doc! {"$nor": [{"$and": [{"a.b": {"$eq": Bson::Null}}, {"$nor": [{"a": {"$type": "array"}}]}]}]},
+            doc! {"$nor": [{"a.b": {"$eq": Bson::Null}, "$nor": [{"a": {"$type": "array"}}]}]},
         );
     }
 
@@ -1048,7 +1085,7 @@ mod tests {
         // Query form: widened by the server's array elements.
         inexact(
             json!({"items": {"$elemMatch": {"sku": "x", "qty": {"$gt": 2}}}}),
-            doc! {"items": {"$elemMatch": {"$and": [{"sku": {"$eq": "x"}}, {"qty": {"$gt": 2}}]}}},
+            doc! {"items": {"$elemMatch": {"sku": {"$eq": "x"}, "qty": {"$gt": 2}}}},
         );
         exact(
             json!({"items": {"$elemMatch": {}}}),
@@ -1056,10 +1093,10 @@ mod tests {
         );
         inexact(
             json!({"$nor": [{"items": {"$elemMatch": {"sku": "x"}}}]}),
-            doc! {"$nor": [{"$and": [
-                {"items": {"$elemMatch": {"sku": {"$eq": "x"}}}},
-                {"$nor": [{"items": {"$elemMatch": {"$type": "array"}}}]},
-            ]}]},
+            doc! {"$nor": [{
+                "items": {"$elemMatch": {"sku": {"$eq": "x"}}},
+                "$nor": [{"items": {"$elemMatch": {"$type": "array"}}}],
+            }]},
         );
         assert_eq!(
             node(
@@ -1069,10 +1106,10 @@ mod tests {
                 true
             )
             .under,
-            Q::Doc(doc! {"$and": [
-                {"items": {"$elemMatch": {"sku": {"$eq": "x"}}}},
-                {"$nor": [{"items": {"$elemMatch": {"$type": "array"}}}]},
-            ]})
+            Q::Doc(doc! {
+                "items": {"$elemMatch": {"sku": {"$eq": "x"}}},
+                "$nor": [{"items": {"$elemMatch": {"$type": "array"}}}],
+            })
         );
         // Value form: exact only for operators that treat an array element
         // alike on both sides.

@@ -540,7 +540,12 @@ impl Translator {
                     } else {
                         n
                     };
-                    out.insert(key.clone(), i64::try_from(n).unwrap_or(i64::MAX));
+                    // The smallest integer kind, as for values (rule 1).
+                    let n = i64::try_from(n).unwrap_or(i64::MAX);
+                    out.insert(
+                        key.clone(),
+                        i32::try_from(n).map_or(Bson::Int64(n), Bson::Int32),
+                    );
                 }
                 "uniqueItems" => {
                     let b = v.as_bool().ok_or_else(|| SchemaTranslateError {
@@ -864,7 +869,7 @@ mod tests {
                 "properties": props,
                 "required": ["_id", "_tenant", "_rev", "_created_at", "_updated_at", "_owner", "name"],
                 "additionalProperties": false,
-                "maxProperties": 9_i64,
+                "maxProperties": 9,
             }
         );
     }
@@ -898,11 +903,11 @@ mod tests {
         assert_eq!(get("d"), doc! {"enum": [1, "a", Bson::Null, {"k": [1]}]});
         assert_eq!(
             get("e"),
-            doc! {"minLength": 1_i64, "maxLength": 3_i64, "pattern": "^[a-z]{2,3}(x|y)?\\.$"}
+            doc! {"minLength": 1, "maxLength": 3, "pattern": "^[a-z]{2,3}(x|y)?\\.$"}
         );
         assert_eq!(
             get("f"),
-            doc! {"bsonType": "array", "minItems": 1_i64, "maxItems": 2_i64, "uniqueItems": true, "items": {"not": {}}}
+            doc! {"bsonType": "array", "minItems": 1, "maxItems": 2, "uniqueItems": true, "items": {"not": {}}}
         );
         assert_eq!(
             get("g"),
@@ -910,7 +915,7 @@ mod tests {
         );
         assert_eq!(
             get("h"),
-            doc! {"bsonType": "object", "minProperties": 1_i64, "maxProperties": 2_i64, "additionalProperties": {"bsonType": "string"}}
+            doc! {"bsonType": "object", "minProperties": 1, "maxProperties": 2, "additionalProperties": {"bsonType": "string"}}
         );
         assert_eq!(
             get("k"),
@@ -996,7 +1001,7 @@ mod tests {
             s.get_array("anyOf").expect("anyOf"),
             &vec![
                 Bson::Document(
-                    doc! {"properties": exempt, "additionalProperties": false, "maxProperties": 7_i64}
+                    doc! {"properties": exempt, "additionalProperties": false, "maxProperties": 7}
                 ),
                 Bson::Document(doc! {"required": ["b"]}),
             ]

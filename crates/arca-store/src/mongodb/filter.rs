@@ -17,9 +17,11 @@
 //! result. Where nothing better is known, the over is "anything" and the
 //! under "nothing". The root's over is the filter sent.
 //!
-//! Where the server and the evaluator differ (per the MongoDB manual and
-//! the server's own matcher; see `docs` in the engine README for sources),
-//! and what the translation does about it:
+//! Where the server and the evaluator differ, and what the translation
+//! does about it. Sources: the MongoDB manual where it speaks; otherwise
+//! the server's own matcher tests (`jstests/core/match_numeric_components.js`,
+//! `array_match2.js`, `null_query_semantics.js`) and matcher
+//! (`src/mongo/db/matcher/expression_array.cpp`), read, not copied:
 //!
 //! - Numeric path segments (`tags.0`): the server does not expand an array
 //!   reached by position at the end of a path (`{"a.0": 42}` does not match
@@ -125,7 +127,8 @@ pub fn filter_to_bson(filter: &Filter) -> Translated {
 /// ascending and largest descending, type brackets) except: an empty array
 /// sorts before null and missing on the server (manual, "Comparison/Sort
 /// Order") but as null in the evaluator; numeric path segments (see the
-/// module doc); BSON-only values.
+/// module doc); BSON-only values. (Manual, "Comparison/Sort Order",
+/// Arrays; the empty-array case is also shown in MongoDB's DOCS-2760.)
 pub fn sort_to_bson(sort: &Sort) -> Document {
     let mut out = Document::new();
     for (path, desc) in sort.fields() {

@@ -12,6 +12,7 @@
 //! exactly what is stored. Engines return documents (or their stored text);
 //! how a page is framed as JSON is the server's business.
 
+pub mod mongodb;
 pub mod sqlite;
 
 use arca_core::query::{Cursor, Filter, Sort};

@@ -275,6 +275,98 @@ pub fn parse_body_fields<K: AsRef<str>>(
     Ok(out)
 }
 
+/// The deepest nesting of objects and arrays a document may have (the
+/// document itself is level 1): MongoDB's limit, held on both engines.
+pub const MAX_NESTING: usize = 100;
+
+/// At most this many portability failures are reported for one document.
+const MAX_PORTABLE_ERRORS: usize = 100;
+
+/// A JSON pointer segment (`~` and `/` escaped).
+fn pointer_segment(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// What keeps `body` from being stored the same way by every engine
+/// (MongoDB's limits, which the contract makes the API's): a field name,
+/// at any depth, containing `.` or NUL or starting with `$`; objects and
+/// arrays nested deeper than `MAX_NESTING`; an integer outside the signed
+/// 64-bit range. Each failure names its JSON pointer; at most 100 are
+/// reported.
+pub fn portable_errors(body: &Map<String, Value>) -> Vec<FieldError> {
+    fn walk(v: &Value, path: &mut String, depth: usize, out: &mut Vec<FieldError>) {
+        if out.len() >= MAX_PORTABLE_ERRORS {
+            return;
+        }
+        match v {
+            Value::Object(m) => {
+                if depth > MAX_NESTING {
+                    out.push(FieldError {
+                        path: path.clone(),
+                        message: format!(
+                            "objects and arrays may nest at most {MAX_NESTING} levels deep"
+                        ),
+                    });
+                    return;
+                }
+                for (k, child) in m {
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&pointer_segment(k));
+                    if k.contains('.') || k.contains('\0') || k.starts_with('$') {
+                        out.push(FieldError {
+                            path: path.clone(),
+                            message: "a field name may not contain '.' or NUL nor start with '$'"
+                                .into(),
+                        });
+                    }
+                    walk(child, path, depth + 1, out);
+                    path.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                if depth > MAX_NESTING {
+                    out.push(FieldError {
+                        path: path.clone(),
+                        message: format!(
+                            "objects and arrays may nest at most {MAX_NESTING} levels deep"
+                        ),
+                    });
+                    return;
+                }
+                for (i, child) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&i.to_string());
+                    walk(child, path, depth + 1, out);
+                    path.truncate(len);
+                }
+            }
+            Value::Number(n) if n.is_u64() && !n.is_i64() => out.push(FieldError {
+                path: path.clone(),
+                message: format!("{n} is outside the signed 64-bit integer range"),
+            }),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut path = String::new();
+    for (k, v) in body {
+        path.clear();
+        path.push('/');
+        path.push_str(&pointer_segment(k));
+        if k.contains('.') || k.contains('\0') || k.starts_with('$') {
+            out.push(FieldError {
+                path: path.clone(),
+                message: "a field name may not contain '.' or NUL nor start with '$'".into(),
+            });
+        }
+        walk(v, &mut path, 2, &mut out);
+    }
+    out.truncate(MAX_PORTABLE_ERRORS);
+    out
+}
+
 /// Why a client body cannot become a document (`422`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DocumentError {
@@ -418,7 +510,7 @@ mod tests {
             ),
             (
                 "",
-                json!({"key with space": {"": []}, "big": 18446744073709551615u64}),
+                json!({"key with space": {"": []}, "big": 9223372036854775807i64}),
             ),
         ] {
             let doc = Document {
@@ -514,5 +606,48 @@ mod tests {
         let mut t = obj(json!({"a": 1}));
         merge_patch(&mut t, obj(json!({"a": {"b": null, "c": 2}})));
         assert_eq!(Value::Object(t), json!({"a": {"c": 2}}));
+    }
+
+    #[test]
+    fn portable_errors_name_bad_names_deep_nesting_and_big_integers() {
+        let body = obj(json!({
+            "a.b": 1, "$x": 2, "ok": {"in.ner": 3, "nul\u{0}": 4, "fine_$": 5, "deep": [{"$y": 1}]},
+            "slash/ti~lde": {"k.": 1}, "big": 9223372036854775808u64, "max": 9223372036854775807i64,
+        }));
+        let paths: Vec<String> = portable_errors(&body).into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "/a.b",
+                "/$x",
+                "/ok/in.ner",
+                "/ok/nul\u{0}",
+                "/ok/deep/0/$y",
+                "/slash~1ti~0lde/k.",
+                "/big"
+            ]
+        );
+        // The document is level 1: 100 levels are allowed, 101 are not.
+        let nested = |levels: usize| {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!({ "n": v });
+            }
+            obj(v)
+        };
+        assert!(portable_errors(&nested(100)).is_empty(), "100 levels");
+        let errors = portable_errors(&nested(101));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("100 levels"), "{errors:?}");
+        // Arrays count as levels too: the document and 99 arrays pass.
+        let arrays = |levels: usize| {
+            let mut a = json!(1);
+            for _ in 0..levels {
+                a = json!([a]);
+            }
+            obj(json!({ "a": a }))
+        };
+        assert!(portable_errors(&arrays(99)).is_empty());
+        assert_eq!(portable_errors(&arrays(100)).len(), 1);
     }
 }

@@ -7,8 +7,9 @@
 //! walks the raw bytes once and checks every number literal outside strings.
 //! No crate reports this, hence the hand-written scan.
 
-/// The first number literal in `json` that fits neither `i64`/`u64` (for an
-/// integer literal) nor a finite `f64` (for any literal), as text.
+/// The first number literal in `json` that fits neither `i64` (for an
+/// integer literal: integers are signed 64-bit on both engines, MongoDB's
+/// limit) nor a finite `f64` (for any literal), as text.
 ///
 /// `json` need not be valid JSON: the scan only tracks strings and number
 /// tokens, so it can also explain why `serde_json` refused a body.
@@ -52,7 +53,7 @@ pub fn first_unrepresentable(json: &[u8]) -> Option<String> {
 }
 
 fn representable(lit: &str, integer: bool) -> bool {
-    if integer && (lit.parse::<i64>().is_ok() || lit.parse::<u64>().is_ok()) {
+    if integer && lit.parse::<i64>().is_ok() {
         return true;
     }
     if integer {
@@ -77,12 +78,17 @@ mod tests {
             scan(br#"{"a": 9223372036854775807, "b": -9223372036854775808}"#),
             None
         );
-        assert_eq!(scan(br#"{"u": 18446744073709551615}"#), None);
         assert_eq!(scan(br#"[1.5, -0.0, 1e308, 2E-5]"#), None);
     }
 
     #[test]
     fn oversized_integers_and_infinite_floats_are_found() {
+        // Unsigned 64-bit values beyond the signed range too (MongoDB's
+        // integers are signed; both engines keep the same limits).
+        assert_eq!(
+            scan(br#"{"u": 9223372036854775808}"#).as_deref(),
+            Some("9223372036854775808")
+        );
         assert_eq!(
             scan(br#"{"a": 18446744073709551616}"#).as_deref(),
             Some("18446744073709551616")

@@ -106,27 +106,72 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite://PATH` (embedded engine).
+    /// `sqlite://PATH` (the embedded engine) or a `mongodb://` /
+    /// `mongodb+srv://` URI (the MongoDB engine; the database is the URI's
+    /// path, `arca` when it has none). `ARCA_STORE__URL_FILE` reads it
+    /// from a file (a mounted Secret).
     pub url: String,
+    /// Bound on every store operation (MongoDB: server selection
+    /// included); past it the request gets 503.
+    pub timeout: HumanDuration,
     /// How often each process checks whether collection definitions were
     /// changed through another process using the same store (one small
     /// read of the catalogue generation).
     pub catalog_refresh: HumanDuration,
     /// `[store.sqlite]`
     pub sqlite: SqliteConfig,
+    /// `[store.mongodb]`
+    pub mongodb: MongodbConfig,
+}
+
+/// `[store.mongodb]`: settings of the MongoDB engine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MongodbConfig {
+    /// Check every document the server returns with Arca's own matcher,
+    /// even for filters MongoDB evaluates exactly: for MongoDB-compatible
+    /// services whose query semantics differ from MongoDB's. Results are
+    /// then the same as on the embedded engine whatever the server;
+    /// listings and counts cost more.
+    pub verify_matches: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://./arca-data/arca.db".into(),
+            timeout: HumanDuration(Duration::from_secs(5)),
             catalog_refresh: HumanDuration(Duration::from_secs(1)),
             sqlite: SqliteConfig::default(),
+            mongodb: MongodbConfig::default(),
         }
     }
 }
 
+/// Which engine `store.url` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// The embedded engine on this SQLite file.
+    Sqlite(PathBuf),
+    /// The MongoDB engine at this URI.
+    Mongodb(String),
+}
+
 impl StoreConfig {
+    /// The engine `url` names (`None` when it names none).
+    pub fn engine(&self) -> Option<Engine> {
+        if let Some(path) = self.sqlite_path() {
+            return Some(Engine::Sqlite(path));
+        }
+        let mongo = self.url.starts_with("mongodb://") || self.url.starts_with("mongodb+srv://");
+        mongo.then(|| Engine::Mongodb(self.url.clone()))
+    }
+
+    /// The URI with its password replaced by `***` (for logs).
+    pub fn redacted_url(&self) -> String {
+        redact_url_password(&self.url)
+    }
+
     /// The SQLite file path, when the store is the embedded engine.
     pub fn sqlite_path(&self) -> Option<PathBuf> {
         self.url.strip_prefix("sqlite://").map(PathBuf::from)
@@ -408,6 +453,7 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             hour,
         ),
         ("auth.leeway", cfg.auth.leeway, Duration::ZERO, hour),
+        ("store.timeout", cfg.store.timeout, 100 * ms, hour),
         (
             "store.catalog_refresh",
             cfg.store.catalog_refresh,
@@ -432,11 +478,22 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "expected a positive number of connections",
         );
     }
-    if cfg.store.sqlite_path().is_none() {
-        return bad(
-            "store.url",
-            "expected sqlite://PATH (the MongoDB engine is not available in this build yet)",
-        );
+    match cfg.store.engine() {
+        None => {
+            return bad(
+                "store.url",
+                "expected sqlite://PATH, mongodb://HOST[:PORT][,HOST...]/[DATABASE][?OPTIONS] or mongodb+srv://HOST/[DATABASE][?OPTIONS]",
+            );
+        }
+        // MongoDB's document limit is 16 MiB: a larger body could be
+        // accepted by the API and refused by the database.
+        Some(Engine::Mongodb(_)) if cfg.server.max_body_bytes > 16 << 20 => {
+            return bad(
+                "server.max_body_bytes",
+                "may not exceed 16777216 (16 MiB, MongoDB's document limit) with a mongodb:// store",
+            );
+        }
+        _ => {}
     }
     if cfg
         .store
@@ -492,12 +549,18 @@ impl Config {
 }
 
 /// Replaces the password of `scheme://user:password@host` with `***`.
-fn redact_url_password(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((cred, host)) = rest.rsplit_once('@')
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The credentials are in the authority, before the path or options
+    // (an `@` there must be percent-encoded, one in an option need not).
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if let Some((cred, hosts)) = authority.rsplit_once('@')
         && let Some((user, _)) = cred.split_once(':')
     {
-        return format!("{scheme}://{user}:***@{host}");
+        return format!("{scheme}://{user}:***@{hosts}{tail}");
     }
     url.to_owned()
 }
@@ -666,5 +729,16 @@ mod tests {
             "mongodb://arca:***@db:27017/x"
         );
         assert_eq!(redact_url_password("sqlite://./a.db"), "sqlite://./a.db");
+        assert_eq!(
+            redact_url_password(
+                "mongodb://arca:p%40ss@m0:27017,m1/arca?replicaSet=rs0&tlsCAFile=/a@b/ca.pem"
+            ),
+            "mongodb://arca:***@m0:27017,m1/arca?replicaSet=rs0&tlsCAFile=/a@b/ca.pem"
+        );
+        assert_eq!(
+            redact_url_password("mongodb+srv://user@cluster.example.net/db"),
+            "mongodb+srv://user@cluster.example.net/db",
+            "no password, nothing to hide"
+        );
     }
 }

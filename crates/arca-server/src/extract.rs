@@ -200,7 +200,7 @@ pub fn parse_document_json(bytes: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::invalid_document(vec![arca_core::FieldError {
             path: String::new(),
             message: format!(
-                "the number {lit} cannot be stored exactly (integers fit 64 bits, floats must be finite)"
+                "the number {lit} cannot be stored exactly (integers are signed 64-bit, -2^63 to 2^63-1; floats must be finite)"
             ),
         }]));
     }

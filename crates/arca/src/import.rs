@@ -35,7 +35,7 @@ pub async fn run(
         Some(t) => Tenant::parse(t).map_err(|e| e.to_string())?,
         None => Tenant::None,
     };
-    let store: Arc<dyn Store> = Arc::new(crate::open_store(&cfg).await?);
+    let store: Arc<dyn Store> = crate::open_store(&cfg).await?;
     let stored = store
         .collections()
         .await
@@ -225,6 +225,7 @@ fn check_line(
     let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("line {line_no}: {e}"))?;
     let body = split_client_body(value, None).map_err(|e| format!("line {line_no}: {e}"))?;
     let mut errors = body.errors.clone();
+    errors.extend(arca_core::document::portable_errors(&body.fields));
     errors.extend(def.schema.validate(&Value::Object(body.fields.clone())));
     match errors.first() {
         Some(first) => Err(format!("line {line_no}: {} {}", first.path, first.message)),

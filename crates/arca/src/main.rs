@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use arca_auth::{Authenticator, DevKeys, MintRequest};
 use arca_core::HumanDuration;
-use arca_server::config::{self, Config, LogFormat, Synchronous};
+use arca_server::config::{self, Config, Engine, LogFormat, Synchronous};
+use arca_store::mongodb::{MongoOptions, MongoStore};
 use arca_store::{SqliteOptions, SqliteStore, Store};
 use clap::{Parser, Subcommand};
 
@@ -296,10 +297,12 @@ fn init_logging(cfg: &Config) {
 /// temporary copy beside the database to standard output.
 fn backup(cfg: &Config, dest: &Path) -> Result<String, String> {
     use arca_store::sqlite::backup::backup as copy;
-    let src = cfg
-        .store
-        .sqlite_path()
-        .ok_or("store.url: only sqlite:// is supported in this build")?;
+    let src = cfg.store.sqlite_path().ok_or(
+        "arca backup copies the embedded store; with a mongodb:// store use MongoDB's own tools: \
+         mongodump --uri=\"$URI\" --oplog --gzip --archive=arca.archive on a replica set (a consistent \
+         dump; restore with mongorestore --oplogReplay --gzip --archive=arca.archive), or your \
+         platform's snapshots (Atlas backups, volume snapshots); see docs/deploy.md",
+    )?;
     let started = std::time::Instant::now();
     if dest != Path::new("-") {
         let bytes = copy(&src, dest)?;
@@ -370,28 +373,43 @@ fn healthcheck(listen: SocketAddr) -> Result<(), String> {
     }
 }
 
-/// Opens the configured embedded store.
-pub(crate) async fn open_store(cfg: &Config) -> Result<SqliteStore, String> {
-    let path = cfg
-        .store
-        .sqlite_path()
-        .ok_or("store.url: only sqlite:// is supported in this build")?;
-    let opts = SqliteOptions {
-        path,
-        synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
-        readers: cfg.store.sqlite.readers,
-        read_timeout: cfg.server.request_timeout.0,
-        reader_cache_kib: cfg.store.sqlite.reader_cache_kib(),
-    };
-    tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot open the store: {e}"))
+/// Opens the configured store: the embedded engine on its file, or the
+/// MongoDB engine at its URI (errors never show the URI's password).
+pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
+    match cfg.store.engine() {
+        Some(Engine::Sqlite(path)) => {
+            let opts = SqliteOptions {
+                path,
+                synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
+                readers: cfg.store.sqlite.readers,
+                read_timeout: cfg.server.request_timeout.0,
+                reader_cache_kib: cfg.store.sqlite.reader_cache_kib(),
+            };
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot open the store: {e}"))?;
+            Ok(Arc::new(store))
+        }
+        Some(Engine::Mongodb(uri)) => {
+            let opts = MongoOptions {
+                uri,
+                timeout: cfg.store.timeout.0,
+                read_timeout: cfg.server.request_timeout.0,
+                verify: cfg.store.mongodb.verify_matches,
+            };
+            let store = MongoStore::connect(&opts).await.map_err(|e| {
+                format!("cannot open the store at {}: {e}", cfg.store.redacted_url())
+            })?;
+            Ok(Arc::new(store))
+        }
+        None => Err("store.url: expected sqlite://PATH or a mongodb:// URI".into()),
+    }
 }
 
 /// The OpenAPI document of the configured store, pretty-printed.
 async fn openapi(cfg: Config) -> Result<String, String> {
-    let store: Arc<dyn Store> = Arc::new(open_store(&cfg).await?);
+    let store = open_store(&cfg).await?;
     let auth = Authenticator::inert(cfg.auth.clone());
     let state = arca_server::AppState::new(cfg, store, auth)
         .await
@@ -422,8 +440,10 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         Authenticator::remote(cfg.auth.clone())?
     };
     let store = open_store(&cfg).await?;
-    let db_path = store.path().display().to_string();
-    let store: Arc<dyn Store> = Arc::new(store);
+    let db_path = match cfg.store.engine() {
+        Some(Engine::Sqlite(path)) => path.display().to_string(),
+        _ => cfg.store.redacted_url(),
+    };
     let state = arca_server::AppState::new(cfg.clone(), store, auth.clone())
         .await
         .map_err(|e| format!("cannot load collections: {e}"))?;

@@ -605,7 +605,7 @@ async fn numbers_keep_their_kind_and_unrepresentable_ones_are_422() {
     let t = s.admin();
     define(&s, &t, "nums", json!({})).await;
     let url = s.url("/v1/collections/nums/documents");
-    let raw = r#"{"i": 9223372036854775807, "n": -9223372036854775808, "u": 18446744073709551615, "f": 1.0, "g": 0.1, "e": 1.5e300}"#;
+    let raw = r#"{"i": 9223372036854775807, "n": -9223372036854775808, "f": 1.0, "g": 0.1, "e": 1.5e300}"#;
     let r = client()
         .post(&url)
         .bearer_auth(&t)
@@ -631,7 +631,6 @@ async fn numbers_keep_their_kind_and_unrepresentable_ones_are_422() {
     for lit in [
         "\"i\":9223372036854775807",
         "\"n\":-9223372036854775808",
-        "\"u\":18446744073709551615",
         "\"f\":1.0",
         "\"g\":0.1",
     ] {
@@ -639,8 +638,9 @@ async fn numbers_keep_their_kind_and_unrepresentable_ones_are_422() {
     }
     let doc: Value = serde_json::from_str(&text).expect("json");
     assert_eq!(doc["e"].as_f64(), Some(1.5e300));
-    assert!(doc["f"].is_f64() && doc["i"].is_i64() && doc["u"].is_u64());
+    assert!(doc["f"].is_f64() && doc["i"].is_i64());
     for bad in [
+        r#"{"u": 9223372036854775808}"#,
         r#"{"big": 18446744073709551616}"#,
         r#"{"neg": -9223372036854775809}"#,
         r#"{"inf": 1e400}"#,

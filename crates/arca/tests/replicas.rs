@@ -60,7 +60,10 @@ async fn a_collection_defined_on_one_replica_is_used_on_the_other() {
     let (a, b) = pair(&[]);
     let t = a.admin();
     // B has never heard of it.
-    assert_eq!(post(&b, &t, "notes", json!({"text": "x"})).await.status(), 404);
+    assert_eq!(
+        post(&b, &t, "notes", json!({"text": "x"})).await.status(),
+        404
+    );
     define(
         &a,
         &t,
@@ -71,7 +74,10 @@ async fn a_collection_defined_on_one_replica_is_used_on_the_other() {
     .await;
     // Within store.catalog_refresh (1 s by default) B serves it.
     let took = eventually(Duration::from_secs(5), || async {
-        post(&b, &t, "notes", json!({"text": "from b"})).await.status() == 201
+        post(&b, &t, "notes", json!({"text": "from b"}))
+            .await
+            .status()
+            == 201
     })
     .await;
     let took = took.expect("B never saw the collection defined on A");

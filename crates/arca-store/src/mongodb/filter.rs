@@ -114,6 +114,34 @@ pub fn filter_to_bson(filter: &Filter) -> Translated {
     }
 }
 
+thread_local! {
+    /// Set while `filter_to_bson_loose` translates.
+    static LOOSE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn loose_brackets() -> bool {
+    LOOSE.with(std::cell::Cell::get)
+}
+
+/// `filter_to_bson` for a server whose comparison operators may match
+/// across type brackets (a MongoDB-compatible server that is not MongoDB,
+/// such as the test stand-in): comparisons are only over-approximations,
+/// so their negations widen instead of narrowing. The result is a
+/// superset there too, never exact where a comparison is involved; the
+/// caller checks every candidate with the evaluator. (A thread-local flag
+/// rather than a parameter through every translating function: the
+/// translation is synchronous and the flag is scoped to this call.)
+pub fn filter_to_bson_loose(filter: &Filter) -> Translated {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            LOOSE.with(|l| l.set(self.0));
+        }
+    }
+    let _reset = Reset(LOOSE.with(|l| l.replace(true)));
+    filter_to_bson(filter)
+}
+
 /// The sort document: each field ascending (1) or descending (-1), then
 /// `_id` ascending unless the sort already names `_id`.
 ///
@@ -519,6 +547,10 @@ fn comparison(p: &MPath, name: &str, v: &Value) -> Approx {
         Value::Array(_) => Approx::unknown(),
         Value::Object(_) => Approx::over(op(p, "$type", "object")),
         _ => match literal(v) {
+            // On a server whose comparisons may cross type brackets (the
+            // test stand-in), nothing is known about what it leaves out,
+            // so a negation of it must not be trusted to narrow.
+            Some(b) if loose_brackets() => Approx::over(op(p, name, b)),
             Some(b) => Approx::exact(op(p, name, b)),
             None => Approx::unknown(),
         },
@@ -787,6 +819,10 @@ fn value_op(c: &Cond) -> OpApprox {
                 }
                 Value::Array(_) => unknown_op(),
                 Value::Object(_) => OpApprox::over(OpQ::one("$type", "object")),
+                _ if loose_brackets() => match literal(v) {
+                    Some(b) => OpApprox::over(OpQ::one(name, b)),
+                    None => unknown_op(),
+                },
                 _ => value_literal_op(name, v),
             }
         }
@@ -1156,6 +1192,21 @@ mod tests {
             }
         }
         assert!(exact_count > 60, "only {exact_count} exact cases");
+    }
+
+    /// For a loosely bracketing server, a negated comparison widens: the
+    /// candidates are everything (the evaluator decides), never fewer.
+    #[test]
+    fn loose_translation_never_trusts_a_negated_comparison() {
+        let f = Filter::parse(&json!({"a.b": {"$not": {"$gt": 0}}, "c": 1})).expect("f");
+        let loose = filter_to_bson_loose(&f);
+        assert!(!loose.exact);
+        assert_eq!(loose.filter, doc! {"c": {"$eq": 1}});
+        let plain = filter_to_bson(&f);
+        assert!(plain.exact, "the flag is reset after the call");
+        let positive = filter_to_bson_loose(&Filter::parse(&json!({"a": {"$gt": 0}})).expect("f"));
+        assert_eq!(positive.filter, doc! {"a": {"$gt": 0}});
+        assert!(!positive.exact);
     }
 
     #[test]

@@ -10,9 +10,12 @@
 //!   documents.
 //! - `schema`: a collection's JSON Schema -> a `$jsonSchema` validator.
 
+mod engine;
 pub mod filter;
 pub mod schema;
 pub mod value;
+
+pub use engine::{MongoOptions, MongoStore};
 
 /// The BSON crate the driver is built with (bson 3, through the driver's
 /// `bson-3` feature), re-exported so callers name one version.

@@ -187,7 +187,7 @@ pub async fn unique_indexes_follow_mongodb_equality_per_tenant<E: Engine>() {
         Err(StoreError::Conflict("email".into())),
         "1 and 1.0 are equal numbers"
     );
-    for (i, v) in [json!("1"), json!(true), json!([1, 2])]
+    for (i, v) in [json!("1"), json!(true), json!([3, 4])]
         .into_iter()
         .enumerate()
     {
@@ -619,12 +619,12 @@ pub async fn the_catalogue_generation_moves_with_every_definition_change<E: Engi
     let g0 = store.catalog_generation().await.expect("generation");
     define(store, &[]).await.expect("define");
     let g1 = store.catalog_generation().await.expect("generation");
-    assert!(g1 > g0);
+    assert_ne!(g1, g0);
     define_at(store, &people(), &[index("a", false, false)], T1)
         .await
         .expect("redefine");
     let g2 = store.catalog_generation().await.expect("generation");
-    assert!(g2 > g1);
+    assert_ne!(g2, g1);
     // Document writes are not definition changes.
     store
         .insert(&people(), &tenant_scope(""), &doc("d", json!({})))
@@ -650,7 +650,7 @@ pub async fn the_catalogue_generation_moves_with_every_definition_change<E: Engi
     assert_eq!(store.catalog_generation().await, Ok(g2));
     assert_eq!(store.delete_collection(&people()).await, Ok(true));
     let g3 = store.catalog_generation().await.expect("generation");
-    assert!(g3 > g2);
+    assert_ne!(g3, g2);
 }
 
 pub async fn deleting_a_collection_drops_its_documents<E: Engine>() {

@@ -1,0 +1,424 @@
+#!/usr/bin/env python3
+"""Arca's deployment policy: semantic checks a platform review would make.
+
+k8s_check.py answers "would the API server accept these objects?"; this
+script answers "would the stack come up and stay safe?": mistakes that are
+valid Kubernetes but break (or expose) Arca on AKS. Each check has an id;
+each id was written for a mistake found in review (issue #25) and is proved
+to fire on that mistake by tests/selftest.sh (the manifests and workflows as
+they were before the fix are kept in tests/before-25/).
+
+Inputs: rendered manifests (one file per overlay, `kubectl kustomize`
+output), optionally the workflow folder and Dockerfiles.
+
+  policy_check.py [--workflows DIR] [--dockerfile FILE]... [--pending-digests FILE]
+                  [--strict-digests] [--expect ID,ID,...] [--list] RENDERED.yaml...
+
+Exit 0 when no finding, 1 when findings, 2 on usage errors. With --expect,
+exit 0 only when every listed check id fired at least once (self-test).
+Needs only PyYAML (and tomllib, Python >= 3.11).
+"""
+import argparse
+import ipaddress
+import json
+import os
+import re
+import sys
+import tomllib
+import urllib.parse
+
+import yaml
+
+CHECKS = {}  # id -> (scope, description, function)
+
+
+def check(cid, scope, description):
+    def deco(fn):
+        CHECKS[cid] = (scope, description, fn)
+        return fn
+    return deco
+
+
+class Findings:
+    def __init__(self):
+        self.items = []
+
+    def add(self, cid, where, msg):
+        self.items.append((cid, where, msg))
+
+
+# --------------------------------------------------------------------------
+# Rendered manifests
+
+
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# kustomize's generator suffix: "-" and 10 characters of its hash alphabet.
+GENERATED = re.compile(r"-[bcdfghkmt2-9]{10}$")
+
+
+class Bundle:
+    """The objects of one rendered overlay."""
+
+    def __init__(self, path):
+        self.path = path
+        self.name = os.path.basename(path)
+        with open(path, encoding="utf-8") as f:
+            self.docs = [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
+
+    def of(self, *kinds):
+        return [d for d in self.docs if d.get("kind") in kinds]
+
+    def get(self, kind, name, ns=None):
+        for d in self.docs:
+            md = d.get("metadata") or {}
+            if d.get("kind") == kind and md.get("name") == name and (ns is None or md.get("namespace") == ns):
+                return d
+        return None
+
+    def where(self, d, extra=""):
+        md = d.get("metadata") or {}
+        ns = md.get("namespace")
+        s = f"{self.name}: {d.get('kind')}/{(ns + '/') if ns else ''}{md.get('name')}"
+        return s + (f" {extra}" if extra else "")
+
+
+def ns_of(d):
+    return (d.get("metadata") or {}).get("namespace")
+
+
+def name_of(d):
+    return (d.get("metadata") or {}).get("name")
+
+
+def pod_template(d):
+    k, s = d.get("kind"), d.get("spec") or {}
+    if k in WORKLOADS:
+        return s.get("template") or {}
+    if k == "CronJob":
+        return ((s.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}
+    if k == "Pod":
+        return {"metadata": d.get("metadata") or {}, "spec": s}
+    return None
+
+
+def pod_spec(d):
+    t = pod_template(d)
+    return None if t is None else (t.get("spec") or {})
+
+
+def pod_labels(d):
+    t = pod_template(d)
+    return {} if t is None else ((t.get("metadata") or {}).get("labels") or {})
+
+
+def containers(ps, init=False):
+    return (ps.get("initContainers") or [] if init else []) + (ps.get("containers") or [])
+
+
+def workloads(b):
+    return [d for d in b.docs if pod_spec(d) is not None]
+
+
+def selector_matches(sel, labels):
+    if not isinstance(sel, dict):
+        return False
+    if any(labels.get(k) != v for k, v in (sel.get("matchLabels") or {}).items()):
+        return False
+    for ex in sel.get("matchExpressions") or []:
+        key, op, vals = ex.get("key"), ex.get("operator"), ex.get("values") or []
+        if (op == "In" and labels.get(key) not in vals) or (op == "NotIn" and labels.get(key) in vals) \
+                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def is_arca(c):
+    """Arca's own container: configured with ARCA_* variables."""
+    return any(str(e.get("name", "")).startswith("ARCA_") for e in c.get("env") or [])
+
+
+def env_value(c, name):
+    for e in c.get("env") or []:
+        if e.get("name") == name:
+            return e
+    return None
+
+
+def resolve_file(b, ns, ps, c, path):
+    """(kind, object name, key) of the volume file a container sees at path, or None."""
+    vols = {v.get("name"): v for v in ps.get("volumes") or []}
+    best = None
+    for m in c.get("volumeMounts") or []:
+        mp = m.get("mountPath", "").rstrip("/")
+        if path == mp or path.startswith(mp + "/"):
+            if best is None or len(mp) > len(best[0]):
+                best = (mp, m)
+    if best is None:
+        return None
+    mp, m = best
+    rel = m.get("subPath") or path[len(mp):].lstrip("/")
+    if m.get("subPath") and path != mp:
+        return None
+    v = vols.get(m.get("name")) or {}
+    for kind, src, ref in (("ConfigMap", v.get("configMap"), "name"), ("Secret", v.get("secret"), "secretName")):
+        if src is None:
+            continue
+        key = rel
+        items = src.get("items")
+        if items:
+            key = next((i.get("key") for i in items if i.get("path") == rel), None)
+            if key is None:
+                return None
+        return kind, src.get(ref), key
+    if "emptyDir" in v:
+        return "emptyDir", m.get("name"), rel
+    return "other", m.get("name"), rel
+
+
+def arca_config(b, d, c):
+    """The parsed arca.toml an Arca container loads (ARCA_CONFIG), or None."""
+    e = env_value(c, "ARCA_CONFIG")
+    if not e or "value" not in e:
+        return None
+    ps = pod_spec(d)
+    r = resolve_file(b, ns_of(d), ps, c, e["value"])
+    if not r or r[0] != "ConfigMap":
+        return None
+    cm = b.get("ConfigMap", r[1], ns_of(d))
+    text = ((cm or {}).get("data") or {}).get(r[2])
+    if text is None:
+        return None
+    return tomllib.loads(text)
+
+
+def port_of(addr):
+    m = re.search(r":(\d+)$", str(addr or ""))
+    return int(m.group(1)) if m else None
+
+
+def arca_workloads(b):
+    for d in workloads(b):
+        if d.get("kind") not in ("Deployment", "StatefulSet"):
+            continue
+        for c in pod_spec(d).get("containers") or []:
+            if is_arca(c):
+                yield d, c
+
+
+@check("hpa-owns-replicas", "manifests",
+       "a workload scaled by a HorizontalPodAutoscaler sets no spec.replicas (every apply would reset the count)")
+def _hpa_replicas(b, f):
+    for h in b.of("HorizontalPodAutoscaler"):
+        ref = (h.get("spec") or {}).get("scaleTargetRef") or {}
+        t = b.get(ref.get("kind"), ref.get("name"), ns_of(h))
+        if t is not None and "replicas" in (t.get("spec") or {}):
+            f.add("hpa-owns-replicas", b.where(t),
+                  f"sets spec.replicas while HorizontalPodAutoscaler/{name_of(h)} owns its replica count")
+
+
+@check("config-not-generated", "manifests",
+       "ConfigMaps a pod uses come from a configMapGenerator (content-hashed name), so a change rolls the pods")
+def _config_generated(b, f):
+    for d in workloads(b):
+        ps = pod_spec(d)
+        names = set()
+        for v in ps.get("volumes") or []:
+            if v.get("configMap"):
+                names.add(v["configMap"].get("name"))
+            for src in (v.get("projected") or {}).get("sources") or []:
+                if src.get("configMap"):
+                    names.add(src["configMap"].get("name"))
+        for c in containers(ps, init=True):
+            for e in c.get("env") or []:
+                ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
+                if ref:
+                    names.add(ref.get("name"))
+            for e in c.get("envFrom") or []:
+                if e.get("configMapRef"):
+                    names.add(e["configMapRef"].get("name"))
+        for n in sorted(x for x in names if x):
+            if b.get("ConfigMap", n, ns_of(d)) is not None and not GENERATED.search(n):
+                f.add("config-not-generated", b.where(d),
+                      f"uses ConfigMap {n!r}, which has no content hash in its name: editing it does not roll the pods (use a configMapGenerator)")
+
+
+@check("metrics-on-api-port", "manifests",
+       "Arca serves /metrics on its own listener (metrics.listen) and port, never on the API port the ingress routes")
+def _metrics_listener(b, f):
+    for d, c in arca_workloads(b):
+        cfg = arca_config(b, d, c) or {}
+        listen = ((cfg.get("metrics") or {}).get("listen"))
+        env = env_value(c, "ARCA_METRICS__LISTEN")
+        if env and "value" in env:
+            listen = env["value"]
+        api = env_value(c, "ARCA_SERVER__LISTEN")
+        api = api["value"] if api and "value" in api else ((cfg.get("server") or {}).get("listen"))
+        if not listen:
+            f.add("metrics-on-api-port", b.where(d),
+                  "arca.toml sets no metrics.listen: /metrics is served on the API listener, and so wherever the API is routed")
+            continue
+        if port_of(listen) == port_of(api):
+            f.add("metrics-on-api-port", b.where(d), f"metrics.listen {listen} shares the API listener's port")
+            continue
+        ports = {p.get("containerPort"): p.get("name") for p in c.get("ports") or []}
+        if ports.get(port_of(listen)) != "metrics":
+            f.add("metrics-on-api-port", b.where(d),
+                  f"the metrics listener's port {port_of(listen)} is not declared as a container port named 'metrics'")
+
+
+def named_port_numbers(b, ns, sel_labels_pred, port_name):
+    """Container port numbers named port_name in pods selected by the predicate."""
+    nums = set()
+    for d in workloads(b):
+        if ns_of(d) != ns or not sel_labels_pred(pod_labels(d)):
+            continue
+        for c in containers(pod_spec(d)):
+            for p in c.get("ports") or []:
+                if p.get("name") == port_name:
+                    nums.add(p.get("containerPort"))
+    return nums
+
+
+def route_backends(b):
+    """(route object, namespace, service name, port) of every Ingress / HTTPRoute backend."""
+    out = []
+    for r in b.of("Ingress"):
+        for rule in (r.get("spec") or {}).get("rules") or []:
+            for p in ((rule.get("http") or {}).get("paths")) or []:
+                svc = ((p.get("backend") or {}).get("service")) or {}
+                port = svc.get("port") or {}
+                out.append((r, ns_of(r), svc.get("name"), port.get("name") or port.get("number")))
+    for r in b.of("HTTPRoute"):
+        for rule in (r.get("spec") or {}).get("rules") or []:
+            for br in rule.get("backendRefs") or []:
+                if br.get("kind", "Service") == "Service":
+                    out.append((r, br.get("namespace") or ns_of(r), br.get("name"), br.get("port")))
+    return out
+
+
+@check("metrics-exposed", "manifests",
+       "no route reaches a metrics port, and only the monitoring namespace may connect to one")
+def _metrics_exposed(b, f):
+    for r, ns, svc_name, port in route_backends(b):
+        svc = b.get("Service", svc_name, ns)
+        if svc is None:
+            continue
+        for sp in (svc.get("spec") or {}).get("ports") or []:
+            if port not in (sp.get("name"), sp.get("port")):
+                continue
+            tp = sp.get("targetPort")
+            sel = (svc.get("spec") or {}).get("selector") or {}
+            pred = lambda labels, sel=sel: all(labels.get(k) == v for k, v in sel.items())
+            if tp == "metrics" or sp.get("name") == "metrics" or tp in named_port_numbers(b, ns, pred, "metrics"):
+                f.add("metrics-exposed", b.where(r), f"routes to {svc_name}:{port}, a metrics port")
+    for np in b.of("NetworkPolicy"):
+        spec = np.get("spec") or {}
+        pred = lambda labels, sel=spec.get("podSelector") or {}: selector_matches(sel, labels)
+        metric_ports = named_port_numbers(b, ns_of(np), pred, "metrics")
+        if not metric_ports:
+            continue
+        for rule in spec.get("ingress") or []:
+            ports = rule.get("ports")
+            hit = ports is None or any(p.get("port") in metric_ports or p.get("port") == "metrics" for p in ports)
+            if not hit:
+                continue
+            peers = rule.get("from")
+            only_monitoring = bool(peers) and all(
+                ((p.get("namespaceSelector") or {}).get("matchLabels") or {}).get("kubernetes.io/metadata.name") == "monitoring"
+                for p in peers)
+            if not only_monitoring:
+                f.add("metrics-exposed", b.where(np),
+                      f"allows ingress to the metrics port {sorted(metric_ports)} from outside the monitoring namespace")
+
+
+@check("store-url-in-env", "manifests",
+       "Arca's store URI (credentials inside) comes from a Secret file (ARCA_STORE__URL_FILE), never an env value")
+def _store_url(b, f):
+    for d, c in arca_workloads(b):
+        e = env_value(c, "ARCA_STORE__URL")
+        if e is not None:
+            if "valueFrom" in e:
+                f.add("store-url-in-env", b.where(d), "ARCA_STORE__URL comes from a secretKeyRef/configMapKeyRef: the URI (with its password) sits in the environment; mount it and set ARCA_STORE__URL_FILE")
+            elif not str(e.get("value", "")).startswith("sqlite://"):
+                f.add("store-url-in-env", b.where(d), "ARCA_STORE__URL holds a network store's URI in the manifest")
+        ef = env_value(c, "ARCA_STORE__URL_FILE")
+        if ef is not None:
+            r = resolve_file(b, ns_of(d), pod_spec(d), c, ef.get("value", ""))
+            if not r or r[0] != "Secret":
+                f.add("store-url-in-env", b.where(d), f"ARCA_STORE__URL_FILE {ef.get('value')!r} is not a file of a mounted Secret")
+
+
+@check("entra-audience", "manifests",
+       "with an Entra ID v2 issuer, the accepted audience is the application (client) id GUID")
+def _entra(b, f):
+    for cm in b.of("ConfigMap"):
+        data = cm.get("data") or {}
+        iss, aud = data.get("issuer", ""), data.get("audience")
+        if re.match(r"^https://login\.microsoftonline\.com/[^/]+/v2\.0/?$", iss) and aud is not None:
+            for a in [x.strip() for x in str(aud).split(",") if x.strip()]:
+                if not GUID.match(a):
+                    f.add("entra-audience", b.where(cm),
+                          f"audience {a!r}: Entra ID v2 access tokens carry the application (client) id GUID in aud, so no token would ever be accepted")
+
+
+# --------------------------------------------------------------------------
+# Driver
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("rendered", nargs="*")
+    ap.add_argument("--workflows")
+    ap.add_argument("--dockerfile", action="append", default=[])
+    ap.add_argument("--pending-digests")
+    ap.add_argument("--strict-digests", action="store_true")
+    ap.add_argument("--expect", default="")
+    ap.add_argument("--list", action="store_true")
+    a = ap.parse_args()
+    if a.list:
+        for cid, (scope, desc, _) in CHECKS.items():
+            print(f"{cid:28} {scope:10} {desc}")
+        return 0
+    f = Findings()
+    opts = a
+    for path in a.rendered:
+        b = Bundle(path)
+        for cid, (scope, _, fn) in CHECKS.items():
+            if scope == "manifests":
+                fn(b, f)
+            elif scope == "bundle+opts":
+                fn(b, f, opts)
+    if a.workflows:
+        wf = {}
+        for fn_ in sorted(os.listdir(a.workflows)):
+            if fn_.endswith((".yml", ".yaml")):
+                with open(os.path.join(a.workflows, fn_), encoding="utf-8") as fh:
+                    wf[fn_] = yaml.load(fh, Loader=yaml.BaseLoader)  # "on" stays a string key
+        for cid, (scope, _, fn) in CHECKS.items():
+            if scope == "workflows":
+                fn(wf, f)
+    for path in a.dockerfile:
+        for cid, (scope, _, fn) in CHECKS.items():
+            if scope == "dockerfile":
+                fn(path, f, opts)
+    for cid, where, msg in f.items:
+        print(f"ERROR [{cid}] {where}: {msg}")
+    fired = {cid for cid, _, _ in f.items}
+    if a.expect:
+        want = [x for x in a.expect.split(",") if x]
+        unknown = [x for x in want if x not in CHECKS]
+        missing = [x for x in want if x in CHECKS and x not in fired]
+        for x in unknown:
+            print(f"SELFTEST unknown check id {x}")
+        for x in missing:
+            print(f"SELFTEST check {x} did not fire")
+        ok = not unknown and not missing
+        print(f"policy_check self-test: {len(want) - len(missing) - len(unknown)}/{len(want)} expected checks fired -> {'OK' if ok else 'FAIL'}")
+        return 0 if ok else 1
+    print(f"policy_check: {len(a.rendered)} bundles, {len(f.items)} findings, {len(CHECKS)} checks -> {'FAIL' if f.items else 'OK'}")
+    return 1 if f.items else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

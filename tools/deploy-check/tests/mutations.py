@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Mutation tests of policy_check.py: take today's rendered overlays (which
+pass), put one known mistake back, and require the matching check to fire.
+Covers the mistakes that the pre-#25 manifests (tests/before-25/) do not
+contain, and proves each check also fires on the current layout.
+
+  mutations.py RENDERED_DIR     (the *.yaml that validate.sh's render step wrote)
+"""
+import copy
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import policy_check as pc  # noqa: E402
+
+CASES = []
+
+
+def case(bundle, check_id):
+    def deco(fn):
+        CASES.append((fn.__name__, bundle, check_id, fn))
+        return fn
+    return deco
+
+
+def obj(b, kind, name):
+    d = b.get(kind, name)
+    assert d is not None, f"{kind}/{name} not in {b.name}"
+    return d
+
+
+def arca(b):
+    return next(c for c in obj(b, "Deployment", "arca")["spec"]["template"]["spec"]["containers"] if c["name"] == "arca")
+
+
+@case("prod", "metrics-exposed")
+def route_to_metrics_port(b):
+    svc = obj(b, "Service", "arca")
+    svc["spec"]["ports"].append({"name": "metrics", "port": 9090, "targetPort": "metrics"})
+    for r in b.of("HTTPRoute", "Ingress"):
+        for rule in r["spec"].get("rules") or []:
+            for br in rule.get("backendRefs") or []:
+                if br.get("name") == "arca":
+                    br["port"] = 9090
+            for p in ((rule.get("http") or {}).get("paths")) or []:
+                if p["backend"]["service"]["name"] == "arca":
+                    p["backend"]["service"]["port"] = {"name": "metrics"}
+
+
+@case("prod", "metrics-exposed")
+def metrics_port_open_to_ingress(b):
+    np = obj(b, "NetworkPolicy", "arca-ingress")
+    for rule in np["spec"]["ingress"]:
+        rule["ports"] = [{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 9090}]
+
+
+@case("prod", "store-url-in-env")
+def store_url_from_secret_env(b):
+    c = arca(b)
+    c["env"] = [e for e in c["env"] if e["name"] != "ARCA_STORE__URL_FILE"]
+    c["env"].append({"name": "ARCA_STORE__URL", "valueFrom": {"secretKeyRef": {"name": "mongodb-arca", "key": "uri"}}})
+
+
+@case("prod", "store-url-in-env")
+def store_url_file_not_a_secret(b):
+    c = arca(b)
+    for e in c["env"]:
+        if e["name"] == "ARCA_STORE__URL_FILE":
+            e["value"] = "/tmp/url"
+
+
+@case("dev", "metrics-on-api-port")
+def metrics_on_api_port(b):
+    c = arca(b)
+    c["env"].append({"name": "ARCA_METRICS__LISTEN", "value": "0.0.0.0:8080"})
+
+
+@case("prod", "hpa-owns-replicas")
+def replicas_with_hpa(b):
+    obj(b, "Deployment", "arca")["spec"]["replicas"] = 3
+
+
+def main():
+    rendered = sys.argv[1]
+    bundles = {}
+    for fn in sorted(os.listdir(rendered)):
+        if fn.endswith(".yaml"):
+            b = pc.Bundle(os.path.join(rendered, fn))
+            # validate.sh names them kustomize-deploy-k8s-overlays-<overlay>.yaml
+            bundles[fn.rsplit("-overlays-", 1)[-1][:-5]] = b
+    failed = 0
+    for name, bname, cid, fn in CASES:
+        b = copy.deepcopy(bundles[bname])
+        before = pc.Findings()
+        pc.CHECKS[cid][2](b, before)
+        if before.items:
+            print(f"FAIL {name}: {cid} already fires before the mutation: {before.items[0]}")
+            failed += 1
+            continue
+        fn(b)
+        after = pc.Findings()
+        pc.CHECKS[cid][2](b, after)
+        if any(i[0] == cid for i in after.items):
+            print(f"ok   {name}: {cid} fires ({after.items[0][2][:90]})")
+        else:
+            print(f"FAIL {name}: {cid} did not fire")
+            failed += 1
+    print(f"mutations: {len(CASES) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

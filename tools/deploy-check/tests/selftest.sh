@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Proves that policy_check.py's checks fail on the mistakes they were
+# written for:
+#  1. the manifests, workflows and Dockerfile as they were before issue #25
+#     (tests/before-25/: rendered overlays and copies) must make every check
+#     listed in EXPECT fire;
+#  2. mutations.py puts single mistakes back into today's rendered overlays
+#     (RENDERED_DIR, from validate.sh's render step) and requires the
+#     matching check to fire, after passing before the mutation.
+#   selftest.sh RENDERED_DIR
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+PY=${PY:-python3}
+before=$here/before-25
+EXPECT=(
+  hpa-owns-replicas config-not-generated metrics-on-api-port entra-audience
+)
+echo "== the pre-#25 deployment must trip: ${EXPECT[*]}"
+"$PY" "$here/../policy_check.py" --expect "$(IFS=,; echo "${EXPECT[*]}")" \
+  --workflows "$before/workflows" --dockerfile "$before/arca.Dockerfile" "$before"/*.yaml
+echo "== single mistakes put back into today's overlays"
+"$PY" "$here/mutations.py" "$1"

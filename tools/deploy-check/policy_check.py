@@ -363,6 +363,192 @@ def _entra(b, f):
 
 
 # --------------------------------------------------------------------------
+# MongoDB
+
+
+# What Arca's MongoDB engine needs on its database, exactly (docs/deploy.md).
+ARCA_MONGODB_ACTIONS = {"find", "insert", "update", "remove", "createCollection", "dropCollection",
+                        "createIndex", "dropIndex", "collMod", "listCollections", "listIndexes", "killCursors"}
+BROAD_ROLES = {"readWrite", "dbOwner", "dbAdmin", "readWriteAnyDatabase", "dbAdminAnyDatabase", "root",
+               "userAdmin", "userAdminAnyDatabase", "clusterAdmin", "restore", "__system"}
+
+
+def mongod_containers(b):
+    for d in workloads(b):
+        for c in pod_spec(d).get("containers") or []:
+            words = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+            if any(w.startswith("--replSet") for w in words) or (words and words[0] == "mongod"):
+                yield d, c, words
+
+
+def flag(words, name):
+    """Value of --name=value / --name value in an argument list (True for a bare flag)."""
+    for i, w in enumerate(words):
+        if w == name:
+            nxt = words[i + 1] if i + 1 < len(words) else None
+            return nxt if nxt is not None and not nxt.startswith("--") else True
+        if w.startswith(name + "="):
+            return w.split("=", 1)[1]
+    return None
+
+
+def script_text(b, d):
+    """Everything a pod runs as shell/JS: commands, args, env values, and mounted ConfigMap files."""
+    ps = pod_spec(d)
+    parts = []
+    for c in containers(ps, init=True):
+        parts += [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+        parts += [str(e.get("value", "")) for e in c.get("env") or []]
+    for v in ps.get("volumes") or []:
+        if v.get("configMap"):
+            cm = b.get("ConfigMap", v["configMap"].get("name"), ns_of(d))
+            parts += [str(x) for x in ((cm or {}).get("data") or {}).values()]
+    return "\n".join(parts)
+
+
+@check("mongodb-client-certs", "manifests",
+       "mongod with TLS accepts clients without certificates (probes, init Job, backup and Arca present none), "
+       "and the members' certificate allows client auth (members connect to each other as clients)")
+def _mongodb_client_certs(b, f):
+    for d, c, words in mongod_containers(b):
+        mode = flag(words, "--tlsMode") or flag(words, "--sslMode")
+        if mode in ("requireTLS", "preferTLS", "allowTLS", "requireSSL", "preferSSL") and \
+                (flag(words, "--tlsCAFile") or flag(words, "--sslCAFile")) and \
+                not (flag(words, "--tlsAllowConnectionsWithoutCertificates") or flag(words, "--sslAllowConnectionsWithoutCertificates")):
+            f.add("mongodb-client-certs", b.where(d),
+                  "mongod has a CA file and so demands a client certificate, which its probes, the init Job, the backup and Arca do not present (members crash-loop): add --tlsAllowConnectionsWithoutCertificates")
+        keyfile_secret = None
+        for v in pod_spec(d).get("volumes") or []:
+            if v.get("secret") and any(m.get("name") == v["name"] for cc in containers(pod_spec(d), init=True)
+                                       for m in cc.get("volumeMounts") or [] if "tls" in m.get("mountPath", "")):
+                keyfile_secret = v["secret"].get("secretName")
+        for cert in b.of("Certificate"):
+            if keyfile_secret and (cert.get("spec") or {}).get("secretName") == keyfile_secret:
+                usages = set((cert.get("spec") or {}).get("usages") or ["digital signature", "key encipherment"])
+                if not {"server auth", "client auth"} <= usages:
+                    f.add("mongodb-client-certs", b.where(cert),
+                          f"usages {sorted(usages)}: the members' certificate needs both server auth and client auth")
+
+
+@check("mongodb-init-primary", "manifests",
+       "database client Jobs reach MongoDB through the replica set (replicaSet=...), not one fixed member")
+def _init_primary(b, f):
+    for d in b.of("Job", "CronJob"):
+        text = script_text(b, d)
+        if "mongosh" not in text and "mongodump" not in text:
+            continue
+        if "replicaSet=" not in text and not re.search(r"--host\s+'?rs\d*/", text):
+            f.add("mongodb-init-primary", b.where(d),
+                  "connects to MongoDB without the replica set (no replicaSet=): it writes to whichever single member it names, which may be a secondary or down")
+
+
+@check("job-bounds", "manifests",
+       "Jobs are bounded in time (activeDeadlineSeconds) and removed after they finish (ttlSecondsAfterFinished), "
+       "so a re-apply never meets an old Job's immutable template")
+def _job_bounds(b, f):
+    for d in b.of("Job", "CronJob"):
+        spec = d.get("spec") or {}
+        if d.get("kind") == "CronJob":
+            spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+        if "activeDeadlineSeconds" not in spec:
+            f.add("job-bounds", b.where(d), "no activeDeadlineSeconds: a stuck run (a replica set with no primary) retries forever")
+        if d.get("kind") == "Job" and "ttlSecondsAfterFinished" not in spec:
+            f.add("job-bounds", b.where(d), "no ttlSecondsAfterFinished: the finished Job stays, and applying a changed one fails (its pod template is immutable)")
+
+
+@check("replica-spread", "manifests",
+       "replicated StatefulSets (a PDB guards them) require one member per node and spread members over zones")
+def _replica_spread(b, f):
+    for d in b.of("StatefulSet"):
+        spec = d.get("spec") or {}
+        if (spec.get("replicas") or 1) < 2:
+            continue
+        labels = pod_labels(d)
+        if not any(ns_of(p) == ns_of(d) and selector_matches((p.get("spec") or {}).get("selector") or {}, labels)
+                   for p in b.of("PodDisruptionBudget")):
+            continue
+        ps = pod_spec(d)
+        req = (((ps.get("affinity") or {}).get("podAntiAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")) or []
+        if not any(t.get("topologyKey") == "kubernetes.io/hostname" and selector_matches(t.get("labelSelector") or {}, labels) for t in req):
+            f.add("replica-spread", b.where(d), "no required pod anti-affinity on kubernetes.io/hostname: two members may share a node, and one node loss then takes the majority")
+        tsc = ps.get("topologySpreadConstraints") or []
+        if not any(t.get("topologyKey") == "topology.kubernetes.io/zone" and t.get("whenUnsatisfiable") == "DoNotSchedule"
+                   and selector_matches(t.get("labelSelector") or {}, labels) for t in tsc):
+            f.add("replica-spread", b.where(d), "members are not spread over zones (topologySpreadConstraints on topology.kubernetes.io/zone, DoNotSchedule)")
+
+
+@check("startup-probe", "manifests",
+       "database containers with a liveness probe have a startupProbe (recovery may outlast the liveness budget)")
+def _startup_probe(b, f):
+    for d in b.of("StatefulSet"):
+        for c in pod_spec(d).get("containers") or []:
+            if c.get("livenessProbe") and not c.get("startupProbe"):
+                f.add("startup-probe", b.where(d, f"container {c.get('name')}"),
+                      "livenessProbe without startupProbe: a long recovery gets the container killed and restarted in a loop")
+
+
+@check("cert-renewal", "manifests",
+       "a server certificate assembled into a file at start is rebuilt and reloaded when its Secret is renewed")
+def _cert_renewal(b, f):
+    for d, c, words in mongod_containers(b):
+        path = flag(words, "--tlsCertificateKeyFile") or flag(words, "--sslPEMKeyFile")
+        if not isinstance(path, str):
+            continue
+        ps = pod_spec(d)
+        r = resolve_file(b, ns_of(d), ps, c, path)
+        if not r or r[0] != "emptyDir":
+            continue
+        writers = [cc for cc in ps.get("containers") or [] if cc is not c and any(
+            m.get("name") == r[1] and not m.get("readOnly") for m in cc.get("volumeMounts") or [])]
+        if not writers:
+            f.add("cert-renewal", b.where(d),
+                  f"{path} is built once by an init container: a renewed certificate never reaches mongod (add a sidecar that rebuilds it and runs rotateCertificates)")
+
+
+def users_specs(b):
+    for cm in b.of("ConfigMap"):
+        text = ((cm.get("data") or {}).get("users.json"))
+        if text:
+            yield cm, json.loads(text)
+
+
+@check("mongodb-least-privilege", "manifests",
+       "Arca's MongoDB user holds exactly the engine's actions on its database (custom role, with collMod); "
+       "the backup user holds the built-in backup role only; no client Job runs as root where a narrower user fits")
+def _least_privilege(b, f):
+    for d in b.of("Job", "CronJob"):
+        text = script_text(b, d)
+        for role in sorted(BROAD_ROLES):
+            if re.search(r"role\s*:\s*[\"']%s[\"']" % role, text):
+                f.add("mongodb-least-privilege", b.where(d), f"grants the built-in role {role!r}")
+        if "mongodump" in text:
+            ps = pod_spec(d)
+            if any((v.get("secret") or {}).get("secretName", "").endswith("-root") for v in ps.get("volumes") or []):
+                f.add("mongodb-least-privilege", b.where(d), "the backup runs as the root user (it needs the backup role only)")
+    for cm, spec in users_specs(b):
+        roles = {(r["role"], r["db"]): r for r in spec.get("roles") or []}
+        for u in spec.get("users") or []:
+            granted = [(r["role"], r["db"]) for r in u.get("roles") or []]
+            if u["user"].endswith("backup"):
+                if granted != [("backup", "admin")]:
+                    f.add("mongodb-least-privilege", b.where(cm), f"user {u['user']} has {granted}; the backup user gets the built-in role backup@admin only")
+                continue
+            for g in granted:
+                if g[0] in BROAD_ROLES or g not in roles:
+                    f.add("mongodb-least-privilege", b.where(cm), f"user {u['user']} has the built-in role {g[0]}@{g[1]}; Arca gets a custom role with the engine's actions")
+                    continue
+                acts = set()
+                for p in roles[g].get("privileges") or []:
+                    acts |= set(p.get("actions") or [])
+                    res = p.get("resource") or {}
+                    if res.get("collection") != "" or not res.get("db"):
+                        f.add("mongodb-least-privilege", b.where(cm), f"role {g[0]}: privileges on {res}, not on the Arca database as a whole")
+                if acts != ARCA_MONGODB_ACTIONS:
+                    f.add("mongodb-least-privilege", b.where(cm),
+                          f"role {g[0]}: missing {sorted(ARCA_MONGODB_ACTIONS - acts)}, extra {sorted(acts - ARCA_MONGODB_ACTIONS)}")
+
+
+# --------------------------------------------------------------------------
 # Driver
 
 

@@ -80,6 +80,67 @@ def replicas_with_hpa(b):
     obj(b, "Deployment", "arca")["spec"]["replicas"] = 3
 
 
+def sts(b, name):
+    return obj(b, "StatefulSet", name)
+
+
+@case("prod", "mongodb-client-certs")
+def members_certificate_without_client_auth(b):
+    c = obj(b, "Certificate", "mongodb-tls")
+    c["spec"]["usages"] = ["digital signature", "key encipherment", "server auth"]
+
+
+@case("prod", "mongodb-client-certs")
+def mongod_demands_client_certificates(b):
+    c = sts(b, "mongodb")["spec"]["template"]["spec"]["containers"][0]
+    c["args"] = [a for a in c["args"] if a != "--tlsAllowConnectionsWithoutCertificates"]
+
+
+@case("prod", "mongodb-init-primary")
+def init_job_talks_to_mongodb_0(b):
+    cm = next(d for d in b.of("ConfigMap") if "init.sh" in (d.get("data") or {}))
+    cm["data"]["init.sh"] = cm["data"]["init.sh"].replace("replicaSet=rs0", "directConnection=true")
+
+
+@case("prod", "job-bounds")
+def job_without_ttl(b):
+    del obj(b, "Job", "mongodb-init")["spec"]["ttlSecondsAfterFinished"]
+
+
+@case("prod", "replica-spread")
+def members_may_share_a_zone(b):
+    del sts(b, "mongodb")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+
+
+@case("prod", "startup-probe")
+def mongod_without_startup_probe(b):
+    del sts(b, "mongodb")["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+
+
+@case("prod", "cert-renewal")
+def no_tls_reload_sidecar(b):
+    ps = sts(b, "mongodb")["spec"]["template"]["spec"]
+    ps["containers"] = [c for c in ps["containers"] if c["name"] != "tls-reload"]
+
+
+@case("prod", "mongodb-least-privilege")
+def arca_role_without_collmod(b):
+    import json
+    cm = next(d for d in b.of("ConfigMap") if "users.json" in (d.get("data") or {}))
+    spec = json.loads(cm["data"]["users.json"])
+    spec["roles"][0]["privileges"][0]["actions"].remove("collMod")
+    cm["data"]["users.json"] = json.dumps(spec)
+
+
+@case("prod", "mongodb-least-privilege")
+def backup_user_with_root(b):
+    import json
+    cm = next(d for d in b.of("ConfigMap") if "users.json" in (d.get("data") or {}))
+    spec = json.loads(cm["data"]["users.json"])
+    spec["users"][1]["roles"].append({"role": "root", "db": "admin"})
+    cm["data"]["users.json"] = json.dumps(spec)
+
+
 def main():
     rendered = sys.argv[1]
     bundles = {}

@@ -14,6 +14,8 @@ PY=${PY:-python3}
 before=$here/before-25
 EXPECT=(
   hpa-owns-replicas config-not-generated metrics-on-api-port entra-audience
+  mongodb-client-certs mongodb-init-primary job-bounds replica-spread startup-probe cert-renewal
+  mongodb-least-privilege
 )
 echo "== the pre-#25 deployment must trip: ${EXPECT[*]}"
 "$PY" "$here/../policy_check.py" --expect "$(IFS=,; echo "${EXPECT[*]}")" \

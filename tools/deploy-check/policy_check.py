@@ -363,6 +363,109 @@ def _entra(b, f):
 
 
 # --------------------------------------------------------------------------
+# Ingress: Gateway API, TLS issuance
+
+
+def rule_allows(rule_peers, ports, peer_ns, peer_labels, port, own_ns):
+    """Does one NetworkPolicy rule (from/to peers + ports) admit this peer and port?"""
+    if ports is not None and not any(p.get("port") in (port, None) for p in ports):
+        return False
+    if rule_peers is None:
+        return True
+    for peer in rule_peers:
+        nss, pss = peer.get("namespaceSelector"), peer.get("podSelector")
+        if "ipBlock" in peer:
+            continue
+        ns_ok = (peer_ns == own_ns) if nss is None else selector_matches(nss, {"kubernetes.io/metadata.name": peer_ns})
+        pod_ok = True if pss is None else selector_matches(pss, peer_labels)
+        if ns_ok and pod_ok:
+            return True
+    return False
+
+
+def flow_allowed(b, src_ns, src_labels, dst_ns, dst_labels, port):
+    """Would the namespaces' NetworkPolicies let src reach dst on TCP port? (isolation per side)"""
+    def side(ns, labels, direction, peer_ns, peer_labels):
+        pols = [np for np in b.of("NetworkPolicy") if ns_of(np) == ns
+                and selector_matches((np.get("spec") or {}).get("podSelector") or {}, labels)
+                and direction in ((np.get("spec") or {}).get("policyTypes") or ["Ingress"])]
+        if not pols:
+            return True  # not isolated in that direction
+        key = "ingress" if direction == "Ingress" else "egress"
+        peer_key = "from" if direction == "Ingress" else "to"
+        return any(rule_allows(r.get(peer_key), r.get("ports"), peer_ns, peer_labels, port, ns)
+                   for np in pols for r in (np.get("spec") or {}).get(key) or [])
+    return side(src_ns, src_labels, "Egress", dst_ns, dst_labels) and side(dst_ns, dst_labels, "Ingress", src_ns, src_labels)
+
+
+SOLVER_LABELS = {"acme.cert-manager.io/http01-solver": "true"}
+
+
+@check("acme-http01-blocked", "manifests",
+       "where cert-manager issues certificates by ACME HTTP-01, the NetworkPolicies let the gateway reach the solver pods (TCP 8089)")
+def _acme(b, f):
+    for g in b.of("Gateway", "Ingress"):
+        ann = (g.get("metadata") or {}).get("annotations") or {}
+        if not (ann.get("cert-manager.io/cluster-issuer") or ann.get("cert-manager.io/issuer")):
+            continue
+        if ann.get("arca.io/acme-challenge") == "dns01":
+            continue
+        ns = ns_of(g)
+        if g.get("kind") == "Gateway":
+            src_ns, src_labels = ns, {"gateway.networking.k8s.io/gateway-name": name_of(g)}
+            who = f"the Gateway's proxies ({name_of(g)})"
+        else:
+            # ingress-nginx style controllers run in their own namespace
+            src_ns, src_labels = "ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}
+            who = "the ingress controller"
+        if not flow_allowed(b, src_ns, src_labels, ns, SOLVER_LABELS, 8089):
+            f.add("acme-http01-blocked", b.where(g),
+                  f"cert-manager puts its HTTP-01 solver pods in {ns}, and the NetworkPolicies there drop {who} -> solver:8089: the ACME challenge fails and no certificate is ever issued")
+
+
+@check("ingress-nginx", "manifests",
+       "nothing depends on ingress-nginx (end of life, March 2026): routes are Gateway API HTTPRoutes")
+def _nginx(b, f):
+    for d in b.of("Ingress"):
+        cls = (d.get("spec") or {}).get("ingressClassName")
+        anns = [k for k in ((d.get("metadata") or {}).get("annotations") or {}) if k.startswith("nginx.ingress.kubernetes.io/")]
+        if cls == "nginx" or anns:
+            f.add("ingress-nginx", b.where(d), "an Ingress for ingress-nginx, which is end of life: route with a Gateway API HTTPRoute")
+    for np in b.of("NetworkPolicy"):
+        if "ingress-nginx" in json.dumps(np.get("spec") or {}):
+            f.add("ingress-nginx", b.where(np), "admits traffic from ingress-nginx, which is end of life")
+
+
+@check("route-attachment", "manifests",
+       "every HTTPRoute attaches to an existing Gateway listener that admits its namespace, and reaches an existing Service port")
+def _routes(b, f):
+    for r in b.of("HTTPRoute"):
+        ns = ns_of(r)
+        for pr in (r.get("spec") or {}).get("parentRefs") or []:
+            gw = b.get("Gateway", pr.get("name"), pr.get("namespace") or ns)
+            if gw is None:
+                f.add("route-attachment", b.where(r), f"parent Gateway {pr.get('namespace') or ns}/{pr.get('name')} is not in the bundle")
+                continue
+            ls = [l for l in (gw.get("spec") or {}).get("listeners") or [] if pr.get("sectionName") in (None, l.get("name"))]
+            if not ls:
+                f.add("route-attachment", b.where(r), f"Gateway {name_of(gw)} has no listener {pr.get('sectionName')!r}")
+                continue
+            for l in ls:
+                an = ((l.get("allowedRoutes") or {}).get("namespaces")) or {"from": "Same"}
+                ok = (an.get("from") == "All") or (an.get("from", "Same") == "Same" and ns == ns_of(gw)) or \
+                     (an.get("from") == "Selector" and selector_matches(an.get("selector") or {}, {"kubernetes.io/metadata.name": ns}))
+                if not ok:
+                    f.add("route-attachment", b.where(r), f"listener {l.get('name')} of Gateway {name_of(gw)} does not admit routes from namespace {ns}")
+                hn = l.get("hostname")
+                if hn and r["spec"].get("hostnames") and hn not in r["spec"]["hostnames"]:
+                    f.add("route-attachment", b.where(r), f"hostnames {r['spec']['hostnames']} do not match listener {l.get('name')}'s {hn}")
+        for _, bns, svc, port in [x for x in route_backends(b) if x[0] is r]:
+            s = b.get("Service", svc, bns)
+            if s is None or not any(port in (p.get("port"), p.get("name")) for p in (s.get("spec") or {}).get("ports") or []):
+                f.add("route-attachment", b.where(r), f"backend {bns}/{svc}:{port} is not a Service port in the bundle")
+
+
+# --------------------------------------------------------------------------
 # MongoDB
 
 

@@ -141,6 +141,29 @@ def backup_user_with_root(b):
     cm["data"]["users.json"] = json.dumps(spec)
 
 
+@case("prod", "acme-http01-blocked")
+def no_solver_policy(b):
+    b.docs.remove(b.get("NetworkPolicy", "acme-http01-solver", "arca-gateway"))
+
+
+@case("prod", "acme-http01-blocked")
+def gateway_egress_to_solver_dropped(b):
+    np = b.get("NetworkPolicy", "gateway", "arca-gateway")
+    np["spec"]["egress"] = [e for e in np["spec"]["egress"] if not any(
+        "acme.cert-manager.io/http01-solver" in ((t.get("podSelector") or {}).get("matchLabels") or {}) for t in e.get("to") or [])]
+
+
+@case("prod", "route-attachment")
+def route_to_missing_listener(b):
+    obj(b, "HTTPRoute", "arca")["spec"]["parentRefs"][0]["sectionName"] = "https"
+
+
+@case("prod", "route-attachment")
+def route_from_a_namespace_the_listener_refuses(b):
+    gw = b.get("Gateway", "arca", "arca-gateway")
+    gw["spec"]["listeners"][1]["allowedRoutes"] = {"namespaces": {"from": "Same"}}
+
+
 def main():
     rendered = sys.argv[1]
     bundles = {}

@@ -15,7 +15,7 @@ before=$here/before-25
 EXPECT=(
   hpa-owns-replicas config-not-generated metrics-on-api-port entra-audience
   mongodb-client-certs mongodb-init-primary job-bounds replica-spread startup-probe cert-renewal
-  mongodb-least-privilege
+  mongodb-least-privilege acme-http01-blocked ingress-nginx
 )
 echo "== the pre-#25 deployment must trip: ${EXPECT[*]}"
 "$PY" "$here/../policy_check.py" --expect "$(IFS=,; echo "${EXPECT[*]}")" \

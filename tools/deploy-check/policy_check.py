@@ -466,6 +466,121 @@ def _routes(b, f):
 
 
 # --------------------------------------------------------------------------
+# FusionAuth
+
+
+def image_is(c, name):
+    img = str(c.get("image", "")).split("@")[0]
+    return img.rsplit("/", 1)[-1].split(":")[0] == name
+
+
+def kickstarts(b):
+    for cm in b.of("ConfigMap"):
+        text = ((cm.get("data") or {}).get("kickstart.json"))
+        if text:
+            yield cm, json.loads(text)
+
+
+@check("fusionauth-kickstart", "manifests",
+       "the kickstart registers the admin by user id, fixes the tenant id, and uses an API key no one outside FusionAuth holds")
+def _kickstart(b, f):
+    for cm, k in kickstarts(b):
+        variables = k.get("variables") or {}
+        for r in k.get("requests") or []:
+            url = r.get("url", "")
+            if url.rstrip("/") == "/api/user/registration" and "user" not in (r.get("body") or {}):
+                f.add("fusionauth-kickstart", b.where(cm),
+                      f"{r.get('method')} {url} registers an existing user without a user id in the path: FusionAuth refuses it (a registration-only call is /api/user/registration/{{userId}}), so the admin never gets that application's roles")
+            for var in re.findall(r"#\{([A-Za-z0-9_]+)\}", url):
+                if var not in variables and not var.startswith("FUSIONAUTH_"):
+                    f.add("fusionauth-kickstart", b.where(cm), f"{url} uses #{{{var}}}, which no variable defines")
+        tid = variables.get("defaultTenantId")
+        if not (isinstance(tid, str) and GUID.match(tid)):
+            f.add("fusionauth-kickstart", b.where(cm),
+                  "no fixed variables.defaultTenantId: the tenant id (tokens' tid, Arca's tenant) changes when FusionAuth is rebuilt")
+        for key in k.get("apiKeys") or []:
+            v = str(key.get("key", ""))
+            m = re.fullmatch(r"#\{([A-Za-z0-9_]+)\}", v)
+            src = str(variables.get(m.group(1), "")) if m else v
+            if "#{UUID()}" not in src:
+                f.add("fusionauth-kickstart", b.where(cm),
+                      f"API key {v!r} comes from {src!r}: a key someone holds outlives the kickstart (make it #{{UUID()}}, known to no one)")
+            elif key.get("retrievable") is not False:
+                f.add("fusionauth-kickstart", b.where(cm), "the kickstart API key is retrievable: an admin could read it back (retrievable: false)")
+    for d in workloads(b):
+        for c in containers(pod_spec(d)):
+            for e in c.get("env") or []:
+                if e.get("name") == "FUSIONAUTH_KICKSTART_API_KEY" or (
+                        (e.get("valueFrom") or {}).get("secretKeyRef", {}).get("key") == "api-key" and image_is(c, "fusionauth-app")):
+                    f.add("fusionauth-kickstart", b.where(d), "the kickstart API key is handed in from a Secret: it stays valid and known after use")
+
+
+@check("fusionauth-db-superuser", "manifests",
+       "FusionAuth holds only its own database user's credentials, never PostgreSQL's superuser")
+def _fa_root(b, f):
+    for d in workloads(b):
+        for c in containers(pod_spec(d)):
+            if not image_is(c, "fusionauth-app"):
+                continue
+            for e in c.get("env") or []:
+                if e.get("name", "").startswith("DATABASE_ROOT_"):
+                    f.add("fusionauth-db-superuser", b.where(d),
+                          f"{e['name']} in FusionAuth's environment: the superuser's password stays in every FusionAuth pod for good")
+
+
+# The uid each third-party image owns its files as (its USER), from the images' Dockerfiles.
+IMAGE_UIDS = {"fusionauth-app": 1001, "mongo": 999, "postgres": 999}
+
+
+@check("image-uid", "manifests",
+       "containers of third-party images run as the image's own uid (the owner of its files)")
+def _uid(b, f):
+    for d in workloads(b):
+        ps = pod_spec(d)
+        pod_uid = (ps.get("securityContext") or {}).get("runAsUser")
+        for c in containers(ps, init=True):
+            name = str(c.get("image", "")).split("@")[0].rsplit("/", 1)[-1].split(":")[0]
+            want = IMAGE_UIDS.get(name)
+            uid = (c.get("securityContext") or {}).get("runAsUser", pod_uid)
+            if want is not None and uid is not None and uid != want:
+                f.add("image-uid", b.where(d, f"container {c.get('name')}"),
+                      f"runs as uid {uid}, but {name} owns its files as uid {want}: it cannot write its own directories")
+
+
+FUSIONAUTH_PUBLIC = ("/oauth2/", "/.well-known/", "/password/", "/email/", "/registration/",
+                     "/css/", "/js/", "/images/", "/fonts/")
+
+
+@check("fusionauth-public-paths", "manifests",
+       "FusionAuth's public routes expose only OAuth2/OIDC, well-known and login paths, never /admin or /api")
+def _fa_paths(b, f):
+    fa_services = set()
+    for svc in b.of("Service"):
+        sel = (svc.get("spec") or {}).get("selector") or {}
+        for d in workloads(b):
+            if ns_of(d) == ns_of(svc) and sel and all(pod_labels(d).get(k) == v for k, v in sel.items()) \
+                    and any(image_is(c, "fusionauth-app") for c in containers(pod_spec(d))):
+                fa_services.add((ns_of(svc), name_of(svc)))
+    for r in b.of("HTTPRoute"):
+        for rule in (r.get("spec") or {}).get("rules") or []:
+            targets = {(br.get("namespace") or ns_of(r), br.get("name")) for br in rule.get("backendRefs") or []}
+            if not targets & fa_services:
+                continue
+            matches = rule.get("matches") or [{"path": {"type": "PathPrefix", "value": "/"}}]
+            for m in matches:
+                path = (m.get("path") or {"value": "/"}).get("value", "/")
+                if not any(path.startswith(p) for p in FUSIONAUTH_PUBLIC):
+                    f.add("fusionauth-public-paths", b.where(r),
+                          f"routes {path!r} to FusionAuth publicly: that includes /admin and /api (keep them internal or allow-listed)")
+    for ing in b.of("Ingress"):
+        for rule in (ing.get("spec") or {}).get("rules") or []:
+            for p in ((rule.get("http") or {}).get("paths")) or []:
+                svc = ((p.get("backend") or {}).get("service") or {}).get("name")
+                if (ns_of(ing), svc) in fa_services and not any(p.get("path", "/").startswith(x) for x in FUSIONAUTH_PUBLIC):
+                    f.add("fusionauth-public-paths", b.where(ing), f"routes {p.get('path', '/')!r} to FusionAuth publicly: that includes /admin and /api")
+
+
+# --------------------------------------------------------------------------
 # MongoDB
 
 

@@ -164,6 +164,51 @@ def route_from_a_namespace_the_listener_refuses(b):
     gw["spec"]["listeners"][1]["allowedRoutes"] = {"namespaces": {"from": "Same"}}
 
 
+def kickstart(b, fn):
+    import json
+    cm = next(d for d in b.of("ConfigMap") if "kickstart.json" in (d.get("data") or {}))
+    k = json.loads(cm["data"]["kickstart.json"])
+    fn(k)
+    cm["data"]["kickstart.json"] = json.dumps(k)
+
+
+@case("dev", "fusionauth-kickstart")
+def registration_without_user_id(b):
+    def fn(k):
+        k["requests"][-1]["url"] = "/api/user/registration"
+    kickstart(b, fn)
+
+
+@case("dev", "fusionauth-kickstart")
+def random_tenant_id(b):
+    def fn(k):
+        del k["variables"]["defaultTenantId"]
+    kickstart(b, fn)
+
+
+@case("dev", "fusionauth-kickstart")
+def api_key_from_the_environment(b):
+    def fn(k):
+        k["variables"]["apiKey"] = "#{ENV.FUSIONAUTH_KICKSTART_API_KEY}"
+    kickstart(b, fn)
+
+
+@case("dev", "fusionauth-db-superuser")
+def superuser_password_in_fusionauth(b):
+    c = obj(b, "Deployment", "fusionauth")["spec"]["template"]["spec"]["containers"][0]
+    c["env"].append({"name": "DATABASE_ROOT_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "fusionauth-db", "key": "root-password"}}})
+
+
+@case("dev", "image-uid")
+def fusionauth_as_a_foreign_uid(b):
+    obj(b, "Deployment", "fusionauth")["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 10001
+
+
+@case("dev", "fusionauth-public-paths")
+def fusionauth_admin_public(b):
+    obj(b, "HTTPRoute", "fusionauth")["spec"]["rules"][0]["matches"].append({"path": {"type": "PathPrefix", "value": "/admin"}})
+
+
 def main():
     rendered = sys.argv[1]
     bundles = {}

@@ -16,6 +16,7 @@ EXPECT=(
   hpa-owns-replicas config-not-generated metrics-on-api-port entra-audience
   mongodb-client-certs mongodb-init-primary job-bounds replica-spread startup-probe cert-renewal
   mongodb-least-privilege acme-http01-blocked ingress-nginx
+  fusionauth-kickstart fusionauth-db-superuser image-uid fusionauth-public-paths
 )
 echo "== the pre-#25 deployment must trip: ${EXPECT[*]}"
 "$PY" "$here/../policy_check.py" --expect "$(IFS=,; echo "${EXPECT[*]}")" \

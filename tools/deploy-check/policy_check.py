@@ -767,6 +767,32 @@ def _least_privilege(b, f):
 
 
 # --------------------------------------------------------------------------
+# Backups
+
+
+@check("backup-offsite", "manifests",
+       "every database StatefulSet has a backup CronJob whose dumps leave the cluster (Blob Storage, workload identity)")
+def _backup(b, f):
+    for st in b.of("StatefulSet"):
+        comp = pod_labels(st).get("app.kubernetes.io/component", "")
+        if comp not in ("database", "identity-database"):
+            continue
+        jobs = [cj for cj in b.of("CronJob") if ns_of(cj) == ns_of(st) and pod_labels(cj).get("arca.io/backup-of") == name_of(st)]
+        if not jobs:
+            f.add("backup-offsite", b.where(st), "no backup CronJob (label arca.io/backup-of) takes this database off the cluster: a lost cluster or disk loses it")
+            continue
+        for cj in jobs:
+            ps = pod_spec(cj)
+            sa = b.get("ServiceAccount", ps.get("serviceAccountName"), ns_of(cj))
+            client = (((sa or {}).get("metadata") or {}).get("annotations") or {}).get("azure.workload.identity/client-id", "")
+            uploads = any("az storage blob upload" in " ".join(str(x) for x in (c.get("command") or []) + (c.get("args") or []))
+                          for c in containers(ps))
+            if pod_labels(cj).get("azure.workload.identity/use") != "true" or not GUID.match(client) or not uploads:
+                f.add("backup-offsite", b.where(cj),
+                      "does not upload its dump to Blob Storage as a workload identity (pod label azure.workload.identity/use, a ServiceAccount with azure.workload.identity/client-id, az storage blob upload)")
+
+
+# --------------------------------------------------------------------------
 # Driver
 
 

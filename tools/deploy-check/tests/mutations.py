@@ -209,6 +209,18 @@ def fusionauth_admin_public(b):
     obj(b, "HTTPRoute", "fusionauth")["spec"]["rules"][0]["matches"].append({"path": {"type": "PathPrefix", "value": "/admin"}})
 
 
+@case("prod", "backup-offsite")
+def postgres_backup_stays_in_cluster(b):
+    cj = obj(b, "CronJob", "fusionauth-postgres-backup")
+    ps = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    ps["containers"] = [c for c in ps["containers"] if c["name"] != "upload"] or [ps["initContainers"][0]]
+
+
+@case("prod", "backup-offsite")
+def no_mongodb_backup(b):
+    b.docs.remove(obj(b, "CronJob", "mongodb-backup"))
+
+
 def main():
     rendered = sys.argv[1]
     bundles = {}

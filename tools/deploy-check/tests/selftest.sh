@@ -17,6 +17,7 @@ EXPECT=(
   mongodb-client-certs mongodb-init-primary job-bounds replica-spread startup-probe cert-renewal
   mongodb-least-privilege acme-http01-blocked ingress-nginx
   fusionauth-kickstart fusionauth-db-superuser image-uid fusionauth-public-paths
+  backup-offsite
 )
 echo "== the pre-#25 deployment must trip: ${EXPECT[*]}"
 "$PY" "$here/../policy_check.py" --expect "$(IFS=,; echo "${EXPECT[*]}")" \

@@ -793,6 +793,77 @@ def _backup(b, f):
 
 
 # --------------------------------------------------------------------------
+# Images
+
+
+DIGEST_REF = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
+
+
+def pending_digests(opts):
+    if not getattr(opts, "pending_digests", None):
+        return set()
+    with open(opts.pending_digests, encoding="utf-8") as fh:
+        return {ln.split()[0] for ln in fh if ln.strip() and not ln.lstrip().startswith("#")}
+
+
+def is_project_image(ref):
+    """Arca's own image: the CD pipeline sets it by digest (kustomize images) at every rollout."""
+    return ref.split("@")[0].split(":")[0].rsplit("/", 1)[-1] == "arca"
+
+
+_pending_seen = {}
+
+
+@check("image-digest", "bundle+opts",
+       "every image is pinned by digest (name@sha256:<64 hex>); Arca's own image gets its digest from CD, "
+       "and with --strict-digests (the rollout) nothing is exempt")
+def _digests(b, f, opts):
+    pending = pending_digests(opts)
+    for d in workloads(b):
+        for c in containers(pod_spec(d), init=True):
+            ref = str(c.get("image", ""))
+            if DIGEST_REF.match(ref):
+                continue
+            if is_project_image(ref) and not opts.strict_digests:
+                continue
+            if ref in pending and not opts.strict_digests:
+                _pending_seen[ref] = True
+                continue
+            why = " (listed as pending: fill in its digest before it can be rolled out)" if ref in pending else ""
+            f.add("image-digest", b.where(d, f"container {c.get('name')}"), f"image {ref!r} is not pinned by digest{why}")
+
+
+def pending_unused(f, opts, ran_bundles):
+    """A pending entry no rendered image uses any more is stale: the list must stay exact."""
+    if opts.strict_digests or not ran_bundles:
+        return
+    for ref in sorted(pending_digests(opts) - set(_pending_seen)):
+        f.add("image-digest", opts.pending_digests, f"{ref} is listed as pending but no rendered image uses it: remove the line")
+
+
+@check("dockerfile-digest", "dockerfile",
+       "every base image of a Dockerfile is pinned by digest")
+def _dockerfile(path, f, opts):
+    args, stages = {}, set()
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().replace("\\\n", " ").splitlines()
+    for ln in lines:
+        m = re.match(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)=(\S+)", ln)
+        if m:
+            args[m.group(1)] = m.group(2).strip('"')
+        m = re.match(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", ln, re.I)
+        if not m:
+            continue
+        ref = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda x: args.get(x.group(1), x.group(0)), m.group(1))
+        if ref in stages or ref == "scratch":
+            pass
+        elif not DIGEST_REF.match(ref):
+            f.add("dockerfile-digest", path, f"FROM {ref}: not pinned by digest")
+        if m.group(2):
+            stages.add(m.group(2))
+
+
+# --------------------------------------------------------------------------
 # Driver
 
 
@@ -828,12 +899,15 @@ def main():
         for cid, (scope, _, fn) in CHECKS.items():
             if scope == "workflows":
                 fn(wf, f)
+    pending_unused(f, opts, a.rendered)
     for path in a.dockerfile:
         for cid, (scope, _, fn) in CHECKS.items():
             if scope == "dockerfile":
                 fn(path, f, opts)
     for cid, where, msg in f.items:
         print(f"ERROR [{cid}] {where}: {msg}")
+    for ref in sorted(_pending_seen):
+        print(f"NOTE  [image-digest] {ref}: digest pending ({opts.pending_digests}); the rollout refuses it until it is filled in")
     fired = {cid for cid, _, _ in f.items}
     if a.expect:
         want = [x for x in a.expect.split(",") if x]

@@ -221,6 +221,25 @@ def no_mongodb_backup(b):
     b.docs.remove(obj(b, "CronJob", "mongodb-backup"))
 
 
+@case("prod", "image-digest")
+def mongo_by_tag(b):
+    ps = obj(b, "StatefulSet", "mongodb")["spec"]["template"]["spec"]
+    ps["containers"][0]["image"] = "arcaregistry.azurecr.io/mirror/mongo:7.0.16"
+
+
+class Opts:
+    strict_digests = False
+    pending_digests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../deploy/images-pending-digest.txt")
+
+
+def run(cid, b, findings):
+    scope, _, fn = pc.CHECKS[cid]
+    if scope == "bundle+opts":
+        fn(b, findings, Opts())
+    else:
+        fn(b, findings)
+
+
 def main():
     rendered = sys.argv[1]
     bundles = {}
@@ -233,14 +252,14 @@ def main():
     for name, bname, cid, fn in CASES:
         b = copy.deepcopy(bundles[bname])
         before = pc.Findings()
-        pc.CHECKS[cid][2](b, before)
+        run(cid, b, before)
         if before.items:
             print(f"FAIL {name}: {cid} already fires before the mutation: {before.items[0]}")
             failed += 1
             continue
         fn(b)
         after = pc.Findings()
-        pc.CHECKS[cid][2](b, after)
+        run(cid, b, after)
         if any(i[0] == cid for i in after.items):
             print(f"ok   {name}: {cid} fires ({after.items[0][2][:90]})")
         else:

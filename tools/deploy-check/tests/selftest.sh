@@ -17,10 +17,16 @@ EXPECT=(
   mongodb-client-certs mongodb-init-primary job-bounds replica-spread startup-probe cert-renewal
   mongodb-least-privilege acme-http01-blocked ingress-nginx
   fusionauth-kickstart fusionauth-db-superuser image-uid fusionauth-public-paths
-  backup-offsite
+  backup-offsite image-digest dockerfile-digest
 )
 echo "== the pre-#25 deployment must trip: ${EXPECT[*]}"
 "$PY" "$here/../policy_check.py" --expect "$(IFS=,; echo "${EXPECT[*]}")" \
   --workflows "$before/workflows" --dockerfile "$before/arca.Dockerfile" "$before"/*.yaml
+echo "== the rollout's strict mode refuses images whose digest is pending"
+if strict=$("$PY" "$here/../policy_check.py" --strict-digests --pending-digests "$here/../../../deploy/images-pending-digest.txt" "$1"/*overlays-prod.yaml); then
+  echo "FAIL: --strict-digests accepted the prod overlay although images are pending"; exit 1
+fi
+grep -q 'ERROR \[image-digest\].*listed as pending' <<< "$strict" || { echo "FAIL: --strict-digests failed for another reason:"; echo "$strict"; exit 1; }
+echo "ok   --strict-digests refuses the pending digests"
 echo "== single mistakes put back into today's overlays"
 "$PY" "$here/mutations.py" "$1"

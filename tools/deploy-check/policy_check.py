@@ -864,6 +864,163 @@ def _dockerfile(path, f, opts):
 
 
 # --------------------------------------------------------------------------
+# Workflows (parsed as plain strings: "on" stays a key)
+
+
+def wf_jobs(w):
+    return (w or {}).get("jobs") or {}
+
+
+def wf_text(job):
+    return json.dumps(job)
+
+
+def needs_of(job):
+    n = job.get("needs") or []
+    return [n] if isinstance(n, str) else list(n)
+
+
+def ancestors(jobs, name, seen=None):
+    seen = set() if seen is None else seen
+    for n in needs_of(jobs.get(name) or {}):
+        if n not in seen:
+            seen.add(n)
+            ancestors(jobs, n, seen)
+    return seen
+
+
+def norm(expr):
+    return re.sub(r"\s+", " ", str(expr or "")).replace('"', "'")
+
+
+@check("cd-trust", "workflows",
+       "deployments start only from CI runs of a push to this repository (workflow_run event and head repository checked) "
+       "or manual runs of refs/heads/main")
+def _cd_trust(wf, f):
+    for fn, w in wf.items():
+        on = (w or {}).get("on") or {}
+        on = {on: None} if isinstance(on, str) else ({k: None for k in on} if isinstance(on, list) else on)
+        if "workflow_run" not in on and "workflow_dispatch" not in on:
+            continue
+        jobs = wf_jobs(w)
+        if not any("azure/login" in wf_text(j) or "uses" in j for j in jobs.values()):
+            continue
+        for name, job in jobs.items():
+            conds = [norm(job.get("if"))] + [norm(jobs[a].get("if")) for a in ancestors(jobs, name)]
+            text = " ".join(conds)
+            if "workflow_run" in on and not ("workflow_run.event == 'push'" in text
+                                             and "workflow_run.head_repository.full_name == github.repository" in text):
+                f.add("cd-trust", f"{fn}: job {name}",
+                      "runs for any successful CI whose head branch is named main, a fork's pull request included: "
+                      "require github.event.workflow_run.event == 'push' and head_repository.full_name == github.repository")
+            if "workflow_dispatch" in on and "github.ref == 'refs/heads/main'" not in text:
+                f.add("cd-trust", f"{fn}: job {name}", "a manual run from any branch deploys it: require github.ref == 'refs/heads/main'")
+
+
+def azure_logins(wf):
+    """(workflow, job, environment expression, client-id expression) of each Azure login, reusable calls resolved."""
+    out = []
+    callers = {}
+    for fn, w in wf.items():
+        for name, job in wf_jobs(w).items():
+            uses = str(job.get("uses", ""))
+            if uses.startswith("./.github/workflows/"):
+                callers.setdefault(os.path.basename(uses), []).append((fn, name, job.get("with") or {}))
+    for fn, w in wf.items():
+        for name, job in wf_jobs(w).items():
+            for st in job.get("steps") or []:
+                if not str(st.get("uses", "")).startswith("azure/login@"):
+                    continue
+                cid = norm((st.get("with") or {}).get("client-id"))
+                env = norm(job.get("environment"))
+                if "inputs." in cid or "inputs." in env:
+                    for cfn, cname, cwith in callers.get(fn, []):
+                        rc = re.sub(r"\$\{\{\s*inputs\.([A-Za-z0-9_-]+)\s*\}\}", lambda m: norm(cwith.get(m.group(1))), cid)
+                        re_env = re.sub(r"\$\{\{\s*inputs\.([A-Za-z0-9_-]+)\s*\}\}", lambda m: norm(cwith.get(m.group(1))), env)
+                        out.append((f"{cfn} -> {fn}", f"{cname}/{name}", re_env, rc))
+                else:
+                    out.append((fn, name, env, cid))
+    return out
+
+
+@check("azure-identity-per-env", "workflows",
+       "every Azure login runs in a GitHub environment, and each environment uses its own identity")
+def _identity(wf, f):
+    by_cid = {}
+    for fn, job, env, cid in azure_logins(wf):
+        if not env:
+            f.add("azure-identity-per-env", f"{fn}: job {job}", "logs in to Azure outside a GitHub environment (its OIDC subject is not bound to one)")
+        by_cid.setdefault(cid, set()).add(env)
+    for cid, envs in by_cid.items():
+        if len(envs) > 1:
+            f.add("azure-identity-per-env", f"client-id {cid}",
+                  f"one Azure identity for environments {sorted(envs)}: build, dev and prod each need their own (least privilege, blast radius)")
+
+
+@check("acr-roles", "workflows",
+       "the pipeline needs only AcrPush on the registry: it builds on the runner and pushes, no az acr build / az acr show")
+def _acr(wf, f):
+    for fn, w in wf.items():
+        for name, job in wf_jobs(w).items():
+            for st in job.get("steps") or []:
+                run = str(st.get("run", ""))
+                for cmd in ("az acr build", "az acr show", "az acr repository show"):
+                    if cmd in run:
+                        f.add("acr-roles", f"{fn}: job {name}", f"`{cmd}` needs more than AcrPush (ACR Tasks / Reader): build on the runner and push")
+
+
+def rollout_workflows(wf):
+    for fn, w in wf.items():
+        for name, job in wf_jobs(w).items():
+            runs = " ".join(str(st.get("run", "")) for st in job.get("steps") or [])
+            if re.search(r"kubectl (--namespace \S+ )?apply -f", runs) and "--dry-run" not in runs.replace("--dry-run=server", "", 1) or \
+                    ("kubectl apply -f" in runs):
+                yield fn, name, job, runs
+
+
+@check("rollout-safety", "workflows",
+       "a rollout pins the image by digest, passes the strict policy and the preflight first, waits, smoke-tests, and undoes a failure")
+def _rollout(wf, f):
+    for fn, name, job, runs in rollout_workflows(wf):
+        steps = job.get("steps") or []
+        need = {
+            "pins the image by digest": "digest: ${DIGEST}" in runs or "@sha256" in runs,
+            "refuses unpinned images (policy_check.py --strict-digests)": "policy_check.py --strict-digests" in runs,
+            "checks the image accepts the overlay (arca_preflight.py)": "arca_preflight.py" in runs,
+            "waits for the rollout (kubectl rollout status)": "rollout status" in runs,
+            "smoke-tests through the public URL": "/readyz" in runs and "curl" in runs,
+            "undoes a failed rollout (kubectl rollout undo, if: failure())": any(
+                "rollout undo" in str(st.get("run", "")) and "failure()" in str(st.get("if", "")) for st in steps),
+            "replaces Jobs rather than patching their immutable template": "delete job" in runs,
+        }
+        for what, ok in need.items():
+            if not ok:
+                f.add("rollout-safety", f"{fn}: job {name}", f"applies without: {what}")
+
+
+@check("image-supply-chain", "workflows",
+       "the image is built in CI on every change; releases carry an SBOM and a signature, which the rollout verifies")
+def _supply(wf, f):
+    every = " ".join(wf_text(j) for w in wf.values() for j in wf_jobs(w).values())
+    ci_builds = False
+    for fn, w in wf.items():
+        on = (w or {}).get("on") or {}
+        keys = [on] if isinstance(on, str) else list(on)
+        if "pull_request" in keys:
+            ci_builds |= any("docker/build-push-action" in wf_text(j) or "docker build" in wf_text(j) for j in wf_jobs(w).values())
+    if not ci_builds:
+        f.add("image-supply-chain", "workflows", "no pull-request workflow builds the image: Dockerfile breakage shows only at release")
+    if "build-push-action" in every and '"sbom": "true"' not in every:
+        f.add("image-supply-chain", "workflows", "the release image is built without an SBOM (sbom: true)")
+    if "build-push-action" not in every and "az acr build" in every and "--sbom" not in every:
+        f.add("image-supply-chain", "workflows", "the release image is built without an SBOM")
+    if "cosign sign" not in every:
+        f.add("image-supply-chain", "workflows", "the release image is not signed (cosign sign)")
+    if "cosign verify" not in every:
+        f.add("image-supply-chain", "workflows", "the rollout does not verify the image's signature (cosign verify)")
+
+
+# --------------------------------------------------------------------------
 # Driver
 
 

@@ -4,7 +4,8 @@ pass), put one known mistake back, and require the matching check to fire.
 Covers the mistakes that the pre-#25 manifests (tests/before-25/) do not
 contain, and proves each check also fires on the current layout.
 
-  mutations.py RENDERED_DIR     (the *.yaml that validate.sh's render step wrote)
+  mutations.py RENDERED_DIR [WORKFLOWS_DIR]
+      (the *.yaml that validate.sh's render step wrote; .github/workflows)
 """
 import copy
 import os
@@ -227,6 +228,88 @@ def mongo_by_tag(b):
     ps["containers"][0]["image"] = "arcaregistry.azurecr.io/mirror/mongo:7.0.16"
 
 
+WF_CASES = []
+
+
+def wf_case(check_id):
+    def deco(fn):
+        WF_CASES.append((fn.__name__, check_id, fn))
+        return fn
+    return deco
+
+
+@wf_case("cd-trust")
+def fork_pull_request_named_main(wf):
+    g = wf["deploy.yml"]["jobs"]["gate"]
+    g["if"] = g["if"].replace("&& github.event.workflow_run.head_repository.full_name == github.repository", "")
+
+
+@wf_case("cd-trust")
+def dispatch_from_any_branch(wf):
+    g = wf["deploy.yml"]["jobs"]["gate"]
+    g["if"] = g["if"].replace("&& github.ref == 'refs/heads/main'", "")
+
+
+@wf_case("azure-identity-per-env")
+def prod_with_dev_identity(wf):
+    wf["deploy.yml"]["jobs"]["deploy-prod"]["with"]["azure-client-id"] = "${{ vars.AZURE_CLIENT_ID_DEV }}"
+
+
+@wf_case("acr-roles")
+def build_in_acr(wf):
+    wf["deploy.yml"]["jobs"]["build"]["steps"].append({"run": "az acr build --registry r --image arca:x ."})
+
+
+@wf_case("rollout-safety")
+def no_undo(wf):
+    steps = wf["rollout.yml"]["jobs"]["rollout"]["steps"]
+    wf["rollout.yml"]["jobs"]["rollout"]["steps"] = [st for st in steps if "rollout undo" not in str(st.get("run", ""))]
+
+
+@wf_case("rollout-safety")
+def no_preflight(wf):
+    steps = wf["rollout.yml"]["jobs"]["rollout"]["steps"]
+    wf["rollout.yml"]["jobs"]["rollout"]["steps"] = [st for st in steps if "arca_preflight.py" not in str(st.get("run", ""))]
+
+
+@wf_case("image-supply-chain")
+def unsigned_release(wf):
+    steps = wf["deploy.yml"]["jobs"]["build"]["steps"]
+    wf["deploy.yml"]["jobs"]["build"]["steps"] = [st for st in steps if "cosign sign" not in str(st.get("run", ""))]
+
+
+@wf_case("image-supply-chain")
+def no_image_in_ci(wf):
+    del wf["ci.yml"]["jobs"]["image"]
+
+
+def run_wf_cases(wf_dir):
+    import yaml
+    wf = {}
+    for fn in sorted(os.listdir(wf_dir)):
+        if fn.endswith((".yml", ".yaml")):
+            with open(os.path.join(wf_dir, fn), encoding="utf-8") as fh:
+                wf[fn] = yaml.load(fh, Loader=yaml.BaseLoader)
+    failed = 0
+    for name, cid, fn in WF_CASES:
+        w = copy.deepcopy(wf)
+        before = pc.Findings()
+        pc.CHECKS[cid][2](w, before)
+        if before.items:
+            print(f"FAIL {name}: {cid} already fires before the mutation: {before.items[0]}")
+            failed += 1
+            continue
+        fn(w)
+        after = pc.Findings()
+        pc.CHECKS[cid][2](w, after)
+        if any(i[0] == cid for i in after.items):
+            print(f"ok   {name}: {cid} fires ({after.items[0][2][:90]})")
+        else:
+            print(f"FAIL {name}: {cid} did not fire")
+            failed += 1
+    return failed
+
+
 class Opts:
     strict_digests = False
     pending_digests = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../deploy/images-pending-digest.txt")
@@ -265,7 +348,10 @@ def main():
         else:
             print(f"FAIL {name}: {cid} did not fire")
             failed += 1
-    print(f"mutations: {len(CASES) - failed} passed, {failed} failed")
+    if len(sys.argv) > 2:
+        failed += run_wf_cases(sys.argv[2])
+    total = len(CASES) + (len(WF_CASES) if len(sys.argv) > 2 else 0)
+    print(f"mutations: {total - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 

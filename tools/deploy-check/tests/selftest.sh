@@ -18,6 +18,7 @@ EXPECT=(
   mongodb-least-privilege acme-http01-blocked ingress-nginx
   fusionauth-kickstart fusionauth-db-superuser image-uid fusionauth-public-paths
   backup-offsite image-digest dockerfile-digest
+  cd-trust azure-identity-per-env acr-roles rollout-safety image-supply-chain
 )
 echo "== the pre-#25 deployment must trip: ${EXPECT[*]}"
 "$PY" "$here/../policy_check.py" --expect "$(IFS=,; echo "${EXPECT[*]}")" \
@@ -29,4 +30,4 @@ fi
 grep -q 'ERROR \[image-digest\].*listed as pending' <<< "$strict" || { echo "FAIL: --strict-digests failed for another reason:"; echo "$strict"; exit 1; }
 echo "ok   --strict-digests refuses the pending digests"
 echo "== single mistakes put back into today's overlays"
-"$PY" "$here/mutations.py" "$1"
+"$PY" "$here/mutations.py" "$1" "$here/../../../.github/workflows"

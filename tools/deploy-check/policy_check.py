@@ -766,6 +766,64 @@ def _least_privilege(b, f):
                           f"role {g[0]}: missing {sorted(ARCA_MONGODB_ACTIONS - acts)}, extra {sorted(acts - ARCA_MONGODB_ACTIONS)}")
 
 
+@check("store-url-shape", "manifests",
+       "the store URI Arca is given (its template annotation) is what the MongoDB engine expects: database in the path, "
+       "authSource, TLS options matching the members, w=majority, the replica set's members and name")
+def _store_url_shape(b, f):
+    members = list(mongod_containers(b))
+    for d, c in arca_workloads(b):
+        if env_value(c, "ARCA_STORE__URL_FILE") is None:
+            continue
+        tpl = ((d.get("metadata") or {}).get("annotations") or {}).get("arca.io/store-url-template")
+        if not tpl:
+            f.add("store-url-shape", b.where(d), "the store URI comes from a Secret but the Deployment states no arca.io/store-url-template: nothing checks its shape")
+            continue
+        u = urllib.parse.urlsplit(tpl)
+        q = dict(urllib.parse.parse_qsl(u.query))
+        bad = lambda msg: f.add("store-url-shape", b.where(d), f"{msg} (template {tpl})")
+        if u.scheme not in ("mongodb", "mongodb+srv"):
+            bad(f"scheme {u.scheme!r} is not mongodb:// or mongodb+srv://")
+            continue
+        db = u.path.lstrip("/")
+        if not db:
+            bad("no database in the URI path (the engine would use 'arca' silently)")
+        if u.username and "authSource" not in q:
+            bad("no authSource: the driver would authenticate against the database in the path")
+        if q.get("w") != "majority":
+            bad("no w=majority: an acknowledged write could be lost in a failover")
+        for cm, spec in users_specs(b):
+            user = next((x for x in spec.get("users") or [] if x.get("user") == u.username), None)
+            if user is None:
+                bad(f"user {u.username!r} is not among the users the init Job creates")
+                continue
+            if q.get("authSource") != user.get("db"):
+                bad(f"authSource={q.get('authSource')} but user {u.username} is created in database {user.get('db')}")
+            dbs = {(p.get("resource") or {}).get("db") for r in spec.get("roles") or [] for p in r.get("privileges") or []}
+            if dbs and db not in dbs:
+                bad(f"database {db!r} is not the one Arca's role grants ({sorted(dbs)})")
+        if not members:
+            if u.scheme == "mongodb" and q.get("tls") != "true" and q.get("ssl") != "true":
+                bad("an external MongoDB without tls=true")
+            continue
+        for st, mc, words in members:
+            rs = flag(words, "--replSet")
+            if q.get("replicaSet") != rs:
+                bad(f"replicaSet={q.get('replicaSet')} but the members run --replSet={rs}")
+            svc = (st.get("spec") or {}).get("serviceName")
+            want = {f"{name_of(st)}-{i}.{svc}" for i in range((st.get("spec") or {}).get("replicas") or 1)}
+            hosts = {h.split(":")[0] for h in u.netloc.rsplit("@", 1)[-1].split(",")}
+            if not all(any(h == w or h.startswith(w + ".") for h in hosts) for w in want):
+                bad(f"hosts {sorted(hosts)} do not name every member {sorted(want)}")
+            mode = flag(words, "--tlsMode")
+            if mode in ("requireTLS", "preferTLS"):
+                if q.get("tls") != "true":
+                    bad(f"the members run --tlsMode={mode} but the URI has no tls=true")
+                ca = q.get("tlsCAFile")
+                r = resolve_file(b, ns_of(d), pod_spec(d), c, ca) if ca else None
+                if not r or r[0] != "Secret":
+                    bad(f"tlsCAFile={ca} is not a file of a Secret mounted in Arca's container")
+
+
 # --------------------------------------------------------------------------
 # Backups
 

@@ -228,6 +228,37 @@ def mongo_by_tag(b):
     ps["containers"][0]["image"] = "arcaregistry.azurecr.io/mirror/mongo:7.0.16"
 
 
+def set_template(b, fn):
+    d = obj(b, "Deployment", "arca")
+    a = d["metadata"]["annotations"]
+    a["arca.io/store-url-template"] = fn(a["arca.io/store-url-template"])
+
+
+@case("prod", "store-url-shape")
+def uri_without_tls(b):
+    set_template(b, lambda t: t.replace("&tls=true&tlsCAFile=/etc/arca/mongodb-ca/ca.crt", ""))
+
+
+@case("prod", "store-url-shape")
+def uri_with_old_auth_source(b):
+    set_template(b, lambda t: t.replace("authSource=admin", "authSource=arca"))
+
+
+@case("prod", "store-url-shape")
+def uri_without_majority(b):
+    set_template(b, lambda t: t.replace("&w=majority", ""))
+
+
+@case("prod", "store-url-shape")
+def ca_path_not_mounted(b):
+    set_template(b, lambda t: t.replace("/etc/arca/mongodb-ca/ca.crt", "/etc/ssl/ca.crt"))
+
+
+@case("prod-external", "store-url-shape")
+def external_without_database(b):
+    set_template(b, lambda t: t.replace(".net/arca?", ".net/?"))
+
+
 WF_CASES = []
 
 

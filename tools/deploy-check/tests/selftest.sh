@@ -18,7 +18,7 @@ EXPECT=(
   mongodb-least-privilege acme-http01-blocked ingress-nginx
   fusionauth-kickstart fusionauth-db-superuser image-uid fusionauth-public-paths
   backup-offsite image-digest dockerfile-digest
-  cd-trust azure-identity-per-env acr-roles rollout-safety image-supply-chain
+  cd-trust azure-identity-per-env acr-roles rollout-safety image-supply-chain store-url-shape
 )
 echo "== the pre-#25 deployment must trip: ${EXPECT[*]}"
 "$PY" "$here/../policy_check.py" --expect "$(IFS=,; echo "${EXPECT[*]}")" \

@@ -1031,8 +1031,7 @@ def rollout_workflows(wf):
     for fn, w in wf.items():
         for name, job in wf_jobs(w).items():
             runs = " ".join(str(st.get("run", "")) for st in job.get("steps") or [])
-            if re.search(r"kubectl (--namespace \S+ )?apply -f", runs) and "--dry-run" not in runs.replace("--dry-run=server", "", 1) or \
-                    ("kubectl apply -f" in runs):
+            if re.search(r"kubectl (--namespace[ =]\S+ )?apply (-f|-k|--filename|--kustomize)", runs):
                 yield fn, name, job, runs
 
 

@@ -432,25 +432,24 @@ fn block_after(text: &str, from: &str, marker: &str) -> String {
 
 #[test]
 fn the_arca_toml_shipped_in_the_kubernetes_manifests_loads() {
+    // The manifests ship arca.toml through kustomize configMapGenerators
+    // (a change renames the ConfigMap and rolls the pods): the base's file,
+    // and dev's own, which replaces it.
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let read = |p: &str| std::fs::read_to_string(root.join(p)).expect("manifest");
+    for (kustomization, generator) in [
+        ("deploy/k8s/base/kustomization.yaml", "- name: arca-config"),
+        (
+            "deploy/k8s/overlays/dev/kustomization.yaml",
+            "- name: arca-config",
+        ),
+    ] {
+        let files = block_after(&read(kustomization), generator, "files:");
+        assert_eq!(files.trim(), "- arca.toml", "{kustomization}: {files}");
+    }
     let shipped = [
-        (
-            "base ConfigMap",
-            block_after(
-                &read("deploy/k8s/base/configmap.yaml"),
-                "data:",
-                "arca.toml: |",
-            ),
-        ),
-        (
-            "dev overlay",
-            block_after(
-                &read("deploy/k8s/overlays/dev/kustomization.yaml"),
-                "path: /data/arca.toml",
-                "value: |",
-            ),
-        ),
+        ("base", read("deploy/k8s/base/arca.toml")),
+        ("dev overlay", read("deploy/k8s/overlays/dev/arca.toml")),
     ];
     let dir = TempDir::new("k8s-cfg");
     for (name, toml) in shipped {
@@ -466,6 +465,11 @@ fn the_arca_toml_shipped_in_the_kubernetes_manifests_loads() {
         let effective = String::from_utf8_lossy(&out.stdout);
         assert!(
             effective.contains("listen = \"0.0.0.0:8080\""),
+            "{name}: {effective}"
+        );
+        // /metrics has its own listener, off the API port the gateway routes.
+        assert!(
+            effective.contains("listen = \"0.0.0.0:9090\""),
             "{name}: {effective}"
         );
     }

@@ -18,8 +18,14 @@ use arca_store::Store;
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-/// Inserts in flight at once (the writer groups up to 256 per commit).
-const IN_FLIGHT: usize = 1024;
+/// Inserts in flight at once on the embedded engine (its writer groups up
+/// to 256 per commit, so many waiting inserts make large commits).
+const IN_FLIGHT_SQLITE: usize = 1024;
+
+/// Inserts in flight at once on MongoDB: enough to keep the driver's
+/// connections busy, few enough that none waits out `store.timeout` for a
+/// connection.
+const IN_FLIGHT_MONGODB: usize = 64;
 
 /// Imports `file` into `collection`; returns a one-line summary.
 pub async fn run(
@@ -67,6 +73,10 @@ pub async fn run(
     let mut last_read = 0;
     let limit = cfg.server.max_body_bytes;
     let mut buf = Vec::new();
+    let in_flight = match cfg.store.engine() {
+        Some(arca_server::config::Engine::Mongodb(_)) => IN_FLIGHT_MONGODB,
+        _ => IN_FLIGHT_SQLITE,
+    };
     loop {
         let line_no = last_read + 1;
         let line = match read_line(&mut reader, &mut buf, limit) {
@@ -99,7 +109,7 @@ pub async fn run(
                 .await
                 .map_err(|e| (line_no, e.to_string()))
         });
-        while tasks.len() >= IN_FLIGHT {
+        while tasks.len() >= in_flight {
             if let Some(r) = tasks.join_next().await {
                 tally.settle(r);
             }
@@ -147,7 +157,7 @@ impl Tally {
     }
 
     /// The error of an import that stopped: the first failed line, and
-    /// exactly which lines got in. Up to `IN_FLIGHT` inserts run at once,
+    /// exactly which lines got in. Many inserts run at once,
     /// so lines after a refused one may have been imported too.
     fn report(mut self, last_read: usize) -> String {
         self.failed.sort();

@@ -397,10 +397,7 @@ async fn arca_openapi_prints_the_spec_of_the_configured_store() {
     }
     let out = Command::new(BIN)
         .arg("openapi")
-        .env(
-            "ARCA_STORE__URL",
-            format!("sqlite://{}/arca.db", data.0.display()),
-        )
+        .envs(common::store_env(&data.0))
         .env_remove("ARCA_CONFIG")
         .output()
         .expect("arca openapi");

@@ -818,3 +818,61 @@ pub async fn reads_see_every_write_acknowledged_before_them<E: Engine>() {
         assert!(n.await.expect("reader") > 0);
     }
 }
+
+/// The filter table (`arca-core/tests/filter_cases.json`, each case naming
+/// the MongoDB rule it checks) through the engine: every case finds exactly
+/// the documents the table expects, in `_id` order, and counts them.
+pub async fn the_filter_table_finds_what_it_expects<E: Engine>() {
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    define(
+        store,
+        &[index("age", false, false), index("tags", false, false)],
+    )
+    .await
+    .expect("define");
+    let table: Value =
+        serde_json::from_str(include_str!("../../../arca-core/tests/filter_cases.json"))
+            .expect("table");
+    let s = tenant_scope("");
+    let other = tenant_scope("other");
+    for d in table["docs"].as_array().expect("docs") {
+        let mut body = d.as_object().cloned().expect("object");
+        let raw = body.remove("_id").expect("_id");
+        let raw = raw.as_str().expect("string id");
+        store
+            .insert(&people(), &s, &doc(raw, Value::Object(body.clone())))
+            .await
+            .expect("insert");
+        // The same documents in another tenant must never be found.
+        store
+            .insert(&people(), &other, &doc(raw, Value::Object(body)))
+            .await
+            .expect("insert other");
+    }
+    let mut failures = Vec::new();
+    for case in table["cases"].as_array().expect("cases") {
+        let filter = Filter::parse(&case["filter"]).expect("filter");
+        let want: Vec<String> = case["expect"]
+            .as_array()
+            .expect("expect")
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        let q = Query {
+            filter: filter.clone(),
+            sort: Sort::by_id(),
+            after: None,
+            limit: 100,
+        };
+        let got = ids(&store.find(&people(), &s, &q).await.expect("find"));
+        let n = store.count(&people(), &s, &filter).await.expect("count");
+        if got != want || n as usize != want.len() {
+            failures.push(format!(
+                "{}: {} found {got:?} and counted {n}, expected {want:?}",
+                case["rule"], case["filter"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -77,6 +77,7 @@ macro_rules! conformance_suite {
             the_catalogue_generation_moves_with_every_definition_change,
             deleting_a_collection_drops_its_documents,
             a_missing_collection_is_collection_missing,
+            the_filter_table_finds_what_it_expects,
             a_read_past_its_time_limit_is_a_timeout,
             reads_see_every_write_acknowledged_before_them,
         );

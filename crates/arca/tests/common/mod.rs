@@ -56,6 +56,64 @@ pub fn capture_output(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
     lines
 }
 
+/// Which engine the servers of this test run use: `ARCA_TEST_STORE` =
+/// `sqlite` (the default) or `mongodb`. With `mongodb`, each data
+/// directory gets its own database on the MongoDB at
+/// `ARCA_TEST_MONGODB_URI`, or else on the stand-in at
+/// `ARCA_TEST_STANDIN_URI` (started by `scripts/test`); on the stand-in
+/// the engine runs with `store.mongodb.verify_matches` (its comparisons
+/// cross type brackets, see docs/query.md).
+pub fn mongodb() -> bool {
+    match std::env::var("ARCA_TEST_STORE").as_deref() {
+        Ok("mongodb") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("ARCA_TEST_STORE={other}: expected sqlite or mongodb"),
+    }
+}
+
+/// The store settings of a server on `data` (the same database for the
+/// same directory, so a restart finds its data).
+pub fn store_env(data: &Path) -> Vec<(String, String)> {
+    if !mongodb() {
+        return vec![(
+            "ARCA_STORE__URL".to_string(),
+            format!("sqlite://{}/arca.db", data.display()),
+        )];
+    }
+    let (base, standin) = match std::env::var("ARCA_TEST_MONGODB_URI") {
+        Ok(uri) => (uri, false),
+        Err(_) => (
+            std::env::var("ARCA_TEST_STANDIN_URI").expect(
+                "ARCA_TEST_STORE=mongodb needs ARCA_TEST_MONGODB_URI or ARCA_TEST_STANDIN_URI",
+            ),
+            true,
+        ),
+    };
+    // The directory's name is unique (process id and time): so is this.
+    let name = data
+        .file_name()
+        .map(|n| n.to_string_lossy().replace(['-', '.'], "_"))
+        .unwrap_or_default();
+    let db = format!("t_{}", &name[name.len().saturating_sub(40)..]);
+    let (scheme, rest) = base.split_once("://").expect("a URI");
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let options = rest[end..]
+        .find('?')
+        .map(|q| &rest[end + q..])
+        .unwrap_or("");
+    let mut env = vec![(
+        "ARCA_STORE__URL".to_string(),
+        format!("{scheme}://{}/{db}{options}", &rest[..end]),
+    )];
+    if standin {
+        env.push((
+            "ARCA_STORE__MONGODB__VERIFY_MATCHES".to_string(),
+            "true".to_string(),
+        ));
+    }
+    env
+}
+
 /// A running `arca serve`.
 pub struct Server {
     pub child: Child,
@@ -101,12 +159,9 @@ impl Server {
         }
         let mut env = vec![
             ("ARCA_SERVER__LISTEN".to_string(), "127.0.0.1:0".to_string()),
-            (
-                "ARCA_STORE__URL".to_string(),
-                format!("sqlite://{}/arca.db", data.0.display()),
-            ),
             ("ARCA_LOG__FORMAT".to_string(), "json".to_string()),
         ];
+        env.extend(store_env(&data.0));
         env.extend(opts.env.iter().cloned());
         cmd.env_remove("RUST_LOG").env_remove("ARCA_CONFIG");
         for (k, v) in &env {

@@ -49,6 +49,9 @@ pub enum ProblemKind {
     Internal,
     /// 503: not ready, shutting down, or a dependency is unavailable.
     Unavailable,
+    /// 503: the store did not answer (no primary, timed out, I/O error);
+    /// retrying later may succeed (`Retry-After`).
+    StoreUnavailable,
     /// 503: the request ran past its time limit.
     Timeout,
 }
@@ -128,6 +131,11 @@ impl ProblemKind {
                 "timeout",
                 "Request timed out",
             ),
+            StoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "Store unavailable",
+            ),
         }
     }
 
@@ -151,6 +159,7 @@ impl ProblemKind {
         ProblemKind::Internal,
         ProblemKind::Unavailable,
         ProblemKind::Timeout,
+        ProblemKind::StoreUnavailable,
     ];
 }
 
@@ -278,6 +287,13 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("identity"),
             );
         }
+        if matches!(
+            self.kind,
+            ProblemKind::StoreUnavailable | ProblemKind::Timeout
+        ) {
+            // Transient: the client may try again (RFC 9110 section 10.2.3).
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             let value = match &self.invalid_token {
                 // The description is ours (never the token) and kept to
@@ -351,7 +367,10 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "store unavailable");
-                ApiError::new(ProblemKind::Unavailable, "the store is unavailable")
+                ApiError::new(
+                    ProblemKind::StoreUnavailable,
+                    "the store did not answer; retry shortly",
+                )
             }
         }
     }

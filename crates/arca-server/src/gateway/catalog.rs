@@ -53,6 +53,9 @@ struct Snapshot {
     /// Grows with every reload: anything derived from the collections
     /// (the OpenAPI document) is made again when it moves.
     version: u64,
+    /// Whether the definitions were read at all (the store may be out of
+    /// reach when the process starts).
+    loaded: bool,
 }
 
 /// The catalogue of one process.
@@ -79,7 +82,11 @@ impl Catalog {
     pub async fn refresh(&self, store: &dyn Store) -> Result<bool, StoreError> {
         let _one = self.reloading.lock().await;
         let generation = store.catalog_generation().await?;
-        if generation == self.read().store_generation {
+        let current = {
+            let snapshot = self.read();
+            (snapshot.loaded, snapshot.store_generation)
+        };
+        if current == (true, generation) {
             return Ok(false);
         }
         self.reload_locked(store).await?;
@@ -118,6 +125,7 @@ impl Catalog {
         current.version += 1;
         current.by_name = by_name;
         current.store_generation = store_generation;
+        current.loaded = true;
         Ok(())
     }
 
@@ -126,10 +134,22 @@ impl Catalog {
         self.read().version
     }
 
-    /// A collection by name, or 404.
+    /// Whether the definitions have been read from the store.
+    pub fn is_loaded(&self) -> bool {
+        self.read().loaded
+    }
+
+    /// A collection by name, or 404 (503 while the definitions could not
+    /// be read yet: a name is not known to be missing then).
     pub fn get(&self, name: &CollectionName) -> Result<Arc<Collection>, ApiError> {
-        let found = self.read().by_name.get(name).cloned();
-        found.ok_or_else(|| {
+        let snapshot = self.read();
+        if !snapshot.loaded {
+            return Err(ApiError::new(
+                ProblemKind::StoreUnavailable,
+                "the collection definitions could not be read from the store yet",
+            ));
+        }
+        snapshot.by_name.get(name).cloned().ok_or_else(|| {
             ApiError::new(
                 ProblemKind::CollectionNotFound,
                 format!("no collection named {name}"),

@@ -39,15 +39,29 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Wraps `store` (every call timed) and loads the catalogue.
+    /// Wraps `store` (every call timed) and loads the catalogue. A store
+    /// out of reach is not fatal: the catalogue loads when it answers
+    /// (`refresh_catalog`), and until then readiness is 503 and data
+    /// routes answer 503.
     pub async fn open(store: Arc<dyn Store>, settings: AuthSettings) -> Result<Self, StoreError> {
         let gateway = Self {
             store: Arc::new(timed::Timed(store)),
             catalog: Catalog::default(),
             settings,
         };
-        gateway.catalog.reload(gateway.store.as_ref()).await?;
+        match gateway.catalog.reload(gateway.store.as_ref()).await {
+            Ok(()) => {}
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "the store does not answer; collections load when it does");
+            }
+            Err(e) => return Err(e),
+        }
         Ok(gateway)
+    }
+
+    /// Whether the collection definitions were read (`/readyz`).
+    pub fn catalog_loaded(&self) -> bool {
+        self.catalog.is_loaded()
     }
 
     /// Checks `A` on `coll` for the caller and returns its handle. This is

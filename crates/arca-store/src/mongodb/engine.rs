@@ -230,8 +230,9 @@ impl PartialEq for Ranked<'_> {
 impl Eq for Ranked<'_> {}
 
 impl MongoStore {
-    /// Connects (the URI is parsed here; `mongodb+srv://` resolves DNS) and
-    /// loads the set of collections. Arca's defaults where the URI is
+    /// Prepares the client (the URI is parsed here; `mongodb+srv://`
+    /// resolves DNS). The set of known collections is loaded by the first
+    /// `collections`. Arca's defaults where the URI is
     /// silent: writes acknowledged by the majority and journaled, reads
     /// from the primary, server selection bounded by `timeout`.
     pub async fn connect(opts: &MongoOptions) -> Result<Self, StoreError> {
@@ -261,15 +262,16 @@ impl MongoStore {
             .clone()
             .unwrap_or_else(|| "arca".into());
         let client = Client::with_options(options).map_err(|e| unavailable(e.kind))?;
-        let store = Self {
+        // No round trip here: the driver connects lazily, so a database
+        // out of reach at start is met by the first operation (and the
+        // server's readiness), not by a failed start.
+        Ok(Self {
             db: client.database(&database),
             timeout: opts.timeout,
             read_timeout: opts.read_timeout,
             verify: opts.verify,
             known: RwLock::new(HashSet::new()),
-        };
-        store.collections().await?;
-        Ok(store)
+        })
     }
 
     /// The database in use.
@@ -308,13 +310,35 @@ impl MongoStore {
 
     /// `CollectionMissing` unless the catalogue holds `name` (MongoDB would
     /// create a missing collection on the first write to it).
-    fn known(&self, name: &CollectionName) -> Result<(), StoreError> {
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        if known.contains(name.as_str()) {
-            Ok(())
-        } else {
-            Err(StoreError::CollectionMissing)
+    /// (A name not seen yet is looked up in the catalogue once: another
+    /// process may have defined it since this one last read the list.)
+    async fn known(&self, name: &CollectionName) -> Result<(), StoreError> {
+        if self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name.as_str())
+        {
+            return Ok(());
         }
+        let defined = self
+            .bounded(async {
+                self.catalog()
+                    .find_one(doc! {"_id": name.as_str()})
+                    .projection(doc! {"_id": 1})
+                    .await
+                    .map_err(map_err)
+            })
+            .await?
+            .is_some();
+        if !defined {
+            return Err(StoreError::CollectionMissing);
+        }
+        self.known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.as_str().to_owned());
+        Ok(())
     }
 
     /// Rewrites a duplicate-key `Conflict` (holding the server's message)
@@ -499,7 +523,7 @@ impl MongoStore {
         query: &Query,
     ) -> Result<Vec<Document>, StoreError> {
         let started = Instant::now();
-        self.known(coll)?;
+        self.known(coll).await?;
         let filter = scope.filter().clone().and(query.filter.clone());
         if matches!(filter.root(), Node::Nothing) || query.limit == 0 {
             return Ok(Vec::new());
@@ -588,7 +612,7 @@ impl MongoStore {
         filter: &Filter,
     ) -> Result<u64, StoreError> {
         let started = Instant::now();
-        self.known(coll)?;
+        self.known(coll).await?;
         let filter = scope.filter().clone().and(filter.clone());
         if matches!(filter.root(), Node::Nothing) {
             return Ok(0);
@@ -794,7 +818,7 @@ impl Store for MongoStore {
         scope: &Scope,
         doc: &Document,
     ) -> Result<(), StoreError> {
-        self.known(coll)?;
+        self.known(coll).await?;
         let stored = value::to_stored(doc, scope.tenant())
             .map_err(|e| unavailable(format!("a document BSON cannot hold: {e:?}")))?;
         let result = self
@@ -818,7 +842,7 @@ impl Store for MongoStore {
         scope: &Scope,
         id: &DocId,
     ) -> Result<Option<Document>, StoreError> {
-        self.known(coll)?;
+        self.known(coll).await?;
         let raw = self
             .bounded_read(async {
                 self.coll(coll)
@@ -841,7 +865,7 @@ impl Store for MongoStore {
         doc: &Document,
         expected_rev: u64,
     ) -> Result<(), StoreError> {
-        self.known(coll)?;
+        self.known(coll).await?;
         let stored = value::to_stored(doc, scope.tenant())
             .map_err(|e| unavailable(format!("a document BSON cannot hold: {e:?}")))?;
         let rev = i64::try_from(expected_rev).unwrap_or(i64::MAX);
@@ -872,7 +896,7 @@ impl Store for MongoStore {
         id: &DocId,
         expected_rev: Option<u64>,
     ) -> Result<Document, StoreError> {
-        self.known(coll)?;
+        self.known(coll).await?;
         let mut filter = doc! {"_id": value::stored_id(scope.tenant(), id)};
         if let Some(rev) = expected_rev {
             filter.insert("_rev", i64::try_from(rev).unwrap_or(i64::MAX));

@@ -16,7 +16,7 @@ pub mod mongodb;
 pub mod sqlite;
 
 use arca_core::query::{Cursor, Filter, Sort};
-use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope};
+use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope, Tenant};
 use serde_json::Value;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -79,9 +79,12 @@ pub struct CollectionSpec<'a> {
     pub indexes: &'a [IndexDef],
     /// Access rules as given.
     pub access: &'a Value,
-    /// The time of this change (RFC 3339 UTC): `created_at` of a new
-    /// collection, `updated_at` of every change.
+    /// The time of this change (RFC 3339 UTC): `updated_at`, and
+    /// `created_at` of a new collection unless `created_at` is given.
     pub at: &'a str,
+    /// The creation time of a new collection when it is not `at` (a copy
+    /// keeps the original's).
+    pub created_at: Option<&'a str>,
 }
 
 /// Whether `put_collection` created or updated.
@@ -228,4 +231,37 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
         filter: &Filter,
     ) -> Result<u64, StoreError>;
+
+    /// Up to `limit` documents of the collection in every tenant, in
+    /// (tenant key, id) order, strictly after `after`: for operator tools
+    /// that move a whole store (`arca copy`), never for a request (no
+    /// scope: it crosses tenants). MongoDB: `find` sorted on
+    /// `{_tenant, _id.i}`.
+    async fn export(
+        &self,
+        coll: &CollectionName,
+        after: Option<&ExportPosition>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, Document)>, StoreError>;
+}
+
+/// Where an export page ended: the tenant key (`""` for the untenanted
+/// space) and the id of its last document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportPosition {
+    /// The tenant's storage key.
+    pub tenant: String,
+    /// The last document's id.
+    pub id: DocId,
+}
+
+/// The tenant of a storage key (`""` is the untenanted space).
+pub fn tenant_of_key(key: &str) -> Result<Tenant, StoreError> {
+    if key.is_empty() {
+        Ok(Tenant::None)
+    } else {
+        Tenant::parse(key).map_err(|_| {
+            StoreError::Unavailable(format!("a stored tenant key is invalid: {key:?}"))
+        })
+    }
 }

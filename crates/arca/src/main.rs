@@ -14,6 +14,7 @@ use arca_store::mongodb::{MongoOptions, MongoStore};
 use arca_store::{SqliteOptions, SqliteStore, Store};
 use clap::{Parser, Subcommand};
 
+mod copy;
 mod import;
 
 // mimalloc: the profile of GET under load showed glibc malloc/free at ~20%
@@ -88,6 +89,22 @@ enum Command {
         owner: String,
         /// NDJSON file (`-` for standard input).
         file: PathBuf,
+    },
+    /// Copy a whole store into another, across engines (SQLite to MongoDB
+    /// or back): every collection definition, then every document of
+    /// every tenant with its id, revision, timestamps and owner. The
+    /// target must be empty unless --resume finishes an interrupted copy.
+    Copy {
+        /// The source store (`sqlite://PATH` or a `mongodb://` URI).
+        #[arg(long)]
+        from: String,
+        /// The target store.
+        #[arg(long)]
+        to: String,
+        /// Continue an interrupted copy: definitions must match, documents
+        /// already in the target are skipped.
+        #[arg(long)]
+        resume: bool,
     },
     /// Write a consistent copy of the embedded store's database while the
     /// server keeps running (SQLite's `VACUUM INTO`): checked and flushed to
@@ -173,6 +190,21 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("arca: import: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Copy { from, to, resume } => {
+            let Some(rt) = runtime(Some(cfg.server.workers)) else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(copy::run(&cfg, &from, &to, resume)) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("arca: copy: {e}");
                     ExitCode::from(2)
                 }
             }

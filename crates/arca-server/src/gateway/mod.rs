@@ -124,6 +124,7 @@ impl Gateway {
                 indexes: &def.indexes,
                 access: &def.access_source,
                 at: &at,
+                created_at: None,
             })
             .await?;
         self.catalog.reload(self.store.as_ref()).await?;

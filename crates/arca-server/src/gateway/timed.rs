@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arca_core::query::Filter;
-use arca_core::{CollectionName, DocId, Document, DocumentText, Scope};
-use arca_store::{CollectionSpec, PutOutcome, Query, Store, StoreError, StoredCollection};
+use arca_core::{CollectionName, DocId, Document, DocumentText, Scope, Tenant};
+use arca_store::{
+    CollectionSpec, ExportPosition, PutOutcome, Query, Store, StoreError, StoredCollection,
+};
 
 /// A `Store` that times the engine it wraps.
 pub struct Timed(pub Arc<dyn Store>);
@@ -115,5 +117,14 @@ impl Store for Timed {
         filter: &Filter,
     ) -> Result<u64, StoreError> {
         time("count", self.0.count(coll, scope, filter)).await
+    }
+
+    async fn export(
+        &self,
+        coll: &CollectionName,
+        after: Option<&ExportPosition>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, Document)>, StoreError> {
+        time("export", self.0.export(coll, after, limit)).await
     }
 }

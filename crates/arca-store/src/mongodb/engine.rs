@@ -30,7 +30,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use arca_core::query::{Filter, Node, SortKey};
-use arca_core::{CollectionName, DocId, Document, IndexDef, Scope};
+use arca_core::{CollectionName, DocId, Document, IndexDef, Scope, Tenant};
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, Document as BsonDoc, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -41,7 +41,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::Value;
 
 use super::{filter, schema, value};
-use crate::{CollectionSpec, PutOutcome, Query, Store, StoreError, StoredCollection};
+use crate::{
+    CollectionSpec, ExportPosition, PutOutcome, Query, Store, StoreError, StoredCollection,
+};
 
 /// The catalogue collection.
 const CATALOG: &str = "_arca_collections";
@@ -769,7 +771,7 @@ impl Store for MongoStore {
                         doc! {"_id": name.as_str()},
                         doc! {
                             "$set": {"def": &record, "updated_at": spec.at, "nonce": nonce},
-                            "$setOnInsert": {"created_at": spec.at},
+                            "$setOnInsert": {"created_at": spec.created_at.unwrap_or(spec.at)},
                         },
                     )
                     .upsert(true)
@@ -932,5 +934,42 @@ impl Store for MongoStore {
     ) -> Result<u64, StoreError> {
         self.bounded_read(self.count_docs(coll, scope, filter))
             .await
+    }
+
+    async fn export(
+        &self,
+        coll: &CollectionName,
+        after: Option<&ExportPosition>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, Document)>, StoreError> {
+        self.known(coll).await?;
+        let filter = match after {
+            // String comparisons only (no embedded-document ordering), on
+            // the {_tenant, _id.i} index.
+            Some(p) => doc! {"$or": [
+                {"_tenant": {"$gt": p.tenant.as_str()}},
+                {"_tenant": p.tenant.as_str(), "_id.i": {"$gt": p.id.as_str()}},
+            ]},
+            None => doc! {},
+        };
+        self.bounded_read(async {
+            let mut cursor = self
+                .coll(coll)
+                .find(filter)
+                .sort(doc! {"_tenant": 1, "_id.i": 1})
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .await
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(raw) = cursor.try_next().await.map_err(map_err)? {
+                let key = value::stored_tenant(&raw)
+                    .map_err(|e| unavailable(format!("{e:?}")))?
+                    .to_owned();
+                let doc = value::from_stored(&raw).map_err(|e| unavailable(format!("{e:?}")))?;
+                out.push((crate::tenant_of_key(&key)?, doc));
+            }
+            Ok(out)
+        })
+        .await
     }
 }

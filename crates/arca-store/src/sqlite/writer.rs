@@ -44,6 +44,7 @@ pub enum WriteOp {
         record: String,
         indexes: Vec<IndexDef>,
         at: String,
+        created_at: String,
         reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
     },
     DeleteCollection {
@@ -225,9 +226,10 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
             record,
             indexes,
             at,
+            created_at,
             reply,
         } => {
-            let r = put_collection(conn, &name, &record, &indexes, &at);
+            let r = put_collection(conn, &name, &record, &indexes, &at, &created_at);
             let ok = r.is_ok();
             (Done::Put(reply, r), ok)
         }
@@ -410,15 +412,16 @@ fn put_collection(
     record: &str,
     indexes: &[IndexDef],
     ts: &str,
+    created_at: &str,
 ) -> Result<PutOutcome, StoreError> {
     let existed = conn
         .prepare_cached("SELECT 1 FROM _arca_collections WHERE name = ?1")
         .and_then(|mut st| st.exists(params![name.as_str()]))
         .map_err(map_err)?;
     conn.execute(
-        "INSERT INTO _arca_collections (name, def, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+        "INSERT INTO _arca_collections (name, def, created_at, updated_at) VALUES (?1, ?2, ?4, ?3)
          ON CONFLICT (name) DO UPDATE SET def = excluded.def, updated_at = excluded.updated_at",
-        params![name.as_str(), record, ts],
+        params![name.as_str(), record, ts, created_at],
     )
     .map_err(map_err)?;
     conn.execute_batch(&sql::create_table(name))

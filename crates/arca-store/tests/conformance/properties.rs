@@ -143,6 +143,7 @@ async fn load<E: Engine>(docs: &[Map<String, Value>], indexes: &[IndexDef]) -> F
             indexes,
             access: &json!({}),
             at: T0,
+            created_at: None,
         })
         .await
         .expect("define");

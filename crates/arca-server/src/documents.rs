@@ -8,7 +8,7 @@
 use arca_core::document::ClientBody;
 use arca_core::query::{Cursor, Filter, Projection, Sort, cursor};
 use arca_core::{DocId, Document, DocumentError, DocumentText, merge_patch, split_client_body};
-use arca_store::Query;
+use arca_store::{PageWriter, Query, StoreError};
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -338,32 +338,32 @@ pub(crate) async fn list(
     let limit = params.query.limit;
     // One extra document tells whether a next page exists.
     params.query.limit = limit + 1;
-    // The cursor after `whole` (a document as clients see it).
-    let cursor_after = |whole: &Value, id: &DocId| {
-        Value::String(
-            Cursor {
-                key: params.query.sort.key(whole).0,
-                id: id.as_str().to_owned(),
-            }
-            .encode(&params.fingerprint),
-        )
-    };
     let Some(projection) = &params.fields else {
-        // No projection: the stored texts go out as they are.
-        let mut docs = grant.find_text(&params.query).await?;
-        let next = match page_end(&mut docs, limit) {
-            Some(last) => {
-                let whole: Value = serde_json::from_slice(&last.to_json_bytes())
-                    .map_err(|e| ApiError::internal(format!("a stored document: {e}")))?;
-                cursor_after(&whole, &last.system.id)
-            }
-            None => Value::Null,
-        };
-        return Ok(page_response(&docs, &next));
+        // No projection: the stored texts go out as they are, written into
+        // the response on the engine's thread.
+        let (sort, fingerprint) = (params.query.sort.clone(), params.fingerprint.clone());
+        let write: PageWriter = Box::new(move |mut docs| {
+            let next = match page_end(&mut docs, limit) {
+                Some(last) => {
+                    let whole: Value = serde_json::from_slice(&last.to_json_bytes())
+                        .map_err(|e| StoreError::Unavailable(format!("a stored document: {e}")))?;
+                    next_cursor(&sort, &fingerprint, &whole, &last.system.id)
+                }
+                None => Value::Null,
+            };
+            Ok(page_json(&docs, &next))
+        });
+        let body = grant.find_written(&params.query, write).await?;
+        return Ok(crate::respond::json_bytes(StatusCode::OK, body));
     };
     let mut docs = grant.find(&params.query).await?;
     let next = page_end(&mut docs, limit).map_or(Value::Null, |last| {
-        cursor_after(&last.to_json(), &last.system.id)
+        next_cursor(
+            &params.query.sort,
+            &params.fingerprint,
+            &last.to_json(),
+            &last.system.id,
+        )
     });
     let items: Vec<Value> = docs
         .iter()
@@ -383,9 +383,20 @@ fn page_end<T>(docs: &mut Vec<T>, page: usize) -> Option<&T> {
     docs.last()
 }
 
+/// The cursor after `whole` (a document as clients see it) in `sort`.
+fn next_cursor(sort: &Sort, fingerprint: &str, whole: &Value, id: &DocId) -> Value {
+    Value::String(
+        Cursor {
+            key: sort.key(whole).0,
+            id: id.as_str().to_owned(),
+        }
+        .encode(fingerprint),
+    )
+}
+
 /// `{"items": [...], "next": ...}` around a page's documents, written
 /// from their stored texts.
-fn page_response(docs: &[DocumentText], next: &Value) -> Response {
+fn page_json(docs: &[DocumentText], next: &Value) -> Vec<u8> {
     let size: usize = docs.iter().map(DocumentText::json_len_hint).sum();
     let mut out = Vec::with_capacity(64 + size);
     out.extend_from_slice(b"{\"items\":[");
@@ -399,7 +410,7 @@ fn page_response(docs: &[DocumentText], next: &Value) -> Response {
     // Writing a Value into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, next);
     out.push(b'}');
-    crate::respond::json_bytes(StatusCode::OK, out)
+    out
 }
 
 #[utoipa::path(get, operation_id = "count_documents", path = "/v1/collections/{name}/count", tag = "documents",

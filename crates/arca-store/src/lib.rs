@@ -223,6 +223,23 @@ pub trait Store: Send + Sync + 'static {
         Ok(docs.iter().map(DocumentText::of).collect())
     }
 
+    /// `find_text`, handed to `write` on the engine's own thread to become
+    /// the bytes of a response: engines that read on threads of their own
+    /// override it, so the documents are freed by the thread that made
+    /// them (a cross-thread free costs the allocator several times more;
+    /// measured in bench/RESULTS.md). What the bytes are (the page's JSON
+    /// framing, its cursor) is the caller's business.
+    async fn find_written(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+        write: PageWriter,
+    ) -> Result<Vec<u8>, StoreError> {
+        let docs = self.find_text(coll, scope, query).await?;
+        write(docs)
+    }
+
     /// The number of documents of the scope matching `filter`.
     /// MongoDB: `countDocuments({$and: [{_tenant}, scope filter, filter]})`.
     async fn count(
@@ -244,6 +261,9 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Tenant, Document)>, StoreError>;
 }
+
+/// Turns a listing's documents into bytes (see `Store::find_written`).
+pub type PageWriter = Box<dyn FnOnce(Vec<DocumentText>) -> Result<Vec<u8>, StoreError> + Send>;
 
 /// Where an export page ended: the tenant key (`""` for the untenanted
 /// space) and the id of its last document.

@@ -12,10 +12,11 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use arca_auth::Identity;
 use arca_core::document::ClientBody;
 use arca_core::query::Filter;
 use arca_core::{Action, DocId, Document, DocumentText, FieldError, Scope, SystemFields};
-use arca_store::{Query, Store, StoreError};
+use arca_store::{PageWriter, Query, Store, StoreError};
 use serde_json::{Map, Value};
 
 use super::catalog::Collection;
@@ -62,9 +63,8 @@ pub struct Grant<A: Act> {
     pub(super) scope: Scope,
     /// The action's own filter (for `Read`, the same as the scope's).
     pub(super) rule: Filter,
-    /// The caller's `sub` (empty without a token): the owner of what it
-    /// creates.
-    pub(super) sub: String,
+    /// The caller (none without a token): its `sub` owns what it creates.
+    pub(super) caller: Option<Arc<Identity>>,
     pub(super) act: PhantomData<A>,
 }
 
@@ -132,6 +132,19 @@ impl Grant<Read> {
             .await?)
     }
 
+    /// A listing written by `write` on the engine's thread (see
+    /// `Store::find_written`).
+    pub async fn find_written(
+        &self,
+        query: &Query,
+        write: PageWriter,
+    ) -> Result<Vec<u8>, ApiError> {
+        Ok(self
+            .store
+            .find_written(&self.coll.name, &self.scope, query, write)
+            .await?)
+    }
+
     /// How many readable documents match `filter`.
     pub async fn count(&self, filter: &Filter) -> Result<u64, ApiError> {
         Ok(self
@@ -151,7 +164,14 @@ impl Grant<Create> {
         self.coll.validate(&fields, &errors)?;
         let id = id.unwrap_or_else(stamp::new_id);
         let doc = Document {
-            system: SystemFields::first(id, self.sub.clone(), stamp::now()),
+            system: SystemFields::first(
+                id,
+                self.caller
+                    .as_ref()
+                    .map(|c| c.sub.clone())
+                    .unwrap_or_default(),
+                stamp::now(),
+            ),
             body: fields,
         };
         if !self.admits(&doc) {

@@ -81,7 +81,7 @@ impl Gateway {
             coll: coll.clone(),
             scope,
             rule: decision.action,
-            sub: id.map(|i| i.sub.clone()).unwrap_or_default(),
+            caller: caller.cloned(),
             act: PhantomData,
         })
     }

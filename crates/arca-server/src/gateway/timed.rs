@@ -9,7 +9,8 @@ use std::time::Instant;
 use arca_core::query::Filter;
 use arca_core::{CollectionName, DocId, Document, DocumentText, Scope, Tenant};
 use arca_store::{
-    CollectionSpec, ExportPosition, PutOutcome, Query, Store, StoreError, StoredCollection,
+    CollectionSpec, ExportPosition, PageWriter, PutOutcome, Query, Store, StoreError,
+    StoredCollection,
 };
 
 /// A `Store` that times the engine it wraps.
@@ -108,6 +109,16 @@ impl Store for Timed {
         query: &Query,
     ) -> Result<Vec<DocumentText>, StoreError> {
         time("find", self.0.find_text(coll, scope, query)).await
+    }
+
+    async fn find_written(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+        write: PageWriter,
+    ) -> Result<Vec<u8>, StoreError> {
+        time("find", self.0.find_written(coll, scope, query, write)).await
     }
 
     async fn count(

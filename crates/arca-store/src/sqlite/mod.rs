@@ -36,7 +36,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    CollectionSpec, ExportPosition, PutOutcome, Query, Store, StoreError, StoredCollection,
+    CollectionSpec, ExportPosition, PageWriter, PutOutcome, Query, Store, StoreError,
+    StoredCollection,
 };
 use readers::Readers;
 use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
@@ -414,6 +415,21 @@ impl Store for SqliteStore {
     ) -> Result<Vec<DocumentText>, StoreError> {
         self.find_found(coll, scope, query, text_body(scope, query), texts)
             .await
+    }
+
+    async fn find_written(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+        write: PageWriter,
+    ) -> Result<Vec<u8>, StoreError> {
+        // Written on the reader thread: the documents' strings are freed
+        // by the thread that allocated them, and one buffer crosses over.
+        self.find_found(coll, scope, query, text_body(scope, query), move |found| {
+            write(texts(found)?)
+        })
+        .await
     }
 
     async fn count(

@@ -21,5 +21,5 @@ pub use document::{
 };
 pub use duration::HumanDuration;
 pub use name::{CollectionName, DocId, NameError, Tenant};
-pub use schema::{DocumentSchema, FieldError, SchemaError};
+pub use schema::{DocumentSchema, FieldError, SchemaError, Validation};
 pub use scope::Scope;

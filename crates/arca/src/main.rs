@@ -414,7 +414,7 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
                 path,
                 synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
                 readers: cfg.store.sqlite.readers,
-                read_timeout: cfg.server.request_timeout.0,
+                read_timeout: cfg.query.max_time.0,
                 reader_cache_kib: cfg.store.sqlite.reader_cache_kib(),
             };
             let store = tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
@@ -427,7 +427,7 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
             let opts = MongoOptions {
                 uri,
                 timeout: cfg.store.timeout.0,
-                read_timeout: cfg.server.request_timeout.0,
+                read_timeout: cfg.query.max_time.0,
                 verify: cfg.store.mongodb.verify_matches,
             };
             let store = MongoStore::connect(&opts).await.map_err(|e| {
@@ -495,6 +495,14 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         None => None,
     };
     tokio::spawn(auth.run_refresh());
+    if cfg.auth.require_tenant && cfg.auth.schema_admin() == cfg.auth.admin_role {
+        tracing::warn!(
+            role = %cfg.auth.admin_role,
+            "auth.require_tenant is on and auth.schema_admin_role is the admin role: \
+             a tenant's admin can redefine or delete every tenant's collections; \
+             give auth.schema_admin_role a role only platform operators hold (docs/access.md)"
+        );
+    }
     tracing::info!(
         listen = %local,
         store = %db_path,

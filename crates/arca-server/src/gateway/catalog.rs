@@ -26,20 +26,32 @@ pub struct Collection {
 }
 
 impl Collection {
-    /// Validates `body` against the schema; `earlier` are failures already
-    /// found on reserved fields, reported together with the schema's (422).
+    /// Validates `body`: the limits every engine shares (field names,
+    /// nesting, integers), then the schema; `earlier` are failures already
+    /// found on reserved fields, reported together with these (422, at
+    /// most `max_errors` of them, the problem saying when there were more).
     pub fn validate(
         &self,
-        body: &Map<String, Value>,
+        body: Map<String, Value>,
         earlier: &[FieldError],
-    ) -> Result<(), ApiError> {
-        // The validator takes a `Value`, hence the copy of the map.
+        max_errors: usize,
+    ) -> Result<Map<String, Value>, ApiError> {
         let mut errors = earlier.to_vec();
-        errors.extend(self.def.schema.validate(&Value::Object(body.clone())));
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::invalid_document(errors))
+        errors.extend(arca_core::document::portable_errors(&body));
+        // The validator takes a `Value`: the map goes in and comes back.
+        let doc = Value::Object(body);
+        let room = max_errors.saturating_sub(errors.len());
+        let found = self.def.schema.validate_at_most(&doc, room);
+        errors.extend(found.errors);
+        let truncated = found.truncated || errors.len() > max_errors;
+        errors.truncate(max_errors);
+        match (errors.is_empty(), doc) {
+            (true, Value::Object(body)) => Ok(body),
+            (true, _) => Err(ApiError::internal(
+                "a document body stopped being an object",
+            )),
+            (false, _) if truncated => Err(ApiError::invalid_document_truncated(errors)),
+            (false, _) => Err(ApiError::invalid_document(errors)),
         }
     }
 }

@@ -130,6 +130,10 @@ impl Store for Timed {
         time("count", self.0.count(coll, scope, filter)).await
     }
 
+    async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        time("secret", self.0.secret(name)).await
+    }
+
     async fn export(
         &self,
         coll: &CollectionName,

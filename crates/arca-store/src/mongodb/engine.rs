@@ -42,7 +42,8 @@ use serde_json::Value;
 
 use super::{filter, schema, value};
 use crate::{
-    CollectionSpec, ExportPosition, PutOutcome, Query, Store, StoreError, StoredCollection,
+    CollectionSpec, ExportPosition, PageBudget, PutOutcome, Query, Store, StoreError,
+    StoredCollection, trim_to_budget,
 };
 
 /// The catalogue collection.
@@ -203,6 +204,7 @@ fn and(a: BsonDoc, b: BsonDoc) -> BsonDoc {
 struct Ranked<'a> {
     key: SortKey,
     doc: Document,
+    bytes: usize,
     sort: &'a arca_core::query::Sort,
 }
 
@@ -555,12 +557,13 @@ impl MongoStore {
             }
             let mut cursor = find.await.map_err(map_err)?;
             let mut out = Vec::with_capacity(limit.min(64));
-            while let Some(raw) = cursor.try_next().await.map_err(map_err)? {
+            let mut budget = PageBudget::new(query.max_bytes);
+            while let Some((doc, bytes)) = next_stored(&mut cursor).await? {
                 self.in_time(started)?;
-                let doc = value::from_stored(&raw).map_err(|e| unavailable(format!("{e:?}")))?;
                 if exact || filter.matches_document(&doc) {
+                    let more = budget.take(bytes);
                     out.push(doc);
-                    if out.len() == limit {
+                    if out.len() == limit || !more {
                         break;
                     }
                 }
@@ -582,9 +585,9 @@ impl MongoStore {
             .as_ref()
             .map(|c| (SortKey(c.key.clone()), c.id.clone()));
         let mut best: BinaryHeap<Ranked<'_>> = BinaryHeap::new();
-        while let Some(raw) = cursor.try_next().await.map_err(map_err)? {
+        let mut held = 0usize;
+        while let Some((doc, bytes)) = next_stored(&mut cursor).await? {
             self.in_time(started)?;
-            let doc = value::from_stored(&raw).map_err(|e| unavailable(format!("{e:?}")))?;
             if !exact && !filter.matches_document(&doc) {
                 continue;
             }
@@ -595,12 +598,23 @@ impl MongoStore {
             if !past {
                 continue;
             }
-            let entry = Ranked { key, doc, sort };
-            if best.len() < limit {
+            let entry = Ranked {
+                key,
+                doc,
+                bytes,
+                sort,
+            };
+            if best.len() < limit || best.peek().is_some_and(|worst| entry < *worst) {
+                held += entry.bytes;
                 best.push(entry);
-            } else if best.peek().is_some_and(|worst| entry < *worst) {
-                best.pop();
-                best.push(entry);
+                if best.len() > limit
+                    && let Some(worst) = best.pop()
+                {
+                    held -= worst.bytes;
+                }
+                if let Some(max) = query.max_bytes {
+                    trim_to_budget(&mut best, &mut held, max, |r| r.bytes);
+                }
             }
         }
         self.in_time(started)?;
@@ -647,6 +661,20 @@ impl MongoStore {
         }
         Ok(n)
     }
+}
+
+/// The next document of `cursor`, with its size as JSON (the measure of
+/// a page's byte budget on every engine: `arca_core::document::json_len`).
+async fn next_stored(
+    cursor: &mut mongodb::Cursor<BsonDoc>,
+) -> Result<Option<(Document, usize)>, StoreError> {
+    let Some(stored) = cursor.try_next().await.map_err(map_err)? else {
+        return Ok(None);
+    };
+    let doc = value::from_stored(&stored).map_err(|e| unavailable(format!("{e:?}")))?;
+    let bytes =
+        arca_core::document::json_len(&doc.system, arca_core::document::body_len(&doc.body));
+    Ok(Some((doc, bytes)))
 }
 
 /// FNV-1a over the catalogue's (name, nonce) pairs: the generation.
@@ -934,6 +962,35 @@ impl Store for MongoStore {
     ) -> Result<u64, StoreError> {
         self.bounded_read(self.count_docs(coll, scope, filter))
             .await
+    }
+
+    async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let candidate = mongodb::bson::Binary {
+            subtype: mongodb::bson::spec::BinarySubtype::Generic,
+            bytes: rand::random::<[u8; 32]>().to_vec(),
+        };
+        let kept = self
+            .bounded(async {
+                self.db
+                    .collection::<BsonDoc>("_arca_secrets")
+                    .find_one_and_update(
+                        doc! {"_id": name},
+                        doc! {"$setOnInsert": {"value": candidate}},
+                    )
+                    .upsert(true)
+                    .return_document(mongodb::options::ReturnDocument::After)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        match kept.as_ref().and_then(|d| d.get("value")) {
+            Some(Bson::Binary(b)) => b
+                .bytes
+                .clone()
+                .try_into()
+                .map_err(|_| unavailable(format!("the secret {name:?} is not 32 bytes"))),
+            _ => Err(unavailable(format!("the secret {name:?} was not kept"))),
+        }
     }
 
     async fn export(

@@ -472,6 +472,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let (name, candidate) = (name.to_owned(), rand::random::<[u8; 32]>());
+        self.write(|reply| WriteOp::Secret {
+            name,
+            candidate,
+            reply,
+        })
+        .await
+    }
+
     async fn export(
         &self,
         coll: &CollectionName,
@@ -595,8 +605,8 @@ mod tests {
             let filter = Filter::parse(&serde_json::json!({ "category": value })).expect("filter");
             let pa = [no_tenant(), Sql::Text(value.into()), no_tenant()];
             let pb = [no_tenant(), no_tenant()];
-            let page =
-                merged_scan(&conn, (&a, &pa), (&b, &pb), &filter, &Body::Full, 5).expect("scan");
+            let page = merged_scan(&conn, (&a, &pa), (&b, &pb), &filter, &Body::Full, (5, None))
+                .expect("scan");
             assert_eq!(page.len(), 5, "{value}");
         }
         for sql in [a, b] {

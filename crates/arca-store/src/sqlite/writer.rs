@@ -51,6 +51,13 @@ pub enum WriteOp {
         name: CollectionName,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// Keeps `candidate` as the secret `name` unless one is kept already;
+    /// answers the kept one.
+    Secret {
+        name: String,
+        candidate: [u8; 32],
+        reply: oneshot::Sender<Result<[u8; 32], StoreError>>,
+    },
 }
 
 /// A finished operation waiting for its batch's commit.
@@ -71,6 +78,10 @@ enum Done {
         oneshot::Sender<Result<bool, StoreError>>,
         Result<bool, StoreError>,
     ),
+    Key(
+        oneshot::Sender<Result<[u8; 32], StoreError>>,
+        Result<[u8; 32], StoreError>,
+    ),
 }
 
 impl Done {
@@ -81,6 +92,7 @@ impl Done {
             Done::Unit(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Put(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Bool(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
+            Done::Key(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
         }
     }
 }
@@ -168,6 +180,7 @@ fn fail(op: WriteOp, err: &StoreError) -> Done {
         WriteOp::Delete { reply, .. } => Done::Doc(reply, Err(err.clone())),
         WriteOp::PutCollection { reply, .. } => Done::Put(reply, Err(err.clone())),
         WriteOp::DeleteCollection { reply, .. } => Done::Bool(reply, Err(err.clone())),
+        WriteOp::Secret { reply, .. } => Done::Key(reply, Err(err.clone())),
     }
 }
 
@@ -237,6 +250,15 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
             let r = delete_collection(conn, &name);
             let ok = r.is_ok();
             (Done::Bool(reply, r), ok)
+        }
+        WriteOp::Secret {
+            name,
+            candidate,
+            reply,
+        } => {
+            let r = secret(conn, &name, &candidate);
+            let ok = r.is_ok();
+            (Done::Key(reply, r), ok)
         }
     }
 }
@@ -479,4 +501,16 @@ fn delete_collection(conn: &Connection, name: &CollectionName) -> Result<bool, S
         .map_err(map_err)?;
     bump_catalog_generation(conn)?;
     Ok(n == 1)
+}
+
+fn secret(conn: &Connection, name: &str, candidate: &[u8; 32]) -> Result<[u8; 32], StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO _arca_secrets (name, value) VALUES (?1, ?2)")
+        .and_then(|mut st| st.execute(params![name, candidate.as_slice()]))
+        .map_err(map_err)?;
+    let kept: Vec<u8> = conn
+        .prepare_cached("SELECT value FROM _arca_secrets WHERE name = ?1")
+        .and_then(|mut st| st.query_row(params![name], |r| r.get(0)))
+        .map_err(map_err)?;
+    kept.try_into()
+        .map_err(|_| StoreError::Unavailable(format!("the secret {name:?} is not 32 bytes")))
 }

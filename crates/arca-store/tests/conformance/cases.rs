@@ -21,6 +21,7 @@ fn query(filter: Value, sort: &str, after: Option<Cursor>, limit: usize) -> Quer
         },
         after,
         limit,
+        max_bytes: None,
     }
 }
 
@@ -864,6 +865,7 @@ pub async fn the_filter_table_finds_what_it_expects<E: Engine>() {
             sort: Sort::by_id(),
             after: None,
             limit: 100,
+            max_bytes: None,
         };
         let got = ids(&store.find(&people(), &s, &q).await.expect("find"));
         let n = store.count(&people(), &s, &filter).await.expect("count");
@@ -938,4 +940,20 @@ pub async fn export_walks_every_tenant_in_order<E: Engine>() {
     let defs = store.collections().await.expect("collections");
     let def = defs.iter().find(|c| c.name == copied).expect("copied");
     assert_eq!((def.created_at.as_str(), def.updated_at.as_str()), (T0, T1));
+}
+
+/// A secret is made once and kept: the same bytes every time it is asked
+/// for, different ones for another name.
+pub async fn secrets_are_made_once_and_kept<E: Engine>() {
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let a = store.secret("cursor").await.expect("secret");
+    assert_ne!(a, [0u8; 32]);
+    assert_eq!(store.secret("cursor").await, Ok(a));
+    let b = store.secret("links").await.expect("secret");
+    assert_ne!(a, b);
+    // Concurrent first asks agree.
+    let asks: Vec<_> = (0..8).map(|_| store.secret("race")).collect();
+    let got = futures_util::future::join_all(asks).await;
+    assert!(got.windows(2).all(|w| w[0] == w[1]), "{got:?}");
 }

@@ -16,7 +16,12 @@
 //! - `$sum` and `$avg` accumulate with MongoDB's double-double summation
 //!   (2Sum/Fast2Sum, about 106 bits), so a sum of integers is exact and
 //!   stays an integer whenever the total fits 64 bits, even if a partial
-//!   total did not; `$avg` is the double total divided by the count.
+//!   total did not; `$avg` is the double total divided by the count. An
+//!   integer is added as the MongoDB engine stores it (within 32 bits as
+//!   one double, else split in two), which can matter for the last bit of
+//!   a sum that mixes integers and doubles; an integer computed on the
+//!   server (an `$add` with a 64-bit operand) may be split where the
+//!   evaluator does not, a difference of at most that last bit.
 //!
 //! A result that is not a finite double (an overflow to infinity) cannot be
 //! written as JSON: it is a runtime error here, where MongoDB would return

@@ -11,8 +11,10 @@
 //! - `$sort`: BSON order across types, missing sorts as null; a path
 //!   through arrays offers every value it reaches (an array at the end
 //!   offers its elements, an object element without the field offers
-//!   null); ascending takes the smallest, descending the largest; an empty
-//!   array sorts below null. Ties keep their input order.
+//!   null, a numeric segment on an array is a position); ascending takes
+//!   the smallest, descending the largest; an empty array sorts below
+//!   null. Ties keep their input order (MongoDB's `$sort` is not stable:
+//!   engines may differ on ties, so tests sort on unique keys).
 //! - `$unwind`: the path goes through objects only; a non-empty array
 //!   gives one document per element (with the index as an integer when
 //!   `includeArrayIndex` is set); null, missing and `[]` drop the document

@@ -32,7 +32,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -157,6 +160,57 @@ class Proc:
                 os.killpg(self.p.pid, signal.SIGKILL)
 
 
+def heavy_count_url(base):
+    """A count that scans every document (no index serves it) and tests
+    each against four 1,000-value `$in` lists: the issue's attack, on the
+    bench collection."""
+    ints = list(range(100_000, 101_000))
+    strs = [f"x{i}" for i in ints]
+    f = {"$or": [{"qty": {"$in": ints}}, {"price": {"$in": ints}}, {"name": {"$in": strs}},
+                 {"category": {"$nin": ["c1"], "$in": strs}}]}
+    return f"{base}/v1/collections/items/count?filter=" + urllib.parse.quote(json.dumps(f))
+
+
+def noisy_neighbour(url, quiet, attacker, args, pid, env, results, facts):
+    """The noisy-neighbour scenario: one caller's GETs by id (wrk, 4
+    connections), first alone, then while another caller keeps six heavy
+    counts in flight, half of them abandoned after 100 ms (a client that
+    gives up and sends again) and half honouring 429's Retry-After."""
+    calm = dict(vars(args), connections=4, threads=1)
+    results[("arca, GET alone (4 conns)", "get")] = [wrk(url, "get.lua", quiet, argparse.Namespace(**calm), pid, env)]
+    target, stop = heavy_count_url(url), threading.Event()
+    seen, lock = {}, threading.Lock()
+
+    def attack(i):
+        while not stop.is_set():
+            req = urllib.request.Request(target, headers={"Authorization": f"Bearer {attacker}"})
+            try:
+                with urllib.request.urlopen(req, timeout=0.1 if i % 2 == 0 else 60) as r:
+                    r.read()
+                    status = str(r.status)
+            except urllib.error.HTTPError as e:
+                status = str(e.code)
+                if e.code == 429:
+                    time.sleep(float(e.headers.get("Retry-After", "1")))
+            except (TimeoutError, OSError, urllib.error.URLError):
+                status = "abandoned"
+            with lock:
+                seen[status] = seen.get(status, 0) + 1
+
+    threads = [threading.Thread(target=attack, args=(i,), daemon=True) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    try:
+        results[("arca, GET under attack (4 conns)", "get")] = [
+            wrk(url, "get.lua", quiet, argparse.Namespace(**calm), pid, env)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=65)
+    facts["noisy_attacker"] = dict(sorted(seen.items()))
+
+
 def ndjson(path, start, count):
     with open(path, "w") as f:
         for i in range(start, start + count):
@@ -180,6 +234,9 @@ def main():
                     help="each scenario runs this many times, Arca and DRF interleaved; medians are reported")
     ap.add_argument("--one-worker", action=argparse.BooleanOptionalAction, default=True,
                     help="also run get, list and ceiling on Arca with server.workers = 1")
+    ap.add_argument("--noisy", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the noisy-neighbour scenario: GET p99 of one caller, alone and while another "
+                         "caller sends heavy counts (six at a time, half of them abandoned after 100 ms)")
     ap.add_argument("--store", metavar="URL",
                     help="run Arca on this store (e.g. a mongodb:// URI of a real MongoDB; its database is "
                          "dropped and filled) instead of a fresh SQLite file; implies --no-one-worker and "
@@ -316,6 +373,12 @@ def main():
                     r = wrk(one[0], f"{name}.lua", token, args, one[1].p.pid, env)
                     results.setdefault((ONE, name), []).append(r)
         facts["arca_rss_peak_kib"] = rss_kib(arca.p.pid, "VmHWM")
+        if args.noisy:
+            attacker = subprocess.run([args.python, str(peers / "mint.py"), "token", "--sub", "attacker", "--role",
+                                       "member", "--aud", "api://arca", "--iss", issuer, "--ttl", "7200"],
+                                      env={**os.environ, **mint_env}, capture_output=True, text=True,
+                                      check=True).stdout.strip()
+            noisy_neighbour(arca_url, token, attacker, args, arca.p.pid, env, results, facts)
         for _, _, proc in servers:
             proc.stop()
         if one:
@@ -433,6 +496,11 @@ def report(args, results, facts):
     lines.append(f"- seeding {args.n:,} documents: Arca `arca import` {facts['arca_seed_s']:.1f} s"
                  + (f", DRF bulk_create {facts['drf_seed_s']:.1f} s" if "drf_seed_s" in facts else "")
                  + (f"; Arca up to {args.scale_n:,}: +{facts['arca_scale_seed_s']:.1f} s" if "arca_scale_seed_s" in facts else ""))
+    alone, hit = rows.get(("arca, GET alone (4 conns)", "get")), rows.get(("arca, GET under attack (4 conns)", "get"))
+    if alone and hit:
+        lines.append(f"- noisy neighbour: one caller's GET p99 {alone['p99']:.2f} ms alone, {hit['p99']:.2f} ms while "
+                     f"another caller's heavy counts run (p50 {alone['p50']:.2f} / {hit['p50']:.2f} ms); the "
+                     f"attacker's outcomes: {facts['noisy_attacker']}")
     if "drf_ready_ms" in facts:
         lines.append(f"- DRF time to ready {facts['drf_ready_ms']:.0f} ms")
     lines.append("")

@@ -230,7 +230,10 @@ impl ApiError {
         let n = errors.len();
         let mut e = Self::new(
             ProblemKind::InvalidDocument,
-            format!("more than {n} validation errors; the first {n} are listed"),
+            format!(
+                "{n} validation error{} listed, and there may be more: listing stops at validation.max_errors, and at the first failure for documents of more than 4096 values",
+                if n == 1 { "" } else { "s" }
+            ),
         );
         e.errors = errors;
         e.truncated = true;

@@ -11,7 +11,7 @@
 //! bounds both.)
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,8 +47,119 @@ impl Drop for AbandonOnDrop {
     }
 }
 
-fn set_current(slot: &Mutex<Option<Arc<AtomicBool>>>, job: Option<Arc<AtomicBool>>) {
-    *slot.lock().unwrap_or_else(|p| p.into_inner()) = job;
+/// A listing or count that has run this long is slow: it needs a place
+/// in the slow lane to go on.
+const SLOW_AFTER: Duration = Duration::from_millis(10);
+
+/// What one reader's progress handler enforces on the running read:
+/// its deadline (`read_timeout`), its request still waiting for it
+/// (`abandoned`), and its share of the CPU. A listing or count yields the
+/// CPU about every millisecond, and once slow (past `SLOW_AFTER`) it runs
+/// only while it holds a place in the slow lane, waiting for one
+/// otherwise: on a machine with as many slow reads as cores, the threads
+/// serving other callers (the HTTP workers, a read by id) waited a
+/// scheduler slice at every hand-off, and another tenant's GET took
+/// 100 ms and more. Short listings (the usual ones) never reach the lane.
+struct Pacer {
+    epoch: Instant,
+    /// When the running read must stop, in ms after `epoch` (`u64::MAX`:
+    /// none running).
+    deadline: AtomicU64,
+    /// When it began, in ms after `epoch`.
+    began: AtomicU64,
+    /// It is a listing or count.
+    long: AtomicBool,
+    /// It holds a place in the slow lane.
+    in_lane: AtomicBool,
+    /// Its `abandoned` flag (only this reader thread sets or reads it:
+    /// the lock is never contended).
+    abandoned: Mutex<Option<Arc<AtomicBool>>>,
+    /// Free places in the slow lane (shared by the readers).
+    lane: Arc<AtomicUsize>,
+}
+
+impl Pacer {
+    fn new(lane: Arc<AtomicUsize>) -> Self {
+        Self {
+            epoch: Instant::now(),
+            deadline: AtomicU64::new(u64::MAX),
+            began: AtomicU64::new(0),
+            long: AtomicBool::new(false),
+            in_lane: AtomicBool::new(false),
+            abandoned: Mutex::new(None),
+            lane,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn begin(&self, job: &ReadJob, timeout: Duration) {
+        let now = self.now_ms();
+        self.began.store(now, Ordering::Relaxed);
+        self.deadline.store(
+            now.saturating_add(timeout.as_millis() as u64),
+            Ordering::Relaxed,
+        );
+        self.long.store(!job.point, Ordering::Relaxed);
+        *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = Some(job.abandoned.clone());
+    }
+
+    fn end(&self) {
+        if self.in_lane.swap(false, Ordering::Relaxed) {
+            self.lane.fetch_add(1, Ordering::Relaxed);
+        }
+        self.long.store(false, Ordering::Relaxed);
+        self.deadline.store(u64::MAX, Ordering::Relaxed);
+        *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Whether the running read must stop now (its time is up, or its
+    /// request went away).
+    fn must_stop(&self) -> bool {
+        self.now_ms() > self.deadline.load(Ordering::Relaxed)
+            || self
+                .abandoned
+                .lock()
+                .ok()
+                .and_then(|a| a.as_ref().map(|f| f.load(Ordering::Relaxed)))
+                .unwrap_or(false)
+    }
+
+    /// Takes a place in the slow lane if one is free.
+    fn enter_lane(&self) -> bool {
+        self.lane
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// The progress handler: `true` interrupts the read.
+    fn check(&self, last_yield: &mut Instant) -> bool {
+        if !self.long.load(Ordering::Relaxed) {
+            return self.must_stop();
+        }
+        if !self.in_lane.load(Ordering::Relaxed)
+            && self
+                .now_ms()
+                .saturating_sub(self.began.load(Ordering::Relaxed))
+                > SLOW_AFTER.as_millis() as u64
+        {
+            // Slow: wait for a place, still stopping on time.
+            while !self.enter_lane() {
+                if self.must_stop() {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.in_lane.store(true, Ordering::Relaxed);
+        }
+        if last_yield.elapsed() > Duration::from_millis(1) {
+            std::thread::yield_now();
+            *last_yield = Instant::now();
+        }
+        self.must_stop()
+    }
 }
 
 /// At most this many point reads share one read transaction.
@@ -80,28 +191,19 @@ impl Readers {
         read_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let (jobs, receivers) = queue::queue::<ReadJob>(count.max(1));
+        // Reads that run past `SLOW_AFTER` share `cores - 1` places (one
+        // at least): however many slow queries run, a core stays free for
+        // everything else.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let slow_lane = Arc::new(AtomicUsize::new(cores.saturating_sub(1).max(1)));
         for (n, receiver) in receivers.into_iter().enumerate() {
             let mut conn = open_conn(path, true, synchronous_full, cache_kib.max(100))?;
-            // One progress handler per connection, checking the running
-            // job's deadline every 1000 VM steps.
-            let epoch = Instant::now();
-            let deadline = Arc::new(AtomicU64::new(u64::MAX));
-            // The running job's `abandoned` flag (only this reader thread
-            // sets or reads it: the lock is never contended).
-            let current: Arc<Mutex<Option<Arc<AtomicBool>>>> = Arc::default();
-            let (watched, watched_job) = (deadline.clone(), current.clone());
-            conn.progress_handler(
-                1000,
-                Some(move || {
-                    epoch.elapsed().as_millis() as u64 > watched.load(Ordering::Relaxed)
-                        || watched_job
-                            .lock()
-                            .ok()
-                            .and_then(|j| j.as_ref().map(|a| a.load(Ordering::Relaxed)))
-                            .unwrap_or(false)
-                }),
-            )
-            .map_err(map_err)?;
+            let pace = Arc::new(Pacer::new(slow_lane.clone()));
+            let watched = pace.clone();
+            // Checked every 1000 VM steps of the running read.
+            let mut last_yield = Instant::now();
+            conn.progress_handler(1000, Some(move || watched.check(&mut last_yield)))
+                .map_err(map_err)?;
             std::thread::Builder::new()
                 .name(format!("arca-sqlite-reader-{n}"))
                 .spawn(move || {
@@ -110,12 +212,9 @@ impl Readers {
                             // Nobody waits for it: skip the work.
                             return;
                         }
-                        let limit = (epoch.elapsed() + read_timeout).as_millis() as u64;
-                        deadline.store(limit, Ordering::Relaxed);
-                        set_current(&current, Some(job.abandoned.clone()));
+                        pace.begin(&job, read_timeout);
                         (job.run)(&conn);
-                        set_current(&current, None);
-                        deadline.store(u64::MAX, Ordering::Relaxed);
+                        pace.end();
                     })
                 })
                 .map_err(|e| {
@@ -137,11 +236,15 @@ impl Readers {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         // Waiting here holds no reader: cancelled, it leaves nothing behind.
-        let _long = match point {
+        // The place is given back when the job ends on its reader (or is
+        // skipped there), not when its request goes away: an abandoned
+        // read keeps its place until SQLite's next progress check stops it.
+        let long = match point {
             true => None,
             false => Some(
                 self.long
-                    .acquire()
+                    .clone()
+                    .acquire_owned()
                     .await
                     .map_err(|_| StoreError::Unavailable("readers stopped".into()))?,
             ),
@@ -150,6 +253,7 @@ impl Readers {
         let abandoned = Arc::new(AtomicBool::new(false));
         let mut guard = AbandonOnDrop(Some(abandoned.clone()));
         let run = Box::new(move |conn: &Connection| {
+            let _long = long;
             // A panic in `f` drops `tx`: the caller sees "unavailable",
             // and the reader thread survives it.
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));

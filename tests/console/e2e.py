@@ -16,7 +16,7 @@ authorization code flow and PKCE, and checks that a wrong state or nonce is
 refused. Every run fails on any console error or warning, page error,
 Content-Security-Policy violation, or request to another origin than the
 server's (and, for `oidc`, the issuer's). Uses Debian's Chromium
-(CHROMIUM, default /usr/bin/chromium): no browser is downloaded.
+(the CHROMIUM command, default chromium): no browser is downloaded.
 """
 
 import argparse
@@ -24,6 +24,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -122,7 +123,7 @@ def api(base, token, method, path, body=None, headers=None):
 
 def launch(p):
     return p.chromium.launch(
-        executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+        executable_path=shutil.which(os.environ.get("CHROMIUM", "chromium")) or "/usr/bin/chromium",
         args=CHROMIUM_ARGS, headless=True)
 
 
@@ -138,6 +139,13 @@ def tab_to(page, predicate_js, limit=80):
 def focus_is_visible(page):
     return page.evaluate(
         "(() => { const s = getComputedStyle(document.activeElement); return s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0; })()")
+
+
+def shoot(page, folder, name):
+    """A screenshot for the README (without the passing status message)."""
+    if folder:
+        page.evaluate("document.getElementById('notice').replaceChildren()")
+        page.screenshot(path=os.path.join(folder, name))
 
 
 def editor(page, label):
@@ -285,8 +293,7 @@ def dev_steps(args, page):
     # /n is on line 3, /colour on line 4, /title (missing) at its object on line 1.
     expect(page.locator(".gutter .line.err")).to_have_text(["1", "3", "4"])
     expect(page.locator(".notes .line").nth(2)).to_contain_text("minimum")
-    if shots:
-        page.screenshot(path=os.path.join(shots, "console-document-errors.png"))
+    shoot(page, shots, "console-document-errors.png")
     doc_editor.fill('{\n  "_id": "first",\n  "title": "First note",\n  "n": 1,\n  "tags": ["a"]\n}')
     page.get_by_role("button", name="Create document").click()
     expect(page.get_by_role("heading", name="Document first")).to_be_visible()
@@ -332,8 +339,7 @@ def dev_steps(args, page):
     page.get_by_label("Sort").fill("n")
     page.get_by_role("button", name="Apply").click()
     expect(page.locator("#documents tbody tr")).to_have_count(10)
-    if shots:
-        page.screenshot(path=os.path.join(shots, "console-documents.png"))
+    shoot(page, shots, "console-documents.png")
     watch.check("filter and sort (bad filter and sort shown beside their fields)")
 
     # --- edit; a 412 conflict -----------------------------------------
@@ -477,8 +483,6 @@ def dev_steps(args, page):
     expect(page.locator("#verdict")).to_contain_text("Allowed")
     page.goto(f"{base}/console/#/collections/notes")
     expect(page.get_by_role("heading", name="Collection notes")).to_be_visible()
-    if shots:
-        page.screenshot(path=os.path.join(shots, "console-definition.png"))
     tab_to(page, "(el) => el.tagName === 'TEXTAREA'")
     tab_to(page, "(el) => el.textContent === 'Save definition'")
     page.keyboard.press("Enter")

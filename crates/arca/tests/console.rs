@@ -177,6 +177,36 @@ async fn console_enabled_false_turns_it_off() {
     assert!(!lines.iter().any(|l| l.contains("/console")), "{lines:?}");
 }
 
+#[test]
+fn arca_config_shows_the_console_section() {
+    let out = Command::new(BIN)
+        .arg("config")
+        .env_remove("ARCA_CONFIG")
+        .env("ARCA_AUTH__ISSUER", "https://login.example.com/t/v2.0")
+        .env("ARCA_CONSOLE__CLIENT_ID", "arca-console")
+        .output()
+        .expect("arca config");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "[console]\nenabled = true\nclient_id = \"arca-console\"\nscope = \"openid\"\n"
+        ),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .arg("config")
+        .env_remove("ARCA_CONFIG")
+        .env("ARCA_CONSOLE__CLIENT_ID", "arca-console")
+        .output()
+        .expect("arca config");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`console.client_id`: needs auth.issuer"),
+        "the error names the key"
+    );
+}
+
 /// The keys `/console/config.json` may have, at every depth: anything
 /// else could be a setting that was never meant to leave the server.
 fn assert_only_public_keys(v: &Value) {

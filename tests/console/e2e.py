@@ -401,6 +401,9 @@ def dev_steps(args, page):
     expect(page.get_by_role("heading", name="Documents of notes")).to_be_visible()
     s, _, _ = api(base, token, "GET", "/v1/collections/notes/documents/note05")
     assert s == 404, s
+    # An address that is not valid percent-encoding fails on the page, not in the console.
+    page.goto(f"{base}/console/#/collections/notes/documents/%E0%A4%A")
+    expect(page.get_by_text("This page failed:")).to_be_visible()
     watch.check("delete a document")
 
     # --- documents holding markup are shown, never run -----------------
@@ -492,7 +495,7 @@ def dev_steps(args, page):
     # --- an expiring token ---------------------------------------------------
     page.get_by_role("button", name="Sign out").click()
     # Minted now, with the server's dev key: it expires within seconds.
-    short = subprocess.run([args.arca, "token", "--sub", "short-lived", "--role", "admin", "--ttl", "6s"],
+    short = subprocess.run([args.arca, "token", "--sub", "short-lived", "--role", "admin", "--ttl", "10s"],
                            check=True, capture_output=True, text=True).stdout.strip()
     page.get_by_label("Access token (JWT)").fill(short)
     page.get_by_role("button", name="Use this token").click()

@@ -7,8 +7,8 @@ import {h} from './dom.js';
 import {parse} from './jsonedit.js';
 import {session} from './session.js';
 
-/** The API's base path: the console lives at `<base>console/`. */
-export const API_BASE = location.pathname.replace(/console\/?$/, '') || '/';
+/** The API's base path: the console lives at `<base>console/` (a proxy prefix included). */
+export const API_BASE = new URL('../', location.href).pathname;
 
 /** A failed call: the status and the problem document (or what stood for it). */
 export class ApiError extends Error {

@@ -111,7 +111,12 @@ function render() {
     view.append(h('h1', {tabindex: '-1'}, 'Not found'), h('p', {}, 'No page at this address. ', h('a', {href: '#/collections'}, 'Collections')));
   } else {
     const [m, page] = found;
-    Promise.resolve(page(view, ctx, m)).catch((e) => view.append(problemView(e, 'This page failed:')));
+    const failed = (e) => view.append(problemView(e, 'This page failed:'));
+    try {
+      Promise.resolve(page(view, ctx, m)).catch(failed);
+    } catch (e) {
+      failed(e); // a malformed address (bad percent-encoding) throws before the page starts
+    }
   }
   // After a navigation, keyboard and screen-reader users land on the new
   // page's heading; a fresh load starts at the top (skip link, menu).

@@ -50,9 +50,9 @@ export async function discover(issuer) {
   return doc;
 }
 
-/** The redirect URI registered for the console: this page, without query or fragment. */
+/** The redirect URI registered for the console: its folder (`https://HOST/console/`). */
 export function redirectUri() {
-  return `${location.origin}${location.pathname}`;
+  return new URL('./', location.href).href;
 }
 
 /** Starts signing in: remembers the round trip's secrets and goes to the IdP. */

@@ -3,7 +3,8 @@
 //! end to end in headless Chromium by `tests/console/e2e.py` (Playwright
 //! for Python in the venv `scripts/test` makes, Debian's Chromium) against
 //! the real binary, signing in with tokens and through the OIDC provider
-//! fixture.
+//! fixture, and a shorter walk in Firefox (`tests/console/firefox/`,
+//! puppeteer-core over WebDriver BiDi, Debian's Firefox ESR).
 
 mod common;
 
@@ -418,4 +419,55 @@ fn the_console_signs_in_through_the_identity_provider() {
         "--issuer",
         &idp.issuer,
     ]));
+}
+
+/// Where `scripts/test` installed puppeteer-core for the Firefox run.
+fn firefox_driver_dir() -> PathBuf {
+    let dir = std::env::var("ARCA_TEST_CONSOLE_FIREFOX_DIR").map_or_else(
+        |_| {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            PathBuf::from(home).join(".cache/arca/console-firefox")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("node_modules/puppeteer-core").exists(),
+        "puppeteer-core is needed in {} (set ARCA_TEST_CONSOLE_FIREFOX_DIR): ./scripts/test installs it",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn the_console_works_in_firefox() {
+    let installed = firefox_driver_dir();
+    let s = Server::dev();
+    let token = s
+        .log_lines()
+        .iter()
+        .find_map(|l| l.strip_prefix("ARCA_TOKEN=").map(str::to_owned))
+        .expect("the dev token");
+    // The repository's script, beside the installed packages (ES modules
+    // resolve `puppeteer-core` from the script's own folder).
+    let run = TempDir::new("console-firefox");
+    std::os::unix::fs::symlink(installed.join("node_modules"), run.0.join("node_modules"))
+        .expect("link node_modules");
+    let script = run.0.join("smoke.mjs");
+    std::fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/console/firefox/smoke.mjs"),
+        &script,
+    )
+    .expect("copy smoke.mjs");
+    let out = Command::new("node")
+        .arg(&script)
+        .args(["--base", &s.base, "--token", &token])
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("console firefox: all steps passed"),
+        "the console's Firefox run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

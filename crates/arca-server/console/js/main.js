@@ -26,7 +26,13 @@ const notice = document.getElementById('notice');
 
 const NAME = '([a-z][a-z0-9_]{0,62})';
 
-/** Pages by route. Files and Events join when their APIs exist (config.features). */
+/**
+ * Pages by route (the path part of `#/...`). A page is `(view, ctx, match)`:
+ * it appends to `view`, reads `ctx.config`, `ctx.params` (the address's
+ * query), and uses `ctx.notify` and `ctx.go`. Files and Events get a route
+ * here and a module in pages/ when their APIs exist; NAV shows their links
+ * once config.json's `features` says the server has them.
+ */
 const ROUTES = [
   [new RegExp('^/collections$'), (view, ctx) => collectionsPage(view, ctx)],
   [new RegExp('^/collections/new$'), (view, ctx) => definitionPage(view, ctx, null)],
@@ -46,19 +52,21 @@ const NAV = [
 ];
 
 let config = null;
+/** What the sign-in page says: {text, kind} ('problem' or 'ok'), or null. */
 let signInMessage = null;
 let firstRender = true;
+let noticeTimer = null;
 
-/** Shows a short message in the status line. */
-export function notify(message, kind = 'ok') {
+/** Shows a short message in the status line for a few seconds. */
+function notify(message, kind = 'ok') {
   replace(notice, h('p', {class: `notice ${kind}`}, message));
-  clearTimeout(notify.timer);
-  notify.timer = setTimeout(() => notice.replaceChildren(), 6000);
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => notice.replaceChildren(), 6000);
 }
 
-function signOut(message) {
+function signOut(text, kind = 'problem') {
   session.signOut();
-  signInMessage = message || null;
+  signInMessage = text ? {text, kind} : null;
   render();
 }
 
@@ -73,7 +81,7 @@ function renderSession() {
     tenant !== undefined && tenant !== null ? h('span', {class: 'tenant'}, `tenant ${tenant}`) : null,
     h('span', {class: left < 300 ? 'expiry warn' : 'expiry', id: 'expiry',
       title: new Date(s.claims.exp * 1000).toLocaleString()}, `expires in ${duration(left)}`),
-    h('button', {type: 'button', class: 'secondary', onclick: () => signOut('Signed out.')}, 'Sign out'));
+    h('button', {type: 'button', class: 'secondary', onclick: () => signOut('Signed out.', 'ok')}, 'Sign out'));
   sessionBox.hidden = false;
 }
 
@@ -148,7 +156,7 @@ function signInWith(token) {
     signInMessage = null;
   } catch (e) {
     session.signOut();
-    signInMessage = `The token in the link cannot be used: ${e.message}`;
+    signInMessage = {text: `The token in the link cannot be used: ${e.message}`, kind: 'problem'};
   }
 }
 
@@ -172,7 +180,7 @@ async function boot() {
       session.signIn(token, 'identity provider');
       history.replaceState(null, '', `${location.pathname}${returnTo}`);
     } catch (e) {
-      signInMessage = e.message;
+      signInMessage = {text: e.message, kind: 'problem'};
     }
   } else {
     session.restore();

@@ -8,7 +8,8 @@ import * as session from '../session.js';
 import {beginSignIn} from '../oidc.js';
 
 export function signInPage(view, {config, message, onSignedIn}) {
-  const status = h('div', {class: 'signin-status', role: 'alert'}, message ? h('p', {class: 'problem'}, message) : null);
+  const status = h('div', {class: 'signin-status', role: 'alert'},
+    message ? h('p', {class: message.kind === 'ok' ? 'notice ok' : 'problem'}, message.text) : null);
   view.append(h('h1', {tabindex: '-1'}, 'Sign in'), status);
 
   if (config.oidc) {

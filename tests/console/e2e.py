@@ -195,12 +195,30 @@ def run_dev(args):
         browser.close()
 
 
-def dev_steps(args, page):
-    base, token = args.base.rstrip("/"), args.token
-    shots = args.screenshots
-    watch = Watch(page, [base + "/"])
+class DevRun:
+    """What every step of the dev-mode walk shares."""
 
-    # --- sign in by pasting a token -------------------------------
+    def __init__(self, args, page):
+        self.args = args
+        self.page = page
+        self.base = args.base.rstrip("/")
+        self.token = args.token
+        self.shots = args.screenshots
+        self.watch = Watch(page, [self.base + "/"])
+
+
+def dev_steps(args, page):
+    """The walk, in order: each step starts where the previous one left the data."""
+    r = DevRun(args, page)
+    for step in (step_sign_in, step_define_collection, step_documents, step_filter_and_sort,
+                 step_edit_and_conflict, step_delete, step_markup_is_text, step_access_explain,
+                 step_keyboard, step_expiry):
+        step(r)
+
+
+def step_sign_in(r):
+    """Sign in by pasting a token (a bad and a refused one first), then by the --dev link."""
+    page, watch, base, token = r.page, r.watch, r.base, r.token
     page.goto(f"{base}/console/")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     page.get_by_label("Access token (JWT)").fill("not-a-token")
@@ -233,7 +251,10 @@ def dev_steps(args, page):
     assert page.evaluate("document.cookie") == ""
     watch.check("sign in with the --dev link; the token leaves the address bar")
 
-    # --- define a collection: errors at the part they name ---------
+
+def step_define_collection(r):
+    """Define a collection through refused attempts, each 400 shown at the part it names."""
+    page, watch, base, token = r.page, r.watch, r.base, r.token
     page.get_by_role("link", name="New collection").click()
     expect(page.get_by_role("heading", name="New collection")).to_be_visible()
     page.get_by_label("Name", exact=True).fill("Notes!")
@@ -276,7 +297,10 @@ def dev_steps(args, page):
     assert status == 200 and body["indexes"][0]["fields"] == {"n": -1}, body
     watch.check("create a collection (400s for access and indexes, a syntax error, then 201)")
 
-    # --- documents: add, 422 per field -------------------------------
+
+def step_documents(r):
+    """Add documents (a 422 per field first), then page through them."""
+    page, watch, base, token, shots = r.page, r.watch, r.base, r.token, r.shots
     page.get_by_role("link", name="Documents", exact=True).click()
     expect(page.get_by_role("heading", name="Documents of notes")).to_be_visible()
     expect(page.get_by_text("No documents yet.")).to_be_visible()
@@ -316,7 +340,10 @@ def dev_steps(args, page):
     expect(page.locator("#documents tbody tr").first.locator("th")).to_have_text("first")
     watch.check("cursor paging: 20, then 4, then back")
 
-    # --- filter and sort -----------------------------------------------
+
+def step_filter_and_sort(r):
+    """Filter and sort."""
+    page, watch, shots = r.page, r.watch, r.shots
     page.get_by_label("Filter (JSON)").fill('{"n": {"$gte": 20}}')
     page.get_by_label("Sort").fill("-n")
     page.get_by_role("button", name="Apply").click()
@@ -342,7 +369,10 @@ def dev_steps(args, page):
     shoot(page, shots, "console-documents.png")
     watch.check("filter and sort (bad filter and sort shown beside their fields)")
 
-    # --- edit; a 412 conflict -----------------------------------------
+
+def step_edit_and_conflict(r):
+    """Edit; a 412 conflict."""
+    page, watch, base, token = r.page, r.watch, r.base, r.token
     page.goto(f"{base}/console/#/collections/notes/documents/note12")
     expect(page.get_by_role("heading", name="Document note12")).to_be_visible()
     edit = page.get_by_label("Document (JSON, without system fields)")
@@ -394,7 +424,10 @@ def dev_steps(args, page):
         assert b'"n":9007199254740993' in r.read().replace(b" ", b"")
     watch.check("a 64-bit integer round-trips through the editor")
 
-    # --- delete ----------------------------------------------------------
+
+def step_delete(r):
+    """Delete."""
+    page, watch, base, token = r.page, r.watch, r.base, r.token
     page.goto(f"{base}/console/#/collections/notes/documents/note05")
     page.get_by_role("button", name="Delete").click()
     page.get_by_role("button", name="Yes, delete").click()
@@ -406,7 +439,10 @@ def dev_steps(args, page):
     expect(page.get_by_text("This page failed:")).to_be_visible()
     watch.check("delete a document")
 
-    # --- documents holding markup are shown, never run -----------------
+
+def step_markup_is_text(r):
+    """Documents holding markup are shown, never run."""
+    page, watch, base, token = r.page, r.watch, r.base, r.token
     api(base, token, "PUT", "/v1/collections/loose", {"schema": {"type": "object"}, "access": {"read": {"roles": ["*"]}}})
     evil = {
         "_id": "xss",
@@ -428,7 +464,10 @@ def dev_steps(args, page):
     assert page.locator("a[href^='javascript']").count() == 0
     watch.check("a document with <script>, onerror and javascript: is shown as text")
 
-    # --- access explain ---------------------------------------------------
+
+def step_access_explain(r):
+    """Access explain."""
+    page, watch = r.page, r.watch
     page.get_by_role("link", name="Access", exact=True).click()
     expect(page.get_by_role("heading", name="Access", exact=True)).to_be_visible()
     page.get_by_label("Collection", exact=True).fill("notes")
@@ -446,7 +485,10 @@ def dev_steps(args, page):
     expect(page.locator("#explain-result")).to_contain_text('"$literal": "ana"')
     watch.check("explain access for the caller and for another identity")
 
-    # --- keyboard ------------------------------------------------------------
+
+def step_keyboard(r):
+    """Keyboard."""
+    page, watch, base = r.page, r.watch, r.base
     page.goto(f"{base}/console/#/collections")
     page.reload()
     expect(page.get_by_role("heading", name="Collections")).to_be_visible()
@@ -492,10 +534,13 @@ def dev_steps(args, page):
     expect(page.get_by_role("status").filter(has_text="Saved at")).to_be_visible()
     watch.check("keyboard: skip link, collections, documents (filter, open, save), access, definition")
 
-    # --- an expiring token ---------------------------------------------------
+
+def step_expiry(r):
+    """An expiring token."""
+    page, watch = r.page, r.watch
     page.get_by_role("button", name="Sign out").click()
     # Minted now, with the server's dev key: it expires within seconds.
-    short = subprocess.run([args.arca, "token", "--sub", "short-lived", "--role", "admin", "--ttl", "12s"],
+    short = subprocess.run([r.args.arca, "token", "--sub", "short-lived", "--role", "admin", "--ttl", "12s"],
                            check=True, capture_output=True, text=True).stdout.strip()
     page.get_by_label("Access token (JWT)").fill(short)
     page.get_by_role("button", name="Use this token").click()
@@ -509,7 +554,6 @@ def dev_steps(args, page):
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('arca.console.token')") is None
     watch.check("an expired token signs the console out, saying so")
-
 
 def b64url_json(part):
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))

@@ -448,14 +448,14 @@ def step_markup_is_text(r):
         "_id": "xss",
         "html": "<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">",
         "link": "javascript:window.__xss = 3",
-        "<img src=x onerror=window.__xss=4>": "<b>bold?</b>",
+        "<img src=x onerror=__xss=4>": "<b>bold?</b>",  # a field name may not hold a dot
     }
     s, b, _ = api(base, token, "POST", "/v1/collections/loose/documents", evil)
     assert s == 201, b
     page.goto(f"{base}/console/#/collections/loose/documents")
     expect(page.locator("#documents tbody tr")).to_have_count(1)
     expect(page.locator("#documents")).to_contain_text("<script>window.__xss = 1</script>")
-    expect(page.locator("#documents thead")).to_contain_text("<img src=x onerror=window.__xss=4>")
+    expect(page.locator("#documents thead")).to_contain_text("<img src=x onerror=__xss=4>")
     page.get_by_role("link", name="xss").click()
     expect(page.get_by_label("Document (JSON, without system fields)")).to_have_value(re.compile("javascript:window.__xss = 3"))
     time.sleep(0.5)

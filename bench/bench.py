@@ -180,10 +180,18 @@ def main():
                     help="each scenario runs this many times, Arca and DRF interleaved; medians are reported")
     ap.add_argument("--one-worker", action=argparse.BooleanOptionalAction, default=True,
                     help="also run get, list and ceiling on Arca with server.workers = 1")
+    ap.add_argument("--store", metavar="URL",
+                    help="run Arca on this store (e.g. a mongodb:// URI of a real MongoDB; its database is "
+                         "dropped and filled) instead of a fresh SQLite file; implies --no-one-worker and "
+                         "no --baseline (those copy the SQLite file)")
     ap.add_argument("--baseline", metavar="BIN",
                     help="another arca binary (an earlier build) run in the same rounds on its own copy of "
                          "the data; the report gives this build's per-CPU-second ratio to it per scenario")
     args = ap.parse_args()
+    if args.store:
+        if args.baseline:
+            ap.error("--baseline needs the embedded store (it copies the SQLite file)")
+        args.one_worker = False
 
     work = Path(tempfile.mkdtemp(prefix="arca-bench-"))
     procs = []
@@ -205,7 +213,8 @@ def main():
         # Arca: define, import N documents (timed), restart (time to ready).
         arca_port = free_port()
         arca_url = f"http://127.0.0.1:{arca_port}"
-        arca_env = {"ARCA_STORE__URL": f"sqlite://{work}/arca/arca.db", "ARCA_SERVER__LISTEN": f"127.0.0.1:{arca_port}",
+        arca_env = {"ARCA_STORE__URL": args.store or f"sqlite://{work}/arca/arca.db",
+                    "ARCA_SERVER__LISTEN": f"127.0.0.1:{arca_port}",
                     "ARCA_AUTH__ISSUER": issuer, "ARCA_AUTH__AUDIENCE": "api://arca", "ARCA_LOG__LEVEL": "warn",
                     "ARCA_LOG__FORMAT": "json",
                     # The container image's setting (deploy/Dockerfile).
@@ -217,6 +226,9 @@ def main():
             return p, (time.monotonic() - p.t0) * 1000
 
         arca, _ = start_arca()
+        if args.store:
+            # A store that outlives the run: start from an empty collection.
+            http("DELETE", f"{arca_url}/v1/collections/items", token)
         assert http("PUT", f"{arca_url}/v1/collections/items", token, ITEMS)[0] in (200, 201)
         arca.stop()
         data = work / "seed.ndjson"
@@ -369,6 +381,9 @@ def paired(num, den, key="per_cpu"):
 def report(args, results, facts):
     lines = []
     machine = f"{os.cpu_count()} cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, load {os.getloadavg()[0]:.2f}"
+    if args.store:
+        shown = re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", args.store)
+        lines.append(f"Arca's store: {shown}")
     lines.append(f"N = {args.n:,} documents; wrk -t{args.threads} -c{args.connections} -d{args.duration}s; "
                  f"{args.rounds} rounds, Arca and DRF interleaved, medians; {machine}")
     lines.append("")

@@ -3,7 +3,7 @@
 # and the DRF peer's Python environment if missing, and runs bench.py
 # (Arca and the DRF peer side by side, same data, scenarios and
 # connections). Options go to bench.py: --n, --duration, --connections, --rounds,
-# --skip-drf, --no-scale, --no-one-worker, --baseline BIN. Results: a Markdown table on stdout and in
+# --skip-drf, --no-scale, --no-one-worker, --baseline BIN, --store URL. Results: a Markdown table on stdout and in
 # bench/last-run.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -193,6 +193,12 @@ pub fn check_index_path(path: &str) -> Result<(), String> {
         if seg.is_empty() {
             return Err(format!("\"{path}\" has an empty segment"));
         }
+        if seg.contains('\0') {
+            return Err(format!(
+                "\"{}\": a field name may not contain NUL",
+                path.replace('\0', "\\0")
+            ));
+        }
         if seg.starts_with('$') || seg.starts_with('_') {
             return Err(format!(
                 "\"{path}\": segments may not start with '$' or '_' (system fields allowed: {})",

@@ -141,10 +141,9 @@ impl DocumentText {
         out
     }
 
-    /// About how many bytes `write_json` appends (the body and the system
-    /// fields), for sizing a buffer once.
+    /// About how many bytes `write_json` appends (see `json_len`).
     pub fn json_len_hint(&self) -> usize {
-        self.body.len() + self.system.owner.len() + 120
+        json_len(&self.system, self.body.len())
     }
 
     /// Appends `to_json_bytes` to `out`.
@@ -172,6 +171,15 @@ impl DocumentText {
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.system.rev)
     }
+}
+
+/// About how many bytes a document takes as JSON, from its system fields
+/// and its body's length (a little more than exact: the timestamps and
+/// punctuation are counted at their usual size). Every engine and the
+/// server measure pages with this one rule, so a page's byte budget means
+/// the same to all of them.
+pub fn json_len(system: &SystemFields, body_len: usize) -> usize {
+    body_len + system.id.as_str().len() + system.owner.len() + 120
 }
 
 /// A body's JSON text, as stores keep it.

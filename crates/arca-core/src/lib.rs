@@ -1,6 +1,7 @@
 //! Arca's domain, free of I/O: names and ids, collection definitions, JSON
 //! Schema compilation and validation, document preparation (system fields,
-//! merge patch, number checks) and the `Scope` every store call carries.
+//! merge patch, number checks), the query language, aggregation pipelines
+//! (parsed and evaluated) and the `Scope` every store call carries.
 //!
 //! Nothing here touches the network, the disk or a runtime: this is the crate
 //! that both storage engines share and that property tests and fuzzers drive.
@@ -10,6 +11,7 @@ pub mod document;
 pub mod duration;
 pub mod name;
 pub mod number;
+pub mod pipeline;
 pub mod query;
 pub mod schema;
 pub mod scope;
@@ -21,5 +23,5 @@ pub use document::{
 };
 pub use duration::HumanDuration;
 pub use name::{CollectionName, DocId, NameError, Tenant};
-pub use schema::{DocumentSchema, FieldError, SchemaError};
+pub use schema::{DocumentSchema, FieldError, SchemaError, Validation};
 pub use scope::Scope;

@@ -66,7 +66,7 @@ proptest! {
         if let Ok(p) = Projection::parse(&text) {
             let _ = p.apply(&doc);
         }
-        let _ = Cursor::decode(&text, "0000000000000000", 1);
+        let _ = Cursor::decode(&text, "0000000000000000", 1, &[1u8; 32]);
         let _ = Filter::parse_str(&text);
     }
 }

@@ -29,6 +29,51 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[console]`
     pub console: ConsoleConfig,
+    /// `[query]`
+    pub query: QueryConfig,
+    /// `[validation]`
+    pub validation: ValidationConfig,
+}
+
+/// `[query]`: what one read may cost, so one caller cannot starve others.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// A read (get, listing, count) running longer is stopped: 503
+    /// `timeout` with `Retry-After`.
+    pub max_time: HumanDuration,
+    /// Listings and counts of one caller (tenant and subject; the client
+    /// address without a token) in flight at once; more are 429 with
+    /// `Retry-After`. Each holds a reader thread (embedded engine).
+    pub max_concurrent_per_caller: usize,
+    /// A listing's page ends early (with a `next` cursor) once its
+    /// documents reach this many bytes of JSON.
+    pub max_page_bytes: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            max_time: HumanDuration(Duration::from_secs(5)),
+            max_concurrent_per_caller: 2,
+            max_page_bytes: 4 << 20,
+        }
+    }
+}
+
+/// `[validation]`: what checking one document against its schema may cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// At most this many failures are collected and reported per document
+    /// (the 422 says when there were more).
+    pub max_errors: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self { max_errors: 100 }
+    }
 }
 
 /// `[console]`: the web console at `/console`.
@@ -98,9 +143,23 @@ pub struct ServerConfig {
     /// with no request running or begun for this long gets GOAWAY; HTTP/2 peers are
     /// also pinged at this interval and cut when a ping goes unanswered.
     pub idle_timeout: HumanDuration,
+    /// Once the first byte of a request head has arrived, the whole head
+    /// must arrive within this (HTTP/1; a trickling head is cut sooner than
+    /// an idle keep-alive connection, which `idle_timeout` bounds).
+    pub header_timeout: HumanDuration,
     /// Connections open at once; at the limit, new ones wait in the
     /// kernel's accept backlog until one closes.
     pub max_connections: usize,
+    /// Connections open at once from one client address; more are closed
+    /// as they are accepted. Addresses in `trusted_proxies` are exempt
+    /// (they carry many clients).
+    pub max_connections_per_ip: usize,
+    /// Proxies (addresses or CIDR blocks, e.g. `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` names the client: behind them, the client address
+    /// (which callers without a token are counted by) is the last one in
+    /// that header that is not itself a trusted proxy. Empty: the peer's
+    /// address is the client's.
+    pub trusted_proxies: Vec<String>,
     /// After SIGTERM, how long to keep accepting connections (load balancers).
     pub shutdown_delay: HumanDuration,
     /// After the listener closes, how long in-flight requests may run.
@@ -120,6 +179,9 @@ impl Default for ServerConfig {
             // Above the upstream keep-alive of common proxies (ingress-nginx:
             // 60 s), so a proxy never reuses a connection Arca is closing.
             idle_timeout: HumanDuration(Duration::from_secs(75)),
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            max_connections_per_ip: 256,
+            trusted_proxies: Vec::new(),
             // An idle keep-alive connection holds ~30 KiB (measured: 5,000
             // of them added 150 MiB of RSS): 4,096 bounds that near 120 MiB.
             max_connections: 4096,
@@ -225,8 +287,9 @@ impl StoreConfig {
 pub struct SqliteConfig {
     /// `FULL` (an acknowledged write survives power loss) or `NORMAL`.
     pub synchronous: Synchronous,
-    /// Read connections, one reader thread each. Default: the CPUs this
-    /// process may use (cgroup limits included), from 2 to 16.
+    /// Read connections, one reader thread each. Listings and counts may
+    /// use all but one (kept for reads by id). Default: the CPUs this
+    /// process may use (cgroup limits included), from 2 to 16, plus one.
     pub readers: usize,
     /// Page cache of all read connections together, in MiB (split evenly
     /// among them). Pages it misses cost a system call and a copy each.
@@ -262,9 +325,11 @@ fn default_workers() -> usize {
 }
 
 fn default_readers() -> usize {
+    // One more than the listings that may run at once: the engine keeps
+    // one reader free for reads by id.
     std::thread::available_parallelism()
-        .map(|n| n.get().clamp(2, 16))
-        .unwrap_or(4)
+        .map(|n| n.get().clamp(2, 16) + 1)
+        .unwrap_or(5)
 }
 
 /// SQLite's `synchronous` pragma as offered here.
@@ -462,6 +527,7 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             day,
         ),
         ("server.idle_timeout", cfg.server.idle_timeout, ms, day),
+        ("server.header_timeout", cfg.server.header_timeout, ms, day),
         (
             "server.shutdown_delay",
             cfg.server.shutdown_delay,
@@ -483,6 +549,7 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         ),
         ("auth.leeway", cfg.auth.leeway, Duration::ZERO, hour),
         ("store.timeout", cfg.store.timeout, 100 * ms, hour),
+        ("query.max_time", cfg.query.max_time, 10 * ms, hour),
         (
             "store.catalog_refresh",
             cfg.store.catalog_refresh,
@@ -530,6 +597,35 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         .is_some_and(|p| p.as_os_str().is_empty())
     {
         return bad("store.url", "expected sqlite://PATH with a non-empty path");
+    }
+    if cfg.server.max_connections_per_ip == 0 {
+        return bad(
+            "server.max_connections_per_ip",
+            "expected a positive number of connections",
+        );
+    }
+    if let Some(bad_proxy) = cfg
+        .server
+        .trusted_proxies
+        .iter()
+        .find(|p| parse_proxy(p).is_none())
+    {
+        return bad(
+            "server.trusted_proxies",
+            &format!("{bad_proxy:?} is not an address or a CIDR block (e.g. \"10.0.0.0/8\")"),
+        );
+    }
+    if !(1..=1024).contains(&cfg.query.max_concurrent_per_caller) {
+        return bad("query.max_concurrent_per_caller", "expected 1 to 1024");
+    }
+    if !(1024..=1 << 30).contains(&cfg.query.max_page_bytes) {
+        return bad(
+            "query.max_page_bytes",
+            "expected 1024 to 1073741824 (1 GiB)",
+        );
+    }
+    if !(1..=10_000).contains(&cfg.validation.max_errors) {
+        return bad("validation.max_errors", "expected 1 to 10000");
     }
     if !(1..=1024).contains(&cfg.server.workers) {
         return bad("server.workers", "expected 1 to 1024");
@@ -638,6 +734,25 @@ pub fn origin_of(url: &str) -> Option<String> {
     host_ok.then(|| format!("{scheme}://{}", authority.to_ascii_lowercase()))
 }
 
+/// A trusted proxy entry as a network: an address is a one-address block.
+pub fn parse_proxy(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+impl ServerConfig {
+    /// `trusted_proxies` parsed (entries were checked at load).
+    pub fn trusted_networks(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| parse_proxy(p))
+            .collect()
+    }
+}
+
 impl Config {
     /// The configuration as TOML with secrets redacted (`arca config`).
     pub fn to_redacted_toml(&self) -> String {
@@ -687,8 +802,14 @@ mod tests {
         assert_eq!(c.auth.schema_admin(), "admin");
         assert_eq!(c.server.shutdown_timeout.0, Duration::from_secs(25));
         let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
-        assert_eq!(c.store.sqlite.readers, cpus.clamp(2, 16));
+        assert_eq!(c.store.sqlite.readers, cpus.clamp(2, 16) + 1);
         assert_eq!(c.server.workers, cpus);
+        assert_eq!(c.server.header_timeout.0, Duration::from_secs(10));
+        assert_eq!(c.server.max_connections_per_ip, 256);
+        assert_eq!(c.query.max_time.0, Duration::from_secs(5));
+        assert_eq!(c.query.max_concurrent_per_caller, 2);
+        assert_eq!(c.query.max_page_bytes, 4 << 20);
+        assert_eq!(c.validation.max_errors, 100);
         assert_eq!(c.store.sqlite.read_cache_mib, 16);
         assert_eq!(
             c.store.sqlite.reader_cache_kib(),

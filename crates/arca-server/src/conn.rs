@@ -3,6 +3,7 @@
 //! that asks them all to finish at shutdown.
 
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,6 +24,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::config;
+
+/// The client address of a request (a request extension): the peer's, or
+/// behind a trusted proxy the forwarded client's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
 
 /// The accepted connections: how hyper serves each one, and the handle that
 /// asks them all to finish.
@@ -46,8 +52,54 @@ pub(crate) struct Connections {
     shutdown: watch::Sender<()>,
     /// `server.idle_timeout`.
     idle: Duration,
+    /// `server.header_timeout`.
+    header: Duration,
     /// `server.max_connections` permits, one held by each open connection.
     slots: Arc<Semaphore>,
+    /// Open connections per client address (`server.max_connections_per_ip`).
+    per_ip: Arc<PerIp>,
+    /// `server.trusted_proxies`.
+    proxies: Arc<[ipnet::IpNet]>,
+}
+
+/// Open connections per address, and the cap.
+struct PerIp {
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+    max: usize,
+}
+
+/// One connection's place in `PerIp`, given back when it ends.
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// A place for one more connection from `ip`, or `None` at the cap.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.per_ip.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Connections {
@@ -67,7 +119,13 @@ impl Connections {
             builder,
             shutdown: watch::channel(()).0,
             idle,
+            header: cfg.header_timeout.0,
             slots: Arc::new(Semaphore::new(cfg.max_connections)),
+            per_ip: Arc::new(PerIp {
+                open: std::sync::Mutex::default(),
+                max: cfg.max_connections_per_ip,
+            }),
+            proxies: cfg.trusted_networks().into(),
         }
     }
 
@@ -90,8 +148,8 @@ impl Connections {
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
                 return; // never closed
             };
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // Out of file descriptors (EMFILE/ENFILE) would fail again
@@ -102,23 +160,43 @@ impl Connections {
                     continue;
                 }
             };
+            // One address may hold only so many connections (a proxy
+            // carries many clients: exempt). At the cap the new one is
+            // closed at once, before it costs anything.
+            let proxied = self.proxies.iter().any(|n| n.contains(&peer.ip()));
+            let ip_slot = match proxied {
+                true => None,
+                false => match self.per_ip.take(peer.ip()) {
+                    Some(s) => Some(s),
+                    None => {
+                        metrics::counter!("http_connections_refused_total", "reason" => "per_ip")
+                            .increment(1);
+                        drop(stream);
+                        continue;
+                    }
+                },
+            };
             // Responses are written whole: send them without Nagle's delay.
             let _ = stream.set_nodelay(true);
             let activity = Arc::new(Activity::new());
             let service = TowerToHyperService::new(Tracked {
                 inner: app.clone(),
                 activity: activity.clone(),
+                peer: peer.ip(),
+                proxies: proxied.then(|| self.proxies.clone()),
             });
+            let io = WriteDeadline::new(stream, self.idle, activity.clone());
             let conn = self
                 .builder
-                .serve_connection(TokioIo::new(WriteDeadline::new(stream, self.idle)), service)
+                .serve_connection(TokioIo::new(io), service)
                 .into_owned();
             let watch = Watch {
                 activity,
                 idle: self.idle,
+                header: self.header,
                 shutdown: self.shutdown.subscribe(),
             };
-            tokio::spawn(run(conn, watch, slot));
+            tokio::spawn(run(conn, watch, (slot, ip_slot)));
         }
     }
 }
@@ -137,6 +215,11 @@ struct Activity {
     in_flight: AtomicUsize,
     /// The requests are HTTP/2.
     h2: AtomicBool,
+    /// When bytes of a request head first arrived while no request was
+    /// running, in nanoseconds after `opened`, plus one (0: none waiting).
+    head_started: AtomicU64,
+    /// Wakes the connection's watch when a head begins.
+    head: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -146,6 +229,32 @@ impl Activity {
             last: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             h2: AtomicBool::new(false),
+            head_started: AtomicU64::new(0),
+            head: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Bytes arrived from the client: between HTTP/1 requests they begin
+    /// a request head (HTTP/2 sends frames between requests by design).
+    fn bytes_arrived(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.h2.load(Ordering::Relaxed)
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            let since = self.opened.elapsed().as_nanos();
+            self.head_started.store(
+                u64::try_from(since).unwrap_or(u64::MAX - 1) + 1,
+                Ordering::Relaxed,
+            );
+            self.head.notify_one();
+        }
+    }
+
+    /// When the request head now arriving began, if one is.
+    fn head_started(&self) -> Option<Instant> {
+        match self.head_started.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.opened + Duration::from_nanos(n - 1)),
         }
     }
 
@@ -162,6 +271,7 @@ impl Activity {
     /// is busy whatever `last` says, and `end` sets it.
     fn begin(&self, version: Version) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
         if self.last.load(Ordering::Relaxed) == 0 {
             self.touch();
         }
@@ -192,6 +302,34 @@ impl Activity {
 struct Tracked {
     inner: Router,
     activity: Arc<Activity>,
+    /// The peer's address.
+    peer: IpAddr,
+    /// `server.trusted_proxies`, when the peer is one of them.
+    proxies: Option<Arc<[ipnet::IpNet]>>,
+}
+
+impl Tracked {
+    /// The request's client: the peer, or behind a trusted proxy the last
+    /// `X-Forwarded-For` address that is not a trusted proxy itself (the
+    /// ones before it could be written by the client).
+    fn client(&self, headers: &axum::http::HeaderMap) -> ClientAddr {
+        let Some(proxies) = &self.proxies else {
+            return ClientAddr(self.peer);
+        };
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        forwarded
+            .iter()
+            .rev()
+            .filter_map(|a| a.parse::<IpAddr>().ok())
+            .find(|ip| !proxies.iter().any(|n| n.contains(ip)))
+            .map_or(ClientAddr(self.peer), ClientAddr)
+    }
 }
 
 impl tower::Service<Request<Incoming>> for Tracked {
@@ -203,8 +341,10 @@ impl tower::Service<Request<Incoming>> for Tracked {
         tower::Service::<Request<Incoming>>::poll_ready(&mut self.inner, cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         self.activity.begin(req.version());
+        let client = self.client(req.headers());
+        req.extensions_mut().insert(client);
         InFlight {
             inner: self.inner.call(req),
             activity: self.activity.clone(),
@@ -238,6 +378,8 @@ struct Watch {
     activity: Arc<Activity>,
     /// `server.idle_timeout`.
     idle: Duration,
+    /// `server.header_timeout`.
+    header: Duration,
     /// Changes once, when the server shuts down.
     shutdown: watch::Receiver<()>,
 }
@@ -248,7 +390,7 @@ impl Watch {
     /// (later while one runs); `None` for HTTP/1 once a request
     /// began (hyper's header-read timeout closes it when idle).
     fn next_check(&self) -> Option<Instant> {
-        match self.activity.last_request() {
+        let idle = match self.activity.last_request() {
             None => Some(self.activity.opened + self.idle),
             Some(_) if !self.activity.h2.load(Ordering::Relaxed) => None,
             // A request still running: not idle; look again later.
@@ -256,7 +398,17 @@ impl Watch {
                 Some(Instant::now() + self.idle)
             }
             Some(last) => Some(last + self.idle),
+        };
+        let head = self.head_deadline();
+        match (idle, head) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
+    }
+
+    /// When the request head now arriving must be complete, if one is.
+    fn head_deadline(&self) -> Option<Instant> {
+        self.activity.head_started().map(|t| t + self.header)
     }
 }
 
@@ -270,7 +422,7 @@ impl Watch {
 async fn run(
     conn: impl GracefulConnection<Error = ConnError>,
     mut watch: Watch,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, Option<IpSlot>),
 ) {
     let _open = OpenConnection::new();
     tokio::pin!(conn);
@@ -285,12 +437,22 @@ async fn run(
                 conn.as_mut().graceful_shutdown();
                 finishing = true;
             }
+            // A request head began: look at its deadline.
+            () = watch.activity.head.notified(), if !finishing => {}
             () = sleep_until_some(check) => {
+                // A head that trickles in (slowloris) is cut once
+                // `server.header_timeout` has passed since its first byte.
+                if watch.head_deadline().is_some_and(|at| at <= Instant::now()) {
+                    timed_out("header");
+                    return;
+                }
                 // hyper's header-read timeout starts once the protocol is
                 // known, and telling HTTP/1 from HTTP/2 waits for the
                 // client's first bytes: a client that sends nothing, or
                 // half of HTTP/2's preface, is cut here.
-                if watch.activity.last_request().is_none() {
+                if watch.activity.last_request().is_none()
+                    && watch.activity.opened + watch.idle <= Instant::now()
+                {
                     timed_out("idle");
                     return;
                 }
@@ -320,7 +482,7 @@ async fn sleep_until_some(at: Option<Instant>) {
 }
 
 fn timed_out(reason: &'static str) {
-    tracing::debug!(reason, "connection closed by server.idle_timeout");
+    tracing::debug!(reason, "connection closed by a timeout");
     metrics::counter!("http_connections_timed_out_total", "reason" => reason).increment(1);
 }
 
@@ -376,18 +538,23 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// wraps futures, not the poll-based I/O hyper drives. A write that
 /// completes at once, the usual case, costs one branch: the timer exists
 /// only while a write is stalled.
-pub(crate) struct WriteDeadline {
+///
+/// Reads are passed through, telling the connection's `Activity` when
+/// bytes arrive (a request head beginning, for `server.header_timeout`).
+struct WriteDeadline {
     inner: TcpStream,
     limit: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
+    activity: Arc<Activity>,
 }
 
 impl WriteDeadline {
-    pub(crate) fn new(inner: TcpStream, limit: Duration) -> Self {
+    fn new(inner: TcpStream, limit: Duration, activity: Arc<Activity>) -> Self {
         Self {
             inner,
             limit,
             stalled: None,
+            activity,
         }
     }
 
@@ -416,7 +583,12 @@ impl AsyncRead for WriteDeadline {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_arrived();
+        }
+        poll
     }
 }
 

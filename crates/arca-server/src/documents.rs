@@ -8,7 +8,7 @@
 use arca_core::document::ClientBody;
 use arca_core::query::{Cursor, Filter, Projection, Sort, cursor};
 use arca_core::{DocId, Document, DocumentError, DocumentText, merge_patch, split_client_body};
-use arca_store::Query;
+use arca_store::{PageWriter, Query, StoreError};
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -75,15 +75,13 @@ fn set_etag(res: &mut Response, etag: &str) {
               (status = 422, description = "The document does not fit the collection", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed, crate::wire::WithBody))]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Target(coll): Target,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let grant = state
-        .gateway()
-        .authorize::<Create>(caller.as_ref(), &coll)?;
+    let grant = state.gateway().authorize::<Create>(&caller, &coll)?;
     let body = split_client_body(parse_document_json(&bytes)?, None).map_err(document_error)?;
-    let stored = grant.create(body).await?;
+    let stored = grant.create(body, bytes.len()).await?;
     Ok(document_response(StatusCode::CREATED, &stored, Some(&coll)))
 }
 
@@ -95,12 +93,12 @@ pub(crate) async fn create(
               crate::wire::Guarded, crate::wire::Addressed))]
 pub(crate) async fn read(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Target(coll): Target,
     p: PathParams,
     Preconditions { if_none_match, .. }: Preconditions,
 ) -> Result<Response, ApiError> {
-    let grant = state.gateway().authorize::<Read>(caller.as_ref(), &coll)?;
+    let grant = state.gateway().authorize::<Read>(&caller, &coll)?;
     let id = p.doc_id()?;
     // The stored text goes out as is: nothing here needs the parsed body.
     let doc = grant.get_text(&id).await?.ok_or_else(|| {
@@ -129,20 +127,24 @@ pub(crate) async fn read(
               (status = 422, description = "The document does not fit the collection", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed, crate::wire::WithBody))]
 pub(crate) async fn replace(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Target(coll): Target,
     p: PathParams,
     pre: Preconditions,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let grant = state
-        .gateway()
-        .authorize::<Update>(caller.as_ref(), &coll)?;
+    let grant = state.gateway().authorize::<Update>(&caller, &coll)?;
     let id = p.doc_id()?;
     let ClientBody { fields, errors, .. } =
         split_client_body(parse_document_json(&bytes)?, Some(&id)).map_err(document_error)?;
     let doc = grant
-        .update(&id, &pre, &errors, |_| Ok(fields.clone()))
+        .update(
+            &id,
+            &pre,
+            &errors,
+            Some(bytes.len()),
+            |_| Ok(fields.clone()),
+        )
         .await?;
     Ok(document_response(StatusCode::OK, &doc, None))
 }
@@ -159,15 +161,13 @@ pub(crate) async fn replace(
               (status = 422, description = "The result does not fit the collection", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed, crate::wire::WithBody))]
 pub(crate) async fn patch(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Target(coll): Target,
     p: PathParams,
     pre: Preconditions,
     JsonBytes(bytes): JsonBytes,
 ) -> Result<Response, ApiError> {
-    let grant = state
-        .gateway()
-        .authorize::<Update>(caller.as_ref(), &coll)?;
+    let grant = state.gateway().authorize::<Update>(&caller, &coll)?;
     let id = p.doc_id()?;
     let patch_value = parse_document_json(&bytes)?;
     if !patch_value.is_object() {
@@ -182,7 +182,7 @@ pub(crate) async fn patch(
         ..
     } = split_client_body(patch_value, Some(&id)).map_err(document_error)?;
     let limit = state.config().server.max_body_bytes;
-    let doc = grant.update(&id, &pre, &errors, |current| {
+    let doc = grant.update(&id, &pre, &errors, None, |current| {
         let mut body = current.body.clone();
         merge_patch(&mut body, patch.clone());
         // Patches could grow a document past what any request may carry,
@@ -209,14 +209,12 @@ pub(crate) async fn patch(
               (status = 409, description = "The document kept changing; retry", body = crate::wire::Problem, content_type = "application/problem+json"), (status = 412, description = "If-Match does not match, or If-None-Match does", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Target(coll): Target,
     p: PathParams,
     pre: Preconditions,
 ) -> Result<Response, ApiError> {
-    let grant = state
-        .gateway()
-        .authorize::<Delete>(caller.as_ref(), &coll)?;
+    let grant = state.gateway().authorize::<Delete>(&caller, &coll)?;
     grant.delete(&p.doc_id()?, &pre).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -263,7 +261,12 @@ fn query_pairs(raw: Option<&str>) -> Result<form_urlencoded::Parse<'_>, ApiError
     Ok(form_urlencoded::parse(raw.as_bytes()))
 }
 
-fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
+/// `collection` and `key` (the store's cursor key) bind and check cursors.
+fn parse_list_params(
+    raw: Option<&str>,
+    collection: &str,
+    key: &[u8],
+) -> Result<ListParams, ApiError> {
     let mut filter_text = None;
     let mut sort_text = None;
     let mut fields_text = None;
@@ -300,10 +303,10 @@ fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
         .map(Projection::parse)
         .transpose()
         .map_err(bad)?;
-    let fingerprint = cursor::fingerprint(&canonical, &sort.canonical());
+    let fingerprint = cursor::fingerprint(collection, &canonical, &sort.canonical());
     let after = after_text
         .as_deref()
-        .map(|t| Cursor::decode(t, &fingerprint, sort.fields().len()))
+        .map(|t| Cursor::decode(t, &fingerprint, sort.fields().len(), key))
         .transpose()
         .map_err(bad)?;
     Ok(ListParams {
@@ -312,6 +315,7 @@ fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
             sort,
             after,
             limit,
+            max_bytes: None,
         },
         fields,
         fingerprint,
@@ -329,41 +333,48 @@ fn parse_list_params(raw: Option<&str>) -> Result<ListParams, ApiError> {
               crate::wire::Guarded, crate::wire::Addressed))]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Target(coll): Target,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let grant = state.gateway().authorize::<Read>(caller.as_ref(), &coll)?;
-    let mut params = parse_list_params(raw.as_deref())?;
+    let grant = state.gateway().authorize::<Read>(&caller, &coll)?;
+    let key = state.gateway().cursor_key().await?;
+    let mut params = parse_list_params(raw.as_deref(), coll.name.as_str(), &key)?;
     let limit = params.query.limit;
     // One extra document tells whether a next page exists.
     params.query.limit = limit + 1;
-    // The cursor after `whole` (a document as clients see it).
-    let cursor_after = |whole: &Value, id: &DocId| {
-        Value::String(
-            Cursor {
-                key: params.query.sort.key(whole).0,
-                id: id.as_str().to_owned(),
-            }
-            .encode(&params.fingerprint),
-        )
+    let max_bytes = state.config().query.max_page_bytes;
+    let ListParams {
+        query,
+        fields,
+        fingerprint,
+    } = params;
+    let sort = query.sort.clone();
+    let Some(projection) = fields else {
+        // No projection: the stored texts go out as they are, written into
+        // the response on the engine's thread.
+        let write: PageWriter = Box::new(move |mut docs| {
+            let sizes: Vec<usize> = docs.iter().map(DocumentText::json_len_hint).collect();
+            let next = match page_end(&mut docs, sizes, limit, max_bytes) {
+                Some(last) => {
+                    let whole: Value = serde_json::from_slice(&last.to_json_bytes())
+                        .map_err(|e| StoreError::Unavailable(format!("a stored document: {e}")))?;
+                    next_cursor(&sort, &fingerprint, &key, &whole, &last.system.id)
+                }
+                None => Value::Null,
+            };
+            Ok(page_json(&docs, &next))
+        });
+        let body = grant.find_written(query, write).await?;
+        return Ok(crate::respond::json_bytes(StatusCode::OK, body));
     };
-    let Some(projection) = &params.fields else {
-        // No projection: the stored texts go out as they are.
-        let mut docs = grant.find_text(&params.query).await?;
-        let next = match page_end(&mut docs, limit) {
-            Some(last) => {
-                let whole: Value = serde_json::from_slice(&last.to_json_bytes())
-                    .map_err(|e| ApiError::internal(format!("a stored document: {e}")))?;
-                cursor_after(&whole, &last.system.id)
-            }
-            None => Value::Null,
-        };
-        return Ok(page_response(&docs, &next));
-    };
-    let mut docs = grant.find(&params.query).await?;
-    let next = page_end(&mut docs, limit).map_or(Value::Null, |last| {
-        cursor_after(&last.to_json(), &last.system.id)
+    let mut docs = grant.find(query).await?;
+    let sizes: Vec<usize> = docs
+        .iter()
+        .map(|d| arca_core::document::json_len(&d.system, arca_core::document::body_len(&d.body)))
+        .collect();
+    let next = page_end(&mut docs, sizes, limit, max_bytes).map_or(Value::Null, |last| {
+        next_cursor(&sort, &fingerprint, &key, &last.to_json(), &last.system.id)
     });
     let items: Vec<Value> = docs
         .iter()
@@ -372,20 +383,39 @@ pub(crate) async fn list(
     Ok(json(StatusCode::OK, &json!({"items": items, "next": next})))
 }
 
-/// Cuts a listing fetched with a look-ahead (`query.limit` of `page + 1`)
-/// to its first `page` documents; returns the last one kept when more
-/// followed it (a next page exists).
-fn page_end<T>(docs: &mut Vec<T>, page: usize) -> Option<&T> {
-    if docs.len() <= page {
+/// Cuts a listing fetched with a look-ahead (`query.limit` of `page + 1`,
+/// and the engine's byte rule, `arca_store::PageBudget`) to what the page
+/// holds: at most `page` documents, and of those the ones that fit in
+/// `max_bytes` (`sizes` in order, at least one); returns the last one kept
+/// when more followed it (a next page exists).
+fn page_end<T>(
+    docs: &mut Vec<T>,
+    sizes: impl IntoIterator<Item = usize>,
+    page: usize,
+    max_bytes: usize,
+) -> Option<&T> {
+    let keep = arca_store::fits(sizes, max_bytes).min(page);
+    if docs.len() <= keep {
         return None;
     }
-    docs.truncate(page);
+    docs.truncate(keep);
     docs.last()
+}
+
+/// The cursor after `whole` (a document as clients see it) in `sort`.
+fn next_cursor(sort: &Sort, fingerprint: &str, key: &[u8], whole: &Value, id: &DocId) -> Value {
+    Value::String(
+        Cursor {
+            key: sort.key(whole).0,
+            id: id.as_str().to_owned(),
+        }
+        .encode(fingerprint, key),
+    )
 }
 
 /// `{"items": [...], "next": ...}` around a page's documents, written
 /// from their stored texts.
-fn page_response(docs: &[DocumentText], next: &Value) -> Response {
+fn page_json(docs: &[DocumentText], next: &Value) -> Vec<u8> {
     let size: usize = docs.iter().map(DocumentText::json_len_hint).sum();
     let mut out = Vec::with_capacity(64 + size);
     out.extend_from_slice(b"{\"items\":[");
@@ -399,7 +429,7 @@ fn page_response(docs: &[DocumentText], next: &Value) -> Response {
     // Writing a Value into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, next);
     out.push(b'}');
-    crate::respond::json_bytes(StatusCode::OK, out)
+    out
 }
 
 #[utoipa::path(get, operation_id = "count_documents", path = "/v1/collections/{name}/count", tag = "documents",
@@ -408,11 +438,11 @@ fn page_response(docs: &[DocumentText], next: &Value) -> Response {
               crate::wire::Guarded, crate::wire::Addressed))]
 pub(crate) async fn count(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Target(coll): Target,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let grant = state.gateway().authorize::<Read>(caller.as_ref(), &coll)?;
+    let grant = state.gateway().authorize::<Read>(&caller, &coll)?;
     let mut filter_text = None;
     for (k, v) in query_pairs(raw.as_deref())? {
         if k == "filter" && filter_text.replace(v.into_owned()).is_some() {

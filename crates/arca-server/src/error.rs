@@ -45,10 +45,15 @@ pub enum ProblemKind {
     UnsupportedMediaType,
     /// 422: the document does not fit its collection.
     InvalidDocument,
+    /// 429: the caller has too many heavy reads in flight.
+    TooManyRequests,
     /// 500: an internal error (details only in the logs).
     Internal,
     /// 503: not ready, shutting down, or a dependency is unavailable.
     Unavailable,
+    /// 503: the store did not answer (no primary, timed out, I/O error);
+    /// retrying later may succeed (`Retry-After`).
+    StoreUnavailable,
     /// 503: the request ran past its time limit.
     Timeout,
 }
@@ -113,6 +118,11 @@ impl ProblemKind {
                 "invalid-document",
                 "Document does not fit the collection",
             ),
+            TooManyRequests => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -127,6 +137,11 @@ impl ProblemKind {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "timeout",
                 "Request timed out",
+            ),
+            StoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "Store unavailable",
             ),
         }
     }
@@ -148,9 +163,11 @@ impl ProblemKind {
         ProblemKind::PayloadTooLarge,
         ProblemKind::UnsupportedMediaType,
         ProblemKind::InvalidDocument,
+        ProblemKind::TooManyRequests,
         ProblemKind::Internal,
         ProblemKind::Unavailable,
         ProblemKind::Timeout,
+        ProblemKind::StoreUnavailable,
     ];
 }
 
@@ -163,6 +180,8 @@ pub struct ApiError {
     /// For 401: the `error_description` of `WWW-Authenticate`, when a token
     /// was sent (its presence adds `error="invalid_token"`).
     invalid_token: Option<String>,
+    /// For 422: more failures exist than `errors` lists.
+    truncated: bool,
 }
 
 impl ApiError {
@@ -173,6 +192,7 @@ impl ApiError {
             detail: Some(detail.into()),
             errors: Vec::new(),
             invalid_token: None,
+            truncated: false,
         }
     }
 
@@ -183,6 +203,7 @@ impl ApiError {
             detail: None,
             errors: Vec::new(),
             invalid_token: None,
+            truncated: false,
         }
     }
 
@@ -199,6 +220,20 @@ impl ApiError {
             format!("{n} validation error{}", if n == 1 { "" } else { "s" }),
         );
         e.errors = errors;
+        e
+    }
+
+    /// 422 listing the first `errors.len()` of more failures
+    /// (`validation.max_errors`): the problem says so
+    /// (`"errors_truncated": true`).
+    pub fn invalid_document_truncated(errors: Vec<FieldError>) -> Self {
+        let n = errors.len();
+        let mut e = Self::new(
+            ProblemKind::InvalidDocument,
+            format!("more than {n} validation errors; the first {n} are listed"),
+        );
+        e.errors = errors;
+        e.truncated = true;
         e
     }
 
@@ -240,6 +275,8 @@ struct ProblemBody<'a> {
     detail: Option<&'a str>,
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     errors: &'a [FieldError],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    errors_truncated: bool,
 }
 
 /// The `type` URI of a problem slug.
@@ -256,6 +293,7 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail: self.detail.as_deref(),
             errors: &self.errors,
+            errors_truncated: self.truncated,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut res = (status, bytes).into_response();
@@ -277,6 +315,13 @@ impl IntoResponse for ApiError {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+        }
+        if matches!(
+            self.kind,
+            ProblemKind::StoreUnavailable | ProblemKind::Timeout | ProblemKind::TooManyRequests
+        ) {
+            // Transient: the client may try again (RFC 9110 section 10.2.3).
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
             let value = match &self.invalid_token {
@@ -351,7 +396,10 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "store unavailable");
-                ApiError::new(ProblemKind::Unavailable, "the store is unavailable")
+                ApiError::new(
+                    ProblemKind::StoreUnavailable,
+                    "the store did not answer; retry shortly",
+                )
             }
         }
     }

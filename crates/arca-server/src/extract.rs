@@ -226,40 +226,53 @@ fn json_error_detail(e: &serde_json::Error) -> String {
 /// `401` on every route that takes a caller, including collections readable
 /// by the public; the operations routes and the public docs take none and
 /// ignore `Authorization` (API.md, Operations).
-pub struct Caller(pub Option<Arc<Identity>>);
+pub use crate::gateway::Caller;
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
-        let Some(value) = values.next() else {
-            return Ok(Self(None));
-        };
-        if values.next().is_some() {
-            return Err(ApiError::invalid_token(
-                "more than one Authorization header",
-            ));
-        }
-        let raw = value
-            .to_str()
-            .map_err(|_| ApiError::invalid_token("malformed Authorization header"))?;
-        let (scheme, token) = raw.split_once(' ').unwrap_or((raw, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::invalid_token("expected the Bearer scheme"));
-        }
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(ApiError::invalid_token("empty bearer token"));
-        }
-        match state.auth().verify(token).await {
-            Ok(id) => Ok(Self(Some(id))),
-            Err(AuthError::KeysUnavailable) => Err(ApiError::new(
-                ProblemKind::Unavailable,
-                "the identity provider's signing keys are not loaded yet",
-            )),
-            Err(e) => Err(ApiError::invalid_token(e.to_string())),
-        }
+        let addr = parts
+            .extensions
+            .get::<crate::conn::ClientAddr>()
+            .map(|a| a.0);
+        let identity = verified_identity(parts, state).await?;
+        Ok(Self { identity, addr })
+    }
+}
+
+/// The identity of the request's bearer token, if one was sent.
+async fn verified_identity(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Option<Arc<Identity>>, ApiError> {
+    let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::invalid_token(
+            "more than one Authorization header",
+        ));
+    }
+    let raw = value
+        .to_str()
+        .map_err(|_| ApiError::invalid_token("malformed Authorization header"))?;
+    let (scheme, token) = raw.split_once(' ').unwrap_or((raw, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::invalid_token("expected the Bearer scheme"));
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ApiError::invalid_token("empty bearer token"));
+    }
+    match state.auth().verify(token).await {
+        Ok(id) => Ok(Some(id)),
+        Err(AuthError::KeysUnavailable) => Err(ApiError::new(
+            ProblemKind::Unavailable,
+            "the identity provider's signing keys are not loaded yet",
+        )),
+        Err(e) => Err(ApiError::invalid_token(e.to_string())),
     }
 }
 
@@ -271,9 +284,9 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match Caller::from_request_parts(parts, state).await? {
-            Caller(Some(id)) => Ok(Self(id)),
-            Caller(None) => Err(ApiError::missing_token()),
+        match verified_identity(parts, state).await? {
+            Some(id) => Ok(Self(id)),
+            None => Err(ApiError::missing_token()),
         }
     }
 }

@@ -52,13 +52,38 @@ pub fn layers(router: Router, config: &Config) -> Router {
         .layer(middleware::from_fn(request_id_and_observe))
 }
 
-/// The request id (`request_id_of`), with `observe` inside it.
+/// The request id (`request_id_of`), with `observe` inside it; and the
+/// headers every response needs whatever its route: a response to a
+/// request that carried credentials is never stored by a shared cache
+/// (`Cache-Control: no-store`, `Vary: Authorization`: it may hold one
+/// caller's data), and JSON is never sniffed as something else
+/// (`X-Content-Type-Options: nosniff`).
 async fn request_id_and_observe(mut req: Request, next: Next) -> Response {
     let id = request_id_of(&req);
+    let credentials = req.headers().contains_key(header::AUTHORIZATION);
     req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
     req.extensions_mut().insert(RequestId(id.clone()));
     let mut res = observe(req, next).await;
-    res.headers_mut().insert(REQUEST_ID.clone(), id);
+    let h = res.headers_mut();
+    h.insert(REQUEST_ID.clone(), id);
+    if credentials {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.append(header::VARY, HeaderValue::from_static("authorization"));
+    }
+    let json = h.get(header::CONTENT_TYPE).is_some_and(|ct| {
+        let essence = ct
+            .as_bytes()
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default();
+        essence.starts_with(b"application/") && essence.trim_ascii_end().ends_with(b"json")
+    });
+    if json {
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    }
     res
 }
 

@@ -50,6 +50,11 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
             .into_response();
     }
     match tokio::time::timeout(Duration::from_secs(2), state.gateway().ping()).await {
+        Ok(Ok(())) if !state.gateway().catalog_loaded() => ApiError::new(
+            ProblemKind::Unavailable,
+            "the collection definitions are not loaded yet",
+        )
+        .into_response(),
         Ok(Ok(())) => json_ok(r#"{"status":"ready"}"#),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: store check failed");

@@ -42,7 +42,13 @@ impl AppState {
         store: Arc<dyn Store>,
         auth: Arc<Authenticator>,
     ) -> Result<Self, StoreError> {
-        let gateway = Gateway::open(store, config.auth.clone()).await?;
+        let limits = crate::gateway::limits::Limits {
+            max_errors: config.validation.max_errors,
+            heavy_per_caller: config.query.max_concurrent_per_caller,
+            max_page_bytes: config.query.max_page_bytes,
+            max_time: config.query.max_time.0,
+        };
+        let gateway = Gateway::open(store, config.auth.clone(), limits).await?;
         Ok(Self(Arc::new(Inner {
             config,
             gateway,

@@ -16,7 +16,7 @@ pub mod mongodb;
 pub mod sqlite;
 
 use arca_core::query::{Cursor, Filter, Sort};
-use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope};
+use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope, Tenant};
 use serde_json::Value;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -79,9 +79,12 @@ pub struct CollectionSpec<'a> {
     pub indexes: &'a [IndexDef],
     /// Access rules as given.
     pub access: &'a Value,
-    /// The time of this change (RFC 3339 UTC): `created_at` of a new
-    /// collection, `updated_at` of every change.
+    /// The time of this change (RFC 3339 UTC): `updated_at`, and
+    /// `created_at` of a new collection unless `created_at` is given.
     pub at: &'a str,
+    /// The creation time of a new collection when it is not `at` (a copy
+    /// keeps the original's).
+    pub created_at: Option<&'a str>,
 }
 
 /// Whether `put_collection` created or updated.
@@ -104,6 +107,79 @@ pub struct Query {
     pub after: Option<Cursor>,
     /// At most this many documents.
     pub limit: usize,
+    /// A budget in bytes of JSON: reading stops once the documents read
+    /// before the latest one reach it (see `PageBudget`), so one listing
+    /// holds about this much whatever its documents' sizes. `None`: no
+    /// budget.
+    pub max_bytes: Option<usize>,
+}
+
+/// The byte rule of a listing (`Query::max_bytes`): documents are taken
+/// in order until those taken before the latest reach the budget. So when
+/// a listing was cut by bytes, its last document lies past the budget and
+/// the caller, writing documents while they fit, always has one left over
+/// to tell it that more follow (at least one document is always written).
+#[derive(Debug, Clone, Copy)]
+pub struct PageBudget {
+    max: Option<usize>,
+    before_last: usize,
+    last: usize,
+}
+
+impl PageBudget {
+    /// The rule for `max` bytes (`None`: unbounded).
+    pub fn new(max: Option<usize>) -> Self {
+        Self {
+            max,
+            before_last: 0,
+            last: 0,
+        }
+    }
+
+    /// Counts one more document of `bytes`; whether reading may go on.
+    pub fn take(&mut self, bytes: usize) -> bool {
+        self.before_last += self.last;
+        self.last = bytes;
+        self.max.is_none_or(|m| self.before_last < m)
+    }
+}
+
+/// Trims a bounded heap of the best documents seen (its greatest element
+/// the worst) to the least that still satisfies the byte rule of
+/// `PageBudget`: while dropping the worst leaves documents whose all but
+/// worst reach `max`, drop it. `held` is the heap's total, kept in step.
+pub fn trim_to_budget<T: Ord>(
+    best: &mut std::collections::BinaryHeap<T>,
+    held: &mut usize,
+    max: usize,
+    bytes: impl Fn(&T) -> usize,
+) {
+    while best.len() >= 2 {
+        let Some(worst) = best.pop() else { return };
+        let rest = *held - bytes(&worst);
+        let next_worst = best.peek().map_or(0, &bytes);
+        if rest - next_worst >= max {
+            *held = rest;
+            continue;
+        }
+        best.push(worst);
+        return;
+    }
+}
+
+/// How many of `sizes` (in order) a page writes under `max` bytes: while
+/// they fit, and always at least one.
+pub fn fits(sizes: impl IntoIterator<Item = usize>, max: usize) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if n > 0 && total > max {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// The storage engine interface.
@@ -220,6 +296,23 @@ pub trait Store: Send + Sync + 'static {
         Ok(docs.iter().map(DocumentText::of).collect())
     }
 
+    /// `find_text`, handed to `write` on the engine's own thread to become
+    /// the bytes of a response: engines that read on threads of their own
+    /// override it, so the documents are freed by the thread that made
+    /// them (a cross-thread free costs the allocator several times more;
+    /// measured in bench/RESULTS.md). What the bytes are (the page's JSON
+    /// framing, its cursor) is the caller's business.
+    async fn find_written(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+        write: PageWriter,
+    ) -> Result<Vec<u8>, StoreError> {
+        let docs = self.find_text(coll, scope, query).await?;
+        write(docs)
+    }
+
     /// The number of documents of the scope matching `filter`.
     /// MongoDB: `countDocuments({$and: [{_tenant}, scope filter, filter]})`.
     async fn count(
@@ -228,4 +321,47 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
         filter: &Filter,
     ) -> Result<u64, StoreError>;
+
+    /// The 32-byte secret `name`: made at random by the first process that
+    /// asks, the same for every process on the store after that (keys that
+    /// replicas must share: cursor signing, link signing). MongoDB:
+    /// `findOneAndUpdate({_id: name}, {$setOnInsert: {value}}, {upsert})`
+    /// on `_arca_secrets`.
+    async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
+
+    /// Up to `limit` documents of the collection in every tenant, in
+    /// (tenant key, id) order, strictly after `after`: for operator tools
+    /// that move a whole store (`arca copy`), never for a request (no
+    /// scope: it crosses tenants). MongoDB: `find` sorted on
+    /// `{_tenant, _id.i}`.
+    async fn export(
+        &self,
+        coll: &CollectionName,
+        after: Option<&ExportPosition>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, Document)>, StoreError>;
+}
+
+/// Turns a listing's documents into bytes (see `Store::find_written`).
+pub type PageWriter = Box<dyn FnOnce(Vec<DocumentText>) -> Result<Vec<u8>, StoreError> + Send>;
+
+/// Where an export page ended: the tenant key (`""` for the untenanted
+/// space) and the id of its last document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportPosition {
+    /// The tenant's storage key.
+    pub tenant: String,
+    /// The last document's id.
+    pub id: DocId,
+}
+
+/// The tenant of a storage key (`""` is the untenanted space).
+pub fn tenant_of_key(key: &str) -> Result<Tenant, StoreError> {
+    if key.is_empty() {
+        Ok(Tenant::None)
+    } else {
+        Tenant::parse(key).map_err(|_| {
+            StoreError::Unavailable(format!("a stored tenant key is invalid: {key:?}"))
+        })
+    }
 }

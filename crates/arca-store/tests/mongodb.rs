@@ -241,6 +241,7 @@ async fn the_schema_is_the_databases_validator_and_follows_redefinitions() {
                     indexes: &[],
                     access: &serde_json::json!({}),
                     at: conformance::T0,
+                    created_at: None,
                 })
                 .await
                 .expect("define")

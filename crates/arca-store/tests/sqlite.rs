@@ -65,6 +65,7 @@ async fn load(docs: &[Map<String, Value>]) -> (tempfile::TempDir, SqliteStore) {
             indexes: &conformance::properties::indexes(),
             access: &json!({}),
             at: T0,
+            created_at: None,
         })
         .await
         .expect("define");

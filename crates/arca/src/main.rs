@@ -14,6 +14,7 @@ use arca_store::mongodb::{MongoOptions, MongoStore};
 use arca_store::{SqliteOptions, SqliteStore, Store};
 use clap::{Parser, Subcommand};
 
+mod copy;
 mod import;
 
 // mimalloc: the profile of GET under load showed glibc malloc/free at ~20%
@@ -88,6 +89,22 @@ enum Command {
         owner: String,
         /// NDJSON file (`-` for standard input).
         file: PathBuf,
+    },
+    /// Copy a whole store into another, across engines (SQLite to MongoDB
+    /// or back): every collection definition, then every document of
+    /// every tenant with its id, revision, timestamps and owner. The
+    /// target must be empty unless --resume finishes an interrupted copy.
+    Copy {
+        /// The source store (`sqlite://PATH` or a `mongodb://` URI).
+        #[arg(long)]
+        from: String,
+        /// The target store.
+        #[arg(long)]
+        to: String,
+        /// Continue an interrupted copy: definitions must match, documents
+        /// already in the target are skipped.
+        #[arg(long)]
+        resume: bool,
     },
     /// Write a consistent copy of the embedded store's database while the
     /// server keeps running (SQLite's `VACUUM INTO`): checked and flushed to
@@ -173,6 +190,21 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("arca: import: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Copy { from, to, resume } => {
+            let Some(rt) = runtime(Some(cfg.server.workers)) else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(copy::run(&cfg, &from, &to, resume)) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("arca: copy: {e}");
                     ExitCode::from(2)
                 }
             }
@@ -382,7 +414,7 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
                 path,
                 synchronous_full: cfg.store.sqlite.synchronous == Synchronous::Full,
                 readers: cfg.store.sqlite.readers,
-                read_timeout: cfg.server.request_timeout.0,
+                read_timeout: cfg.query.max_time.0,
                 reader_cache_kib: cfg.store.sqlite.reader_cache_kib(),
             };
             let store = tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
@@ -395,7 +427,7 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
             let opts = MongoOptions {
                 uri,
                 timeout: cfg.store.timeout.0,
-                read_timeout: cfg.server.request_timeout.0,
+                read_timeout: cfg.query.max_time.0,
                 verify: cfg.store.mongodb.verify_matches,
             };
             let store = MongoStore::connect(&opts).await.map_err(|e| {
@@ -463,6 +495,14 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         None => None,
     };
     tokio::spawn(auth.run_refresh());
+    if cfg.auth.require_tenant && cfg.auth.schema_admin() == cfg.auth.admin_role {
+        tracing::warn!(
+            role = %cfg.auth.admin_role,
+            "auth.require_tenant is on and auth.schema_admin_role is the admin role: \
+             a tenant's admin can redefine or delete every tenant's collections; \
+             give auth.schema_admin_role a role only platform operators hold (docs/access.md)"
+        );
+    }
     tracing::info!(
         listen = %local,
         store = %db_path,

@@ -1090,7 +1090,11 @@ fn at_max_connections_new_clients_wait_until_one_closes() {
 async fn a_client_that_stops_reading_its_response_is_cut_after_idle_timeout() {
     use std::io::Write;
     let s = Server::start(Opts {
-        env: vec![("ARCA_SERVER__IDLE_TIMEOUT".into(), "1s".into())],
+        env: vec![
+            ("ARCA_SERVER__IDLE_TIMEOUT".into(), "1s".into()),
+            // A page far larger than the sockets' buffers.
+            ("ARCA_QUERY__MAX_PAGE_BYTES".into(), "67108864".into()),
+        ],
         ..Opts::default()
     });
     let t = s.admin();

@@ -173,6 +173,16 @@ fn eq_matches(target: &Value, values: &[Option<&Value>]) -> bool {
     any_value(values, true, &|v| equal(v, target))
 }
 
+/// `$in`: some value (or array element, or whole array) is in the set; a
+/// `null` in the set also matches a missing field. One binary search per
+/// value, whatever the set's size.
+fn in_matches(set: &super::filter::ValueSet, values: &[Option<&Value>]) -> bool {
+    if values.iter().any(Option::is_none) && set.contains(&Value::Null) {
+        return true;
+    }
+    any_value(values, true, &|v| set.contains(v))
+}
+
 /// `$gt`-style comparison: only within the target's type bracket.
 fn cmp_matches(target: &Value, values: &[Option<&Value>], ok: fn(Ordering) -> bool) -> bool {
     if target.is_null() && ok(Ordering::Equal) && values.iter().any(Option::is_none) {
@@ -209,8 +219,8 @@ fn cond_matches(cond: &Cond, values: &[Option<&Value>]) -> bool {
         Cond::Gte(t) => cmp_matches(t, values, |o| o != Ordering::Less),
         Cond::Lt(t) => cmp_matches(t, values, |o| o == Ordering::Less),
         Cond::Lte(t) => cmp_matches(t, values, |o| o != Ordering::Greater),
-        Cond::In(list) => list.iter().any(|t| eq_matches(t, values)),
-        Cond::Nin(list) => !list.iter().any(|t| eq_matches(t, values)),
+        Cond::In(set) => in_matches(set, values),
+        Cond::Nin(set) => !in_matches(set, values),
         Cond::Exists(want) => values.iter().any(Option::is_some) == *want,
         Cond::Type(types) => types
             .iter()

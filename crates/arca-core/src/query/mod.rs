@@ -10,6 +10,6 @@ pub mod projection;
 pub mod sort;
 
 pub use cursor::{Cursor, CursorError};
-pub use filter::{Claims, Cond, FieldPath, Filter, FilterError, Node};
+pub use filter::{Claims, Cond, FieldPath, Filter, FilterError, Node, ValueSet};
 pub use projection::Projection;
 pub use sort::{Sort, SortKey};

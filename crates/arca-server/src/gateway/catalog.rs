@@ -26,20 +26,32 @@ pub struct Collection {
 }
 
 impl Collection {
-    /// Validates `body` against the schema; `earlier` are failures already
-    /// found on reserved fields, reported together with the schema's (422).
+    /// Validates `body`: the limits every engine shares (field names,
+    /// nesting, integers), then the schema; `earlier` are failures already
+    /// found on reserved fields, reported together with these (422, at
+    /// most `max_errors` of them, the problem saying when there were more).
     pub fn validate(
         &self,
-        body: &Map<String, Value>,
+        body: Map<String, Value>,
         earlier: &[FieldError],
-    ) -> Result<(), ApiError> {
-        // The validator takes a `Value`, hence the copy of the map.
+        max_errors: usize,
+    ) -> Result<Map<String, Value>, ApiError> {
         let mut errors = earlier.to_vec();
-        errors.extend(self.def.schema.validate(&Value::Object(body.clone())));
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::invalid_document(errors))
+        errors.extend(arca_core::document::portable_errors(&body));
+        // The validator takes a `Value`: the map goes in and comes back.
+        let doc = Value::Object(body);
+        let room = max_errors.saturating_sub(errors.len());
+        let found = self.def.schema.validate_at_most(&doc, room);
+        errors.extend(found.errors);
+        let truncated = found.truncated || errors.len() > max_errors;
+        errors.truncate(max_errors);
+        match (errors.is_empty(), doc) {
+            (true, Value::Object(body)) => Ok(body),
+            (true, _) => Err(ApiError::internal(
+                "a document body stopped being an object",
+            )),
+            (false, _) if truncated => Err(ApiError::invalid_document_truncated(errors)),
+            (false, _) => Err(ApiError::invalid_document(errors)),
         }
     }
 }
@@ -53,6 +65,9 @@ struct Snapshot {
     /// Grows with every reload: anything derived from the collections
     /// (the OpenAPI document) is made again when it moves.
     version: u64,
+    /// Whether the definitions were read at all (the store may be out of
+    /// reach when the process starts).
+    loaded: bool,
 }
 
 /// The catalogue of one process.
@@ -79,7 +94,11 @@ impl Catalog {
     pub async fn refresh(&self, store: &dyn Store) -> Result<bool, StoreError> {
         let _one = self.reloading.lock().await;
         let generation = store.catalog_generation().await?;
-        if generation == self.read().store_generation {
+        let current = {
+            let snapshot = self.read();
+            (snapshot.loaded, snapshot.store_generation)
+        };
+        if current == (true, generation) {
             return Ok(false);
         }
         self.reload_locked(store).await?;
@@ -118,6 +137,7 @@ impl Catalog {
         current.version += 1;
         current.by_name = by_name;
         current.store_generation = store_generation;
+        current.loaded = true;
         Ok(())
     }
 
@@ -126,10 +146,22 @@ impl Catalog {
         self.read().version
     }
 
-    /// A collection by name, or 404.
+    /// Whether the definitions have been read from the store.
+    pub fn is_loaded(&self) -> bool {
+        self.read().loaded
+    }
+
+    /// A collection by name, or 404 (503 while the definitions could not
+    /// be read yet: a name is not known to be missing then).
     pub fn get(&self, name: &CollectionName) -> Result<Arc<Collection>, ApiError> {
-        let found = self.read().by_name.get(name).cloned();
-        found.ok_or_else(|| {
+        let snapshot = self.read();
+        if !snapshot.loaded {
+            return Err(ApiError::new(
+                ProblemKind::StoreUnavailable,
+                "the collection definitions could not be read from the store yet",
+            ));
+        }
+        snapshot.by_name.get(name).cloned().ok_or_else(|| {
             ApiError::new(
                 ProblemKind::CollectionNotFound,
                 format!("no collection named {name}"),

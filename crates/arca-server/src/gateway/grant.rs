@@ -12,14 +12,16 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use arca_auth::Identity;
 use arca_core::document::ClientBody;
 use arca_core::query::Filter;
 use arca_core::{Action, DocId, Document, DocumentText, FieldError, Scope, SystemFields};
-use arca_store::{Query, Store, StoreError};
+use arca_store::{PageWriter, Query, Store, StoreError};
 use serde_json::{Map, Value};
 
 use super::catalog::Collection;
-use super::stamp;
+use super::limits::{CallerKey, HeavySlot, OFFLOAD_BYTES};
+use super::{Shared, stamp};
 use crate::conditions::Preconditions;
 use crate::error::{ApiError, ProblemKind};
 
@@ -62,9 +64,12 @@ pub struct Grant<A: Act> {
     pub(super) scope: Scope,
     /// The action's own filter (for `Read`, the same as the scope's).
     pub(super) rule: Filter,
-    /// The caller's `sub` (empty without a token): the owner of what it
-    /// creates.
-    pub(super) sub: String,
+    /// The caller (none without a token): its `sub` owns what it creates.
+    pub(super) caller: Option<Arc<Identity>>,
+    /// Who heavy reads are counted against.
+    pub(super) key: CallerKey,
+    /// The limits and their bookkeeping.
+    pub(super) shared: Arc<Shared>,
     pub(super) act: PhantomData<A>,
 }
 
@@ -100,6 +105,32 @@ impl<A: Act> Grant<A> {
         self.rule.is_all() || self.rule.matches(&doc.to_json())
     }
 
+    /// `body` validated (see `Collection::validate`): on the blocking pool
+    /// when the document is large (`size` bytes of JSON, an estimate).
+    async fn validated(
+        &self,
+        body: Map<String, Value>,
+        earlier: &[FieldError],
+        size: usize,
+    ) -> Result<Map<String, Value>, ApiError> {
+        let max = self.shared.limits.max_errors;
+        if size <= OFFLOAD_BYTES {
+            return self.coll.validate(body, earlier, max);
+        }
+        let (coll, earlier) = (self.coll.clone(), earlier.to_vec());
+        self.shared
+            .offload
+            .run(move || coll.validate(body, &earlier, max))
+            .await?
+    }
+
+    /// A place for one heavy read of this caller (429 beyond its share).
+    fn heavy_slot(&self) -> Result<HeavySlot, ApiError> {
+        self.shared
+            .heavy
+            .acquire(self.key.clone(), self.shared.limits.heavy_per_caller)
+    }
+
     /// The stored document within the read scope, or 404.
     async fn current(&self, id: &DocId) -> Result<Document, ApiError> {
         self.store
@@ -119,25 +150,55 @@ impl Grant<Read> {
             .await?)
     }
 
-    /// A listing's documents, parsed (for projections).
-    pub async fn find(&self, query: &Query) -> Result<Vec<Document>, ApiError> {
-        Ok(self.store.find(&self.coll.name, &self.scope, query).await?)
+    /// A listing's documents, parsed (for projections). Listings and
+    /// counts are heavy reads: at most `query.max_concurrent_per_caller`
+    /// of one caller run at once (429 beyond). Every listing also stops at
+    /// `query.max_page_bytes` of documents (`Query::max_bytes`; a smaller
+    /// budget given is kept).
+    pub async fn find(&self, query: Query) -> Result<Vec<Document>, ApiError> {
+        let _slot = self.heavy_slot()?;
+        let query = self.bounded(query);
+        Ok(self
+            .store
+            .find(&self.coll.name, &self.scope, &query)
+            .await?)
     }
 
     /// A listing's documents with their bodies as stored text.
-    pub async fn find_text(&self, query: &Query) -> Result<Vec<DocumentText>, ApiError> {
+    pub async fn find_text(&self, query: Query) -> Result<Vec<DocumentText>, ApiError> {
+        let _slot = self.heavy_slot()?;
+        let query = self.bounded(query);
         Ok(self
             .store
-            .find_text(&self.coll.name, &self.scope, query)
+            .find_text(&self.coll.name, &self.scope, &query)
+            .await?)
+    }
+
+    /// A listing written by `write` on the engine's thread (see
+    /// `Store::find_written`).
+    pub async fn find_written(&self, query: Query, write: PageWriter) -> Result<Vec<u8>, ApiError> {
+        let _slot = self.heavy_slot()?;
+        let query = self.bounded(query);
+        Ok(self
+            .store
+            .find_written(&self.coll.name, &self.scope, &query, write)
             .await?)
     }
 
     /// How many readable documents match `filter`.
     pub async fn count(&self, filter: &Filter) -> Result<u64, ApiError> {
+        let _slot = self.heavy_slot()?;
         Ok(self
             .store
             .count(&self.coll.name, &self.scope, filter)
             .await?)
+    }
+
+    /// `query` within the configured page byte budget.
+    fn bounded(&self, mut query: Query) -> Query {
+        let max = self.shared.limits.max_page_bytes;
+        query.max_bytes = Some(query.max_bytes.map_or(max, |b| b.min(max)));
+        query
     }
 }
 
@@ -146,12 +207,21 @@ impl Grant<Create> {
     /// schema, stamped (a new id unless the client chose one, revision 1,
     /// the time, the caller as owner), checked against the create rule as
     /// it will be stored, then inserted.
-    pub async fn create(&self, body: ClientBody) -> Result<Document, ApiError> {
+    /// `size` is the body's length in bytes (large ones are validated off
+    /// the async workers).
+    pub async fn create(&self, body: ClientBody, size: usize) -> Result<Document, ApiError> {
         let ClientBody { id, fields, errors } = body;
-        self.coll.validate(&fields, &errors)?;
+        let fields = self.validated(fields, &errors, size).await?;
         let id = id.unwrap_or_else(stamp::new_id);
         let doc = Document {
-            system: SystemFields::first(id, self.sub.clone(), stamp::now()),
+            system: SystemFields::first(
+                id,
+                self.caller
+                    .as_ref()
+                    .map(|c| c.sub.clone())
+                    .unwrap_or_default(),
+                stamp::now(),
+            ),
             body: fields,
         };
         if !self.admits(&doc) {
@@ -171,11 +241,15 @@ impl Grant<Update> {
     /// with `earlier` failures), checks the result against the rule (403),
     /// and writes it conditionally on the revision read. With `If-Match` a
     /// lost race is 412; without, the whole step is retried.
+    ///
+    /// `size` is the new body's length in bytes when known (a PUT's
+    /// request), else it is counted (a PATCH's result).
     pub async fn update(
         &self,
         id: &DocId,
         pre: &Preconditions,
         earlier: &[FieldError],
+        size: Option<usize>,
         change: impl Fn(&Document) -> Result<Map<String, Value>, ApiError>,
     ) -> Result<Document, ApiError> {
         for _ in 0..WRITE_RETRIES {
@@ -185,7 +259,8 @@ impl Grant<Update> {
             }
             pre.check_write(current.system.rev)?;
             let body = change(&current)?;
-            self.coll.validate(&body, earlier)?;
+            let size = size.unwrap_or_else(|| arca_core::document::body_len(&body));
+            let body = self.validated(body, earlier, size).await?;
             let next = Document {
                 system: current.system.next(stamp::now()),
                 body,

@@ -14,6 +14,7 @@
 
 mod catalog;
 mod grant;
+pub mod limits;
 pub mod stamp;
 mod timed;
 
@@ -30,34 +31,81 @@ pub use grant::{Act, Create, Delete, Grant, Read, Update};
 use crate::access::{self, SchemaAdmin};
 use crate::error::ApiError;
 use catalog::Catalog;
+use limits::{CallerKey, HeavyReads, Limits, Offload};
+
+/// Who is asking: the verified token's identity and the client's address.
+/// (Its extractor is in `extract`.) A token that was sent and is invalid
+/// never makes one: it is 401 on every route that takes a caller.
+pub struct Caller {
+    /// The verified token's identity (`None` without a token).
+    pub identity: Option<Arc<Identity>>,
+    /// The client's address (the peer, or the forwarded client behind a
+    /// trusted proxy), when known: callers without a token are counted by
+    /// it.
+    pub addr: Option<std::net::IpAddr>,
+}
+
+/// What every grant shares: the limits and their bookkeeping.
+pub(crate) struct Shared {
+    pub(crate) limits: Limits,
+    pub(crate) heavy: Arc<HeavyReads>,
+    pub(crate) offload: Offload,
+}
 
 /// The store, its catalogue, and the rules that say who reaches what.
 pub struct Gateway {
     store: Arc<dyn Store>,
     catalog: Catalog,
     settings: AuthSettings,
+    shared: Arc<Shared>,
+    /// The key cursors are signed with, read from the store once.
+    cursor_key: tokio::sync::OnceCell<[u8; 32]>,
 }
 
 impl Gateway {
-    /// Wraps `store` (every call timed) and loads the catalogue.
-    pub async fn open(store: Arc<dyn Store>, settings: AuthSettings) -> Result<Self, StoreError> {
+    /// Wraps `store` (every call timed) and loads the catalogue. A store
+    /// out of reach is not fatal: the catalogue loads when it answers
+    /// (`refresh_catalog`), and until then readiness is 503 and data
+    /// routes answer 503.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        settings: AuthSettings,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
         let gateway = Self {
             store: Arc::new(timed::Timed(store)),
             catalog: Catalog::default(),
             settings,
+            shared: Arc::new(Shared {
+                limits,
+                heavy: Arc::default(),
+                offload: Offload::default(),
+            }),
+            cursor_key: tokio::sync::OnceCell::new(),
         };
-        gateway.catalog.reload(gateway.store.as_ref()).await?;
+        match gateway.catalog.reload(gateway.store.as_ref()).await {
+            Ok(()) => {}
+            Err(StoreError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "the store does not answer; collections load when it does");
+            }
+            Err(e) => return Err(e),
+        }
         Ok(gateway)
+    }
+
+    /// Whether the collection definitions were read (`/readyz`).
+    pub fn catalog_loaded(&self) -> bool {
+        self.catalog.is_loaded()
     }
 
     /// Checks `A` on `coll` for the caller and returns its handle. This is
     /// the one place a request's `Scope` is made.
     pub fn authorize<A: Act>(
         &self,
-        caller: Option<&Arc<Identity>>,
+        caller: &Caller,
         coll: &Arc<Collection>,
     ) -> Result<Grant<A>, ApiError> {
-        let id = caller.map(Arc::as_ref);
+        let id = caller.identity.as_deref();
         let decision = access::decide(&self.settings, id, &coll.name, &coll.def, A::ACTION)?;
         // The scope is made after the access check, from its decision.
         #[allow(clippy::disallowed_methods)]
@@ -67,7 +115,9 @@ impl Gateway {
             coll: coll.clone(),
             scope,
             rule: decision.action,
-            sub: id.map(|i| i.sub.clone()).unwrap_or_default(),
+            key: CallerKey::of(id, caller.addr),
+            caller: caller.identity.clone(),
+            shared: self.shared.clone(),
             act: PhantomData,
         })
     }
@@ -110,6 +160,7 @@ impl Gateway {
                 indexes: &def.indexes,
                 access: &def.access_source,
                 at: &at,
+                created_at: None,
             })
             .await?;
         self.catalog.reload(self.store.as_ref()).await?;
@@ -126,6 +177,16 @@ impl Gateway {
         let existed = self.store.delete_collection(name).await?;
         self.catalog.reload(self.store.as_ref()).await?;
         Ok(existed)
+    }
+
+    /// The key listing cursors are signed with: kept in the store, so a
+    /// cursor made by one replica is accepted by every other.
+    pub async fn cursor_key(&self) -> Result<[u8; 32], ApiError> {
+        self.cursor_key
+            .get_or_try_init(|| self.store.secret("cursor"))
+            .await
+            .copied()
+            .map_err(ApiError::from)
     }
 
     /// Whether the store answers (`/readyz`).

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arca_core::query::Filter;
-use arca_core::{CollectionName, DocId, Document, DocumentText, Scope};
-use arca_store::{CollectionSpec, PutOutcome, Query, Store, StoreError, StoredCollection};
+use arca_core::{CollectionName, DocId, Document, DocumentText, Scope, Tenant};
+use arca_store::{
+    CollectionSpec, ExportPosition, PageWriter, PutOutcome, Query, Store, StoreError,
+    StoredCollection,
+};
 
 /// A `Store` that times the engine it wraps.
 pub struct Timed(pub Arc<dyn Store>);
@@ -108,6 +111,16 @@ impl Store for Timed {
         time("find", self.0.find_text(coll, scope, query)).await
     }
 
+    async fn find_written(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+        write: PageWriter,
+    ) -> Result<Vec<u8>, StoreError> {
+        time("find", self.0.find_written(coll, scope, query, write)).await
+    }
+
     async fn count(
         &self,
         coll: &CollectionName,
@@ -115,5 +128,18 @@ impl Store for Timed {
         filter: &Filter,
     ) -> Result<u64, StoreError> {
         time("count", self.0.count(coll, scope, filter)).await
+    }
+
+    async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        time("secret", self.0.secret(name)).await
+    }
+
+    async fn export(
+        &self,
+        coll: &CollectionName,
+        after: Option<&ExportPosition>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, Document)>, StoreError> {
+        time("export", self.0.export(coll, after, limit)).await
     }
 }

@@ -30,7 +30,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use arca_core::query::{Filter, Node, SortKey};
-use arca_core::{CollectionName, DocId, Document, IndexDef, Scope};
+use arca_core::{CollectionName, DocId, Document, IndexDef, Scope, Tenant};
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, Document as BsonDoc, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -41,7 +41,10 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::Value;
 
 use super::{filter, schema, value};
-use crate::{CollectionSpec, PutOutcome, Query, Store, StoreError, StoredCollection};
+use crate::{
+    CollectionSpec, ExportPosition, PageBudget, PutOutcome, Query, Store, StoreError,
+    StoredCollection, trim_to_budget,
+};
 
 /// The catalogue collection.
 const CATALOG: &str = "_arca_collections";
@@ -201,6 +204,7 @@ fn and(a: BsonDoc, b: BsonDoc) -> BsonDoc {
 struct Ranked<'a> {
     key: SortKey,
     doc: Document,
+    bytes: usize,
     sort: &'a arca_core::query::Sort,
 }
 
@@ -230,8 +234,9 @@ impl PartialEq for Ranked<'_> {
 impl Eq for Ranked<'_> {}
 
 impl MongoStore {
-    /// Connects (the URI is parsed here; `mongodb+srv://` resolves DNS) and
-    /// loads the set of collections. Arca's defaults where the URI is
+    /// Prepares the client (the URI is parsed here; `mongodb+srv://`
+    /// resolves DNS). The set of known collections is loaded by the first
+    /// `collections`. Arca's defaults where the URI is
     /// silent: writes acknowledged by the majority and journaled, reads
     /// from the primary, server selection bounded by `timeout`.
     pub async fn connect(opts: &MongoOptions) -> Result<Self, StoreError> {
@@ -261,15 +266,16 @@ impl MongoStore {
             .clone()
             .unwrap_or_else(|| "arca".into());
         let client = Client::with_options(options).map_err(|e| unavailable(e.kind))?;
-        let store = Self {
+        // No round trip here: the driver connects lazily, so a database
+        // out of reach at start is met by the first operation (and the
+        // server's readiness), not by a failed start.
+        Ok(Self {
             db: client.database(&database),
             timeout: opts.timeout,
             read_timeout: opts.read_timeout,
             verify: opts.verify,
             known: RwLock::new(HashSet::new()),
-        };
-        store.collections().await?;
-        Ok(store)
+        })
     }
 
     /// The database in use.
@@ -308,13 +314,35 @@ impl MongoStore {
 
     /// `CollectionMissing` unless the catalogue holds `name` (MongoDB would
     /// create a missing collection on the first write to it).
-    fn known(&self, name: &CollectionName) -> Result<(), StoreError> {
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        if known.contains(name.as_str()) {
-            Ok(())
-        } else {
-            Err(StoreError::CollectionMissing)
+    /// (A name not seen yet is looked up in the catalogue once: another
+    /// process may have defined it since this one last read the list.)
+    async fn known(&self, name: &CollectionName) -> Result<(), StoreError> {
+        if self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name.as_str())
+        {
+            return Ok(());
         }
+        let defined = self
+            .bounded(async {
+                self.catalog()
+                    .find_one(doc! {"_id": name.as_str()})
+                    .projection(doc! {"_id": 1})
+                    .await
+                    .map_err(map_err)
+            })
+            .await?
+            .is_some();
+        if !defined {
+            return Err(StoreError::CollectionMissing);
+        }
+        self.known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.as_str().to_owned());
+        Ok(())
     }
 
     /// Rewrites a duplicate-key `Conflict` (holding the server's message)
@@ -499,7 +527,7 @@ impl MongoStore {
         query: &Query,
     ) -> Result<Vec<Document>, StoreError> {
         let started = Instant::now();
-        self.known(coll)?;
+        self.known(coll).await?;
         let filter = scope.filter().clone().and(query.filter.clone());
         if matches!(filter.root(), Node::Nothing) || query.limit == 0 {
             return Ok(Vec::new());
@@ -529,12 +557,13 @@ impl MongoStore {
             }
             let mut cursor = find.await.map_err(map_err)?;
             let mut out = Vec::with_capacity(limit.min(64));
-            while let Some(raw) = cursor.try_next().await.map_err(map_err)? {
+            let mut budget = PageBudget::new(query.max_bytes);
+            while let Some((doc, bytes)) = next_stored(&mut cursor).await? {
                 self.in_time(started)?;
-                let doc = value::from_stored(&raw).map_err(|e| unavailable(format!("{e:?}")))?;
                 if exact || filter.matches_document(&doc) {
+                    let more = budget.take(bytes);
                     out.push(doc);
-                    if out.len() == limit {
+                    if out.len() == limit || !more {
                         break;
                     }
                 }
@@ -556,9 +585,9 @@ impl MongoStore {
             .as_ref()
             .map(|c| (SortKey(c.key.clone()), c.id.clone()));
         let mut best: BinaryHeap<Ranked<'_>> = BinaryHeap::new();
-        while let Some(raw) = cursor.try_next().await.map_err(map_err)? {
+        let mut held = 0usize;
+        while let Some((doc, bytes)) = next_stored(&mut cursor).await? {
             self.in_time(started)?;
-            let doc = value::from_stored(&raw).map_err(|e| unavailable(format!("{e:?}")))?;
             if !exact && !filter.matches_document(&doc) {
                 continue;
             }
@@ -569,12 +598,23 @@ impl MongoStore {
             if !past {
                 continue;
             }
-            let entry = Ranked { key, doc, sort };
-            if best.len() < limit {
+            let entry = Ranked {
+                key,
+                doc,
+                bytes,
+                sort,
+            };
+            if best.len() < limit || best.peek().is_some_and(|worst| entry < *worst) {
+                held += entry.bytes;
                 best.push(entry);
-            } else if best.peek().is_some_and(|worst| entry < *worst) {
-                best.pop();
-                best.push(entry);
+                if best.len() > limit
+                    && let Some(worst) = best.pop()
+                {
+                    held -= worst.bytes;
+                }
+                if let Some(max) = query.max_bytes {
+                    trim_to_budget(&mut best, &mut held, max, |r| r.bytes);
+                }
             }
         }
         self.in_time(started)?;
@@ -588,7 +628,7 @@ impl MongoStore {
         filter: &Filter,
     ) -> Result<u64, StoreError> {
         let started = Instant::now();
-        self.known(coll)?;
+        self.known(coll).await?;
         let filter = scope.filter().clone().and(filter.clone());
         if matches!(filter.root(), Node::Nothing) {
             return Ok(0);
@@ -621,6 +661,20 @@ impl MongoStore {
         }
         Ok(n)
     }
+}
+
+/// The next document of `cursor`, with its size as JSON (the measure of
+/// a page's byte budget on every engine: `arca_core::document::json_len`).
+async fn next_stored(
+    cursor: &mut mongodb::Cursor<BsonDoc>,
+) -> Result<Option<(Document, usize)>, StoreError> {
+    let Some(stored) = cursor.try_next().await.map_err(map_err)? else {
+        return Ok(None);
+    };
+    let doc = value::from_stored(&stored).map_err(|e| unavailable(format!("{e:?}")))?;
+    let bytes =
+        arca_core::document::json_len(&doc.system, arca_core::document::body_len(&doc.body));
+    Ok(Some((doc, bytes)))
 }
 
 /// FNV-1a over the catalogue's (name, nonce) pairs: the generation.
@@ -745,7 +799,7 @@ impl Store for MongoStore {
                         doc! {"_id": name.as_str()},
                         doc! {
                             "$set": {"def": &record, "updated_at": spec.at, "nonce": nonce},
-                            "$setOnInsert": {"created_at": spec.at},
+                            "$setOnInsert": {"created_at": spec.created_at.unwrap_or(spec.at)},
                         },
                     )
                     .upsert(true)
@@ -794,7 +848,7 @@ impl Store for MongoStore {
         scope: &Scope,
         doc: &Document,
     ) -> Result<(), StoreError> {
-        self.known(coll)?;
+        self.known(coll).await?;
         let stored = value::to_stored(doc, scope.tenant())
             .map_err(|e| unavailable(format!("a document BSON cannot hold: {e:?}")))?;
         let result = self
@@ -818,7 +872,7 @@ impl Store for MongoStore {
         scope: &Scope,
         id: &DocId,
     ) -> Result<Option<Document>, StoreError> {
-        self.known(coll)?;
+        self.known(coll).await?;
         let raw = self
             .bounded_read(async {
                 self.coll(coll)
@@ -841,7 +895,7 @@ impl Store for MongoStore {
         doc: &Document,
         expected_rev: u64,
     ) -> Result<(), StoreError> {
-        self.known(coll)?;
+        self.known(coll).await?;
         let stored = value::to_stored(doc, scope.tenant())
             .map_err(|e| unavailable(format!("a document BSON cannot hold: {e:?}")))?;
         let rev = i64::try_from(expected_rev).unwrap_or(i64::MAX);
@@ -872,7 +926,7 @@ impl Store for MongoStore {
         id: &DocId,
         expected_rev: Option<u64>,
     ) -> Result<Document, StoreError> {
-        self.known(coll)?;
+        self.known(coll).await?;
         let mut filter = doc! {"_id": value::stored_id(scope.tenant(), id)};
         if let Some(rev) = expected_rev {
             filter.insert("_rev", i64::try_from(rev).unwrap_or(i64::MAX));
@@ -908,5 +962,71 @@ impl Store for MongoStore {
     ) -> Result<u64, StoreError> {
         self.bounded_read(self.count_docs(coll, scope, filter))
             .await
+    }
+
+    async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let candidate = mongodb::bson::Binary {
+            subtype: mongodb::bson::spec::BinarySubtype::Generic,
+            bytes: rand::random::<[u8; 32]>().to_vec(),
+        };
+        let kept = self
+            .bounded(async {
+                self.db
+                    .collection::<BsonDoc>("_arca_secrets")
+                    .find_one_and_update(
+                        doc! {"_id": name},
+                        doc! {"$setOnInsert": {"value": candidate}},
+                    )
+                    .upsert(true)
+                    .return_document(mongodb::options::ReturnDocument::After)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        match kept.as_ref().and_then(|d| d.get("value")) {
+            Some(Bson::Binary(b)) => b
+                .bytes
+                .clone()
+                .try_into()
+                .map_err(|_| unavailable(format!("the secret {name:?} is not 32 bytes"))),
+            _ => Err(unavailable(format!("the secret {name:?} was not kept"))),
+        }
+    }
+
+    async fn export(
+        &self,
+        coll: &CollectionName,
+        after: Option<&ExportPosition>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, Document)>, StoreError> {
+        self.known(coll).await?;
+        let filter = match after {
+            // String comparisons only (no embedded-document ordering), on
+            // the {_tenant, _id.i} index.
+            Some(p) => doc! {"$or": [
+                {"_tenant": {"$gt": p.tenant.as_str()}},
+                {"_tenant": p.tenant.as_str(), "_id.i": {"$gt": p.id.as_str()}},
+            ]},
+            None => doc! {},
+        };
+        self.bounded_read(async {
+            let mut cursor = self
+                .coll(coll)
+                .find(filter)
+                .sort(doc! {"_tenant": 1, "_id.i": 1})
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .await
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(raw) = cursor.try_next().await.map_err(map_err)? {
+                let key = value::stored_tenant(&raw)
+                    .map_err(|e| unavailable(format!("{e:?}")))?
+                    .to_owned();
+                let doc = value::from_stored(&raw).map_err(|e| unavailable(format!("{e:?}")))?;
+                out.push((crate::tenant_of_key(&key)?, doc));
+            }
+            Ok(out)
+        })
+        .await
     }
 }

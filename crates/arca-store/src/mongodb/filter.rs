@@ -142,6 +142,36 @@ pub fn filter_to_bson_loose(filter: &Filter) -> Translated {
     filter_to_bson(filter)
 }
 
+thread_local! {
+    /// Set while `filter_to_bson_client_view` translates.
+    static CLIENT_VIEW: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn client_view() -> bool {
+    CLIENT_VIEW.with(std::cell::Cell::get)
+}
+
+/// `filter_to_bson` for documents in the client view rather than the
+/// stored layout: a `$match` stage of an aggregation pipeline after the
+/// stage that turned stored documents into what clients see (`_id` a plain
+/// field, no `_tenant`), and after stages that may have computed any value.
+/// So paths are sent as written (`_id` is not mapped, `_tenant` is simply
+/// missing), a name starting with `_` may hold arrays like any other (null
+/// equality through arrays is handled as for user fields), and `$type`
+/// `int`/`long` is never exact: a computed integer's BSON kind on the
+/// server (an `$add` with an Int64 operand is Int64 however small) is not
+/// known to the evaluator. Same flag pattern as `filter_to_bson_loose`.
+pub fn filter_to_bson_client_view(filter: &Filter) -> Translated {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CLIENT_VIEW.with(|l| l.set(self.0));
+        }
+    }
+    let _reset = Reset(CLIENT_VIEW.with(|l| l.replace(true)));
+    filter_to_bson(filter)
+}
+
 /// The sort document: each field ascending (1) or descending (-1), then
 /// `_id` ascending unless the sort already names `_id`.
 ///
@@ -386,12 +416,12 @@ struct MPath {
 const KEPT_SYSTEM_FIELDS: &[&str] = &["_rev", "_created_at", "_updated_at", "_owner"];
 
 /// Whether the evaluator or the server may read `seg` as an array index.
-fn numeric_segment(seg: &str) -> bool {
+pub(crate) fn numeric_segment(seg: &str) -> bool {
     seg.parse::<usize>().is_ok() || (!seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A top-level path as stored, without the numeric or NUL checks.
-fn top_path(path: &FieldPath) -> String {
+pub(crate) fn top_path(path: &FieldPath) -> String {
     let segs = path.segments();
     match segs.first().map(String::as_str) {
         Some("_id") => {
@@ -416,8 +446,9 @@ fn map_path(path: &FieldPath, top: bool) -> Option<MPath> {
     if segs.iter().any(|s| numeric_segment(s) || s.contains('\0')) {
         return None;
     }
-    let system = top && segs.first().is_some_and(|s| s.starts_with('_'));
-    let mongo = if top {
+    let client = client_view();
+    let system = top && !client && segs.first().is_some_and(|s| s.starts_with('_'));
+    let mongo = if top && !client {
         top_path(path)
     } else {
         path.as_str().to_owned()
@@ -431,7 +462,9 @@ fn map_path(path: &FieldPath, top: bool) -> Option<MPath> {
     Some(MPath {
         mongo,
         array_prefixes,
-        is_rev: top && path.as_str() == "_rev",
+        // In the client view any value may be a computed integer of
+        // unknown BSON kind, as `_rev` always is in the stored layout.
+        is_rev: (top && path.as_str() == "_rev") || client,
     })
 }
 
@@ -839,6 +872,14 @@ fn value_op(c: &Cond) -> OpApprox {
             }
         }
         Cond::Exists(b) => OpApprox::exact(OpQ::one("$exists", *b), true),
+        Cond::Type(types)
+            if client_view()
+                && types
+                    .iter()
+                    .any(|t| matches!(t, TypeName::Int | TypeName::Long)) =>
+        {
+            unknown_op()
+        }
         Cond::Type(types) => match type_operand(types) {
             Some(t) => {
                 let only_array = types
@@ -962,7 +1003,8 @@ mod tests {
         exact(json!({"a": {"$lte": false}}), doc! {"a": {"$lte": false}});
         exact(
             json!({"a": {"$in": [1, "x", null]}}),
-            doc! {"a": {"$in": [1, "x", Bson::Null]}},
+            // A set: sorted in MongoDB's order, duplicates dropped.
+            doc! {"a": {"$in": [Bson::Null, 1, "x"]}},
         );
         exact(
             json!({"a": {"$nin": [1, [2]]}}),
@@ -1207,6 +1249,32 @@ mod tests {
         let positive = filter_to_bson_loose(&Filter::parse(&json!({"a": {"$gt": 0}})).expect("f"));
         assert_eq!(positive.filter, doc! {"a": {"$gt": 0}});
         assert!(!positive.exact);
+    }
+
+    #[test]
+    fn client_view_paths_are_sent_as_written() {
+        let cv = |f: Value| filter_to_bson_client_view(&Filter::parse(&f).expect("filter"));
+        assert_eq!(
+            cv(json!({"_id": "a"})),
+            Translated {
+                filter: doc! {"_id": {"$eq": "a"}},
+                exact: true
+            }
+        );
+        // `_tenant` is not in the client view: sent as is, it finds nothing.
+        assert_eq!(
+            cv(json!({"_tenant": "t1"})).filter,
+            doc! {"_tenant": {"$eq": "t1"}}
+        );
+        // A computed integer's BSON kind is unknown.
+        assert!(!cv(json!({"n": {"$type": "int"}})).exact);
+        assert!(!cv(json!({"n": {"$elemMatch": {"$type": "long"}}})).exact);
+        assert!(cv(json!({"n": {"$type": "double"}})).exact);
+        // Any name may hold arrays there, `_` ones too.
+        assert!(!cv(json!({"_x.y": null})).exact);
+        assert!(cv(json!({"a": {"$gt": 1}})).exact);
+        // The flag is reset after the call.
+        assert_eq!(t(json!({"_id": "a"})).filter, doc! {"_id.i": {"$eq": "a"}});
     }
 
     #[test]

@@ -9,9 +9,13 @@
 //!   reference evaluator matches, with an `exact` flag; sort and projection
 //!   documents.
 //! - `schema`: a collection's JSON Schema -> a `$jsonSchema` validator.
+//! - `pipeline`: a scoped aggregation `Pipeline` -> the BSON pipeline sent
+//!   (tenant and read filters first, in every `$lookup` too, and the
+//!   client view before any user stage).
 
 mod engine;
 pub mod filter;
+pub mod pipeline;
 pub mod schema;
 pub mod value;
 

@@ -30,12 +30,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use arca_core::query::{Filter, Node};
-use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope};
+use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope, Tenant};
 use rusqlite::{Connection, params};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{CollectionSpec, PutOutcome, Query, Store, StoreError, StoredCollection};
+use crate::{
+    CollectionSpec, ExportPosition, PageWriter, PutOutcome, Query, Store, StoreError,
+    StoredCollection,
+};
 use readers::Readers;
 use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
 use writer::{WriteOp, map_err};
@@ -273,12 +276,14 @@ impl Store for SqliteStore {
         })
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (name, indexes, at) = (spec.name.clone(), spec.indexes.to_vec(), spec.at.to_owned());
+        let created_at = spec.created_at.unwrap_or(spec.at).to_owned();
         let out = self
             .write(|reply| WriteOp::PutCollection {
                 name,
                 record,
                 indexes,
                 at,
+                created_at,
                 reply,
             })
             .await?;
@@ -412,6 +417,21 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn find_written(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        query: &Query,
+        write: PageWriter,
+    ) -> Result<Vec<u8>, StoreError> {
+        // Written on the reader thread: the documents' strings are freed
+        // by the thread that allocated them, and one buffer crosses over.
+        self.find_found(coll, scope, query, text_body(scope, query), move |found| {
+            write(texts(found)?)
+        })
+        .await
+    }
+
     async fn count(
         &self,
         coll: &CollectionName,
@@ -448,6 +468,52 @@ impl Store for SqliteStore {
                 true
             })?;
             Ok(n)
+        })
+        .await
+    }
+
+    async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let (name, candidate) = (name.to_owned(), rand::random::<[u8; 32]>());
+        self.write(|reply| WriteOp::Secret {
+            name,
+            candidate,
+            reply,
+        })
+        .await
+    }
+
+    async fn export(
+        &self,
+        coll: &CollectionName,
+        after: Option<&ExportPosition>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, Document)>, StoreError> {
+        let table = sql::table(coll);
+        let sql = match after {
+            Some(_) => format!(
+                "SELECT {}, tenant FROM {table} WHERE (tenant, id) > (?1, ?2) ORDER BY tenant, id LIMIT ?3",
+                sql::DOC_COLUMNS
+            ),
+            None => format!(
+                "SELECT {}, tenant FROM {table} WHERE ?1 IS NULL AND ?2 IS NULL ORDER BY tenant, id LIMIT ?3",
+                sql::DOC_COLUMNS
+            ),
+        };
+        let (tenant, id) = match after {
+            Some(p) => (Some(p.tenant.clone()), Some(p.id.as_str().to_owned())),
+            None => (None, None),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&sql).map_err(map_err)?;
+            let mut rows = st.query(params![tenant, id, limit]).map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(map_err)? {
+                let doc = sql::decode_document(row).map_err(map_err)??;
+                let key: String = row.get(6).map_err(map_err)?;
+                out.push((crate::tenant_of_key(&key)?, doc));
+            }
+            Ok(out)
         })
         .await
     }
@@ -513,6 +579,7 @@ mod tests {
                 indexes: &[index],
                 access: &serde_json::json!({}),
                 at: "2026-12-06T00:00:00.000Z",
+                created_at: None,
             })
             .await
             .expect("define");
@@ -538,8 +605,8 @@ mod tests {
             let filter = Filter::parse(&serde_json::json!({ "category": value })).expect("filter");
             let pa = [no_tenant(), Sql::Text(value.into()), no_tenant()];
             let pb = [no_tenant(), no_tenant()];
-            let page =
-                merged_scan(&conn, (&a, &pa), (&b, &pb), &filter, &Body::Full, 5).expect("scan");
+            let page = merged_scan(&conn, (&a, &pa), (&b, &pb), &filter, &Body::Full, (5, None))
+                .expect("scan");
             assert_eq!(page.len(), 5, "{value}");
         }
         for sql in [a, b] {

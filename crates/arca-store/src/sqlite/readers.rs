@@ -1,14 +1,18 @@
 //! The reader pool of the embedded engine: a few dedicated threads, each
 //! owning one read connection, fed through `queue` (which decides how many
 //! are awake). Reads already queued together share one read transaction.
+//! A read whose request went away (the client disconnected, or its time
+//! ran out) is skipped if it has not started, and interrupted at SQLite's
+//! next progress check (every 1,000 VM steps) if it has, so an abandoned
+//! query frees its reader thread at once.
 //! (Dedicated threads rather than tokio's blocking pool: under load that
 //! pool grew to dozens of short-lived threads, each with its own allocator
 //! heap, and a shared connection pool needed a lock; a fixed set of readers
 //! bounds both.)
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -25,6 +29,26 @@ pub struct ReadJob {
     /// A point read (by primary key): cheap and bounded, so several of
     /// them may share one read transaction (see `reader_loop`).
     point: bool,
+    /// Set when the one waiting for the result is gone (its request was
+    /// cancelled: the client went away, or its time ran out): the read is
+    /// skipped, or interrupted at SQLite's next progress check.
+    abandoned: Arc<AtomicBool>,
+}
+
+/// Sets a job's `abandoned` flag unless disarmed: held by the waiting
+/// side, so dropping its future (the request went away) abandons the job.
+struct AbandonOnDrop(Option<Arc<AtomicBool>>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn set_current(slot: &Mutex<Option<Arc<AtomicBool>>>, job: Option<Arc<AtomicBool>>) {
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = job;
 }
 
 /// At most this many point reads share one read transaction.
@@ -36,6 +60,11 @@ const LONG_BATCH: usize = 4;
 /// The sending side of the pool: what the store holds.
 pub struct Readers {
     jobs: queue::Sender<ReadJob>,
+    /// Listings and counts running or queued at once: one reader fewer
+    /// than there are, so a read by id always finds one (a few slow
+    /// listings would otherwise hold every reader and make every GET wait
+    /// out their time).
+    long: Arc<tokio::sync::Semaphore>,
 }
 
 impl Readers {
@@ -57,19 +86,35 @@ impl Readers {
             // job's deadline every 1000 VM steps.
             let epoch = Instant::now();
             let deadline = Arc::new(AtomicU64::new(u64::MAX));
-            let watched = deadline.clone();
+            // The running job's `abandoned` flag (only this reader thread
+            // sets or reads it: the lock is never contended).
+            let current: Arc<Mutex<Option<Arc<AtomicBool>>>> = Arc::default();
+            let (watched, watched_job) = (deadline.clone(), current.clone());
             conn.progress_handler(
                 1000,
-                Some(move || epoch.elapsed().as_millis() as u64 > watched.load(Ordering::Relaxed)),
+                Some(move || {
+                    epoch.elapsed().as_millis() as u64 > watched.load(Ordering::Relaxed)
+                        || watched_job
+                            .lock()
+                            .ok()
+                            .and_then(|j| j.as_ref().map(|a| a.load(Ordering::Relaxed)))
+                            .unwrap_or(false)
+                }),
             )
             .map_err(map_err)?;
             std::thread::Builder::new()
                 .name(format!("arca-sqlite-reader-{n}"))
                 .spawn(move || {
                     reader_loop(&conn, &receiver, |job| {
+                        if job.abandoned.load(Ordering::Relaxed) {
+                            // Nobody waits for it: skip the work.
+                            return;
+                        }
                         let limit = (epoch.elapsed() + read_timeout).as_millis() as u64;
                         deadline.store(limit, Ordering::Relaxed);
+                        set_current(&current, Some(job.abandoned.clone()));
                         (job.run)(&conn);
+                        set_current(&current, None);
                         deadline.store(u64::MAX, Ordering::Relaxed);
                     })
                 })
@@ -77,7 +122,10 @@ impl Readers {
                     StoreError::Unavailable(format!("cannot start a reader thread: {e}"))
                 })?;
         }
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            long: Arc::new(tokio::sync::Semaphore::new(count.saturating_sub(1).max(1))),
+        })
     }
 
     /// Runs `f` on a reader thread's connection and awaits its result;
@@ -88,7 +136,19 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        // Waiting here holds no reader: cancelled, it leaves nothing behind.
+        let _long = match point {
+            true => None,
+            false => Some(
+                self.long
+                    .acquire()
+                    .await
+                    .map_err(|_| StoreError::Unavailable("readers stopped".into()))?,
+            ),
+        };
         let (tx, rx) = oneshot::channel();
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let mut guard = AbandonOnDrop(Some(abandoned.clone()));
         let run = Box::new(move |conn: &Connection| {
             // A panic in `f` drops `tx`: the caller sees "unavailable",
             // and the reader thread survives it.
@@ -98,10 +158,18 @@ impl Readers {
             }
         });
         self.jobs
-            .send(ReadJob { run, point })
+            .send(ReadJob {
+                run,
+                point,
+                abandoned,
+            })
             .map_err(|_| StoreError::Unavailable("readers stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("the read failed".into()))?
+        let out = rx
+            .await
+            .map_err(|_| StoreError::Unavailable("the read failed".into()))?;
+        // Answered: nothing to abandon any more.
+        guard.0 = None;
+        out
     }
 }
 /// A reader thread's loop: runs jobs until the store is dropped.

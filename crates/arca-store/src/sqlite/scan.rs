@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::writer::map_err;
 use super::{SqliteStore, plan, sql};
-use crate::{Query, StoreError};
+use crate::{PageBudget, Query, StoreError, trim_to_budget};
 
 /// The two statements of an ordered equality page (see `ordered_sql`).
 pub type OrderedSql = Arc<(String, String)>;
@@ -123,6 +123,7 @@ impl SqliteStore {
             return finish(Vec::new());
         }
         let (sort, limit, after) = (query.sort.clone(), query.limit, query.after.clone());
+        let max_bytes = query.max_bytes;
         let by_id = sort.is_by_id();
         if by_id
             && let Some((path, value)) = plan::prefer_ordered(&filter, &self.indexed_paths(coll))
@@ -141,7 +142,8 @@ impl SqliteStore {
                     ];
                     let pb = [Sql::Text(tenant), Sql::Text(after_id)];
                     let (a, b) = &*sql;
-                    merged_scan(c, (a, &pa), (b, &pb), &filter, &body, limit).and_then(finish)
+                    let page = (limit, max_bytes);
+                    merged_scan(c, (a, &pa), (b, &pb), &filter, &body, page).and_then(finish)
                 })
                 .await;
         }
@@ -157,19 +159,23 @@ impl SqliteStore {
         );
         self.read(move |c| {
             if by_id {
-                // Candidates arrive in `_id` order: stop at the page's end.
+                // Candidates arrive in `_id` order: stop at the page's end
+                // (its count, or its bytes).
                 let mut out = Vec::with_capacity(limit.min(64));
+                let mut budget = PageBudget::new(max_bytes);
                 scan(c, &sql, &params, &filter, &body, |doc| {
+                    let more = budget.take(doc.bytes);
                     out.push(doc);
-                    out.len() < limit
+                    out.len() < limit && more
                 })?;
                 return finish(out);
             }
             // Another order: every match is keyed in Rust and only the best
-            // `limit` are kept (a bounded heap: memory stays O(limit)
-            // however large the collection).
+            // `limit` are kept (a bounded heap: memory stays O(limit), and
+            // O(max_bytes) in bytes, however large the collection).
             let mut best: std::collections::BinaryHeap<Ranked<'_>> =
                 std::collections::BinaryHeap::new();
+            let mut held = 0usize;
             let cursor = after
                 .as_ref()
                 .map(|c| (SortKey(c.key.clone()), c.id.clone()));
@@ -185,11 +191,17 @@ impl SqliteStore {
                         doc,
                         sort: &sort,
                     };
-                    if best.len() < limit {
+                    if best.len() < limit || best.peek().is_some_and(|worst| entry < *worst) {
+                        held += entry.doc.bytes;
                         best.push(entry);
-                    } else if best.peek().is_some_and(|worst| entry < *worst) {
-                        best.pop();
-                        best.push(entry);
+                        if best.len() > limit
+                            && let Some(worst) = best.pop()
+                        {
+                            held -= worst.doc.bytes;
+                        }
+                        if let Some(max) = max_bytes {
+                            trim_to_budget(&mut best, &mut held, max, |r| r.doc.bytes);
+                        }
                     }
                 }
                 true
@@ -274,7 +286,7 @@ pub(super) fn merged_scan(
     (b_sql, b_params): (&str, &[Sql]),
     filter: &Filter,
     body: &Body,
-    limit: usize,
+    (limit, max_bytes): (usize, Option<usize>),
 ) -> Result<Vec<Found>, StoreError> {
     let mut sa = c.prepare_cached(a_sql).map_err(map_err)?;
     let mut sb = c.prepare_cached(b_sql).map_err(map_err)?;
@@ -292,6 +304,7 @@ pub(super) fn merged_scan(
     };
     let (mut na, mut nb) = (next(&mut ra)?, next(&mut rb)?);
     let mut out = Vec::with_capacity(limit.min(64));
+    let mut budget = PageBudget::new(max_bytes);
     loop {
         let doc = match (na.take(), nb.take()) {
             (None, None) => break,
@@ -322,8 +335,9 @@ pub(super) fn merged_scan(
             },
         };
         if filter.matches_document(&doc.doc) {
+            let more = budget.take(doc.bytes);
             out.push(doc);
-            if out.len() == limit {
+            if out.len() == limit || !more {
                 break;
             }
         }
@@ -400,16 +414,28 @@ pub(super) enum Body {
 pub(super) struct Found {
     pub(super) doc: Document,
     pub(super) text: Option<String>,
+    /// Its size as JSON (`arca_core::document::json_len`: what a page's
+    /// byte budget counts).
+    pub(super) bytes: usize,
 }
 
 impl Body {
     fn decode(&self, row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Found, StoreError>> {
         match self {
-            Body::Full => Ok(sql::decode_document(row)?.map(|doc| Found { doc, text: None })),
+            Body::Full => {
+                let body_len = row.get_ref(5)?.as_bytes()?.len();
+                Ok(sql::decode_document(row)?.map(|doc| Found {
+                    bytes: arca_core::document::json_len(&doc.system, body_len),
+                    doc,
+                    text: None,
+                }))
+            }
             Body::Fields(keys) => {
                 let text: String = row.get(5)?;
                 let body = arca_core::parse_body_fields(&text, keys).unwrap_or_default();
+                let body_len = text.len();
                 Ok(sql::decode_system(row)?.map(|system| Found {
+                    bytes: arca_core::document::json_len(&system, body_len),
                     doc: Document { system, body },
                     text: Some(text),
                 }))

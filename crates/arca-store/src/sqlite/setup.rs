@@ -10,9 +10,10 @@ use rusqlite::{Connection, OpenFlags};
 use super::writer::map_err;
 use crate::StoreError;
 
-/// The engine's own tables: the catalogue of collection definitions, and
+/// The engine's own tables: the catalogue of collection definitions,
 /// small shared values (the catalogue generation, which every process on
-/// the file polls to learn that definitions changed).
+/// the file polls to learn that definitions changed), and the secrets
+/// every process must share (signing keys).
 const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_collections (
         name TEXT PRIMARY KEY,
@@ -23,6 +24,10 @@ const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_meta (
         key TEXT PRIMARY KEY,
         value INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS _arca_secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
     );";
 
 /// Opens a connection to `path` with the engine's settings. The writer's

@@ -44,11 +44,19 @@ pub enum WriteOp {
         record: String,
         indexes: Vec<IndexDef>,
         at: String,
+        created_at: String,
         reply: oneshot::Sender<Result<PutOutcome, StoreError>>,
     },
     DeleteCollection {
         name: CollectionName,
         reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Keeps `candidate` as the secret `name` unless one is kept already;
+    /// answers the kept one.
+    Secret {
+        name: String,
+        candidate: [u8; 32],
+        reply: oneshot::Sender<Result<[u8; 32], StoreError>>,
     },
 }
 
@@ -70,6 +78,10 @@ enum Done {
         oneshot::Sender<Result<bool, StoreError>>,
         Result<bool, StoreError>,
     ),
+    Key(
+        oneshot::Sender<Result<[u8; 32], StoreError>>,
+        Result<[u8; 32], StoreError>,
+    ),
 }
 
 impl Done {
@@ -80,6 +92,7 @@ impl Done {
             Done::Unit(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Put(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Bool(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
+            Done::Key(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
         }
     }
 }
@@ -167,6 +180,7 @@ fn fail(op: WriteOp, err: &StoreError) -> Done {
         WriteOp::Delete { reply, .. } => Done::Doc(reply, Err(err.clone())),
         WriteOp::PutCollection { reply, .. } => Done::Put(reply, Err(err.clone())),
         WriteOp::DeleteCollection { reply, .. } => Done::Bool(reply, Err(err.clone())),
+        WriteOp::Secret { reply, .. } => Done::Key(reply, Err(err.clone())),
     }
 }
 
@@ -225,9 +239,10 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
             record,
             indexes,
             at,
+            created_at,
             reply,
         } => {
-            let r = put_collection(conn, &name, &record, &indexes, &at);
+            let r = put_collection(conn, &name, &record, &indexes, &at, &created_at);
             let ok = r.is_ok();
             (Done::Put(reply, r), ok)
         }
@@ -235,6 +250,15 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
             let r = delete_collection(conn, &name);
             let ok = r.is_ok();
             (Done::Bool(reply, r), ok)
+        }
+        WriteOp::Secret {
+            name,
+            candidate,
+            reply,
+        } => {
+            let r = secret(conn, &name, &candidate);
+            let ok = r.is_ok();
+            (Done::Key(reply, r), ok)
         }
     }
 }
@@ -410,15 +434,16 @@ fn put_collection(
     record: &str,
     indexes: &[IndexDef],
     ts: &str,
+    created_at: &str,
 ) -> Result<PutOutcome, StoreError> {
     let existed = conn
         .prepare_cached("SELECT 1 FROM _arca_collections WHERE name = ?1")
         .and_then(|mut st| st.exists(params![name.as_str()]))
         .map_err(map_err)?;
     conn.execute(
-        "INSERT INTO _arca_collections (name, def, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+        "INSERT INTO _arca_collections (name, def, created_at, updated_at) VALUES (?1, ?2, ?4, ?3)
          ON CONFLICT (name) DO UPDATE SET def = excluded.def, updated_at = excluded.updated_at",
-        params![name.as_str(), record, ts],
+        params![name.as_str(), record, ts, created_at],
     )
     .map_err(map_err)?;
     conn.execute_batch(&sql::create_table(name))
@@ -476,4 +501,16 @@ fn delete_collection(conn: &Connection, name: &CollectionName) -> Result<bool, S
         .map_err(map_err)?;
     bump_catalog_generation(conn)?;
     Ok(n == 1)
+}
+
+fn secret(conn: &Connection, name: &str, candidate: &[u8; 32]) -> Result<[u8; 32], StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO _arca_secrets (name, value) VALUES (?1, ?2)")
+        .and_then(|mut st| st.execute(params![name, candidate.as_slice()]))
+        .map_err(map_err)?;
+    let kept: Vec<u8> = conn
+        .prepare_cached("SELECT value FROM _arca_secrets WHERE name = ?1")
+        .and_then(|mut st| st.query_row(params![name], |r| r.get(0)))
+        .map_err(map_err)?;
+    kept.try_into()
+        .map_err(|_| StoreError::Unavailable(format!("the secret {name:?} is not 32 bytes")))
 }

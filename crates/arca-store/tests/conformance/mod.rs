@@ -78,6 +78,8 @@ macro_rules! conformance_suite {
             deleting_a_collection_drops_its_documents,
             a_missing_collection_is_collection_missing,
             the_filter_table_finds_what_it_expects,
+            export_walks_every_tenant_in_order,
+            secrets_are_made_once_and_kept,
             a_read_past_its_time_limit_is_a_timeout,
             reads_see_every_write_acknowledged_before_them,
         );
@@ -183,6 +185,7 @@ pub async fn define_at(
             indexes,
             access: &json!({"read": {"roles": ["*"]}}),
             at,
+            created_at: None,
         })
         .await
 }

@@ -143,6 +143,7 @@ async fn load<E: Engine>(docs: &[Map<String, Value>], indexes: &[IndexDef]) -> F
             indexes,
             access: &json!({}),
             at: T0,
+            created_at: None,
         })
         .await
         .expect("define");
@@ -221,6 +222,7 @@ async fn check_listings<E: Engine>(
         sort: Sort::by_id(),
         after: None,
         limit: 1000,
+        max_bytes: None,
     };
     let all = store.find(&coll(), &scope, &everything).await.expect("all");
     prop_assert_eq!(
@@ -240,6 +242,7 @@ async fn check_listings<E: Engine>(
             sort: Sort::by_id(),
             after: None,
             limit: 1000,
+            max_bytes: None,
         };
         let found = store.find(&coll(), &scope, &query).await.expect("find");
         let got: Vec<String> = found.iter().map(|d| d.system.id.to_string()).collect();
@@ -314,6 +317,7 @@ pub fn cursor_walks_visit_every_document_once<E: Engine>() {
                         sort: sort.clone(),
                         after: after.clone(),
                         limit: page,
+                        max_bytes: None,
                     };
                     let batch = store.find(&coll(), &scope, &q).await.expect("page");
                     let text_ids: Vec<String> = store
@@ -381,6 +385,7 @@ pub fn equality_pages_find_documents_through_arrays<E: Engine>() {
                     sort: Sort::by_id(),
                     after: None,
                     limit,
+                    max_bytes: None,
                 };
                 store
                     .find(&coll(), scope, &q)

@@ -1,0 +1,203 @@
+//! `arca copy --from URL --to URL`: moves a whole store between engines
+//! (SQLite to MongoDB when a team outgrows one machine, or back): every
+//! collection definition, then every document of every tenant with its id,
+//! revision, timestamps and owner unchanged (engines store what they are
+//! given, so a copy is exact). A target that already holds collections is
+//! refused unless `--resume` (an interrupted copy run again: definitions
+//! must then match, and documents already there are skipped). Progress
+//! goes to standard error every few seconds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arca_core::Scope;
+use arca_server::config::Config;
+use arca_store::{CollectionSpec, ExportPosition, Store, StoreError};
+use tokio::task::JoinSet;
+
+/// Documents read per export page.
+const PAGE: usize = 1000;
+
+/// Inserts in flight at once (enough for either engine's write path).
+const IN_FLIGHT: usize = 64;
+
+/// What a copy did, for its summary line.
+#[derive(Default)]
+struct Totals {
+    collections: usize,
+    copied: u64,
+    already: u64,
+}
+
+/// Opens the store at `url` with the rest of `cfg`.
+async fn open(cfg: &Config, url: &str) -> Result<Arc<dyn Store>, String> {
+    let mut cfg = cfg.clone();
+    cfg.store.url = url.to_owned();
+    if cfg.store.engine().is_none() {
+        return Err(format!(
+            "{}: expected sqlite://PATH or a mongodb:// URI",
+            arca_server::config::redact_url_password(url)
+        ));
+    }
+    crate::open_store(&cfg).await
+}
+
+/// Copies the store at `from` into the one at `to`; a one-line summary.
+pub async fn run(cfg: &Config, from: &str, to: &str, resume: bool) -> Result<String, String> {
+    let started = Instant::now();
+    let shown = |u: &str| arca_server::config::redact_url_password(u);
+    if from == to {
+        return Err("--from and --to name the same store".into());
+    }
+    let source = open(cfg, from).await?;
+    let target = open(cfg, to).await?;
+    let defs = source
+        .collections()
+        .await
+        .map_err(|e| format!("reading {}: {e}", shown(from)))?;
+    let existing = target
+        .collections()
+        .await
+        .map_err(|e| format!("reading {}: {e}", shown(to)))?;
+    if !existing.is_empty() && !resume {
+        return Err(format!(
+            "{} already holds {} collection(s) ({}); copy into an empty store, or pass --resume to finish an interrupted copy",
+            shown(to),
+            existing.len(),
+            existing
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let mut totals = Totals::default();
+    for def in &defs {
+        match existing.iter().find(|e| e.name == def.name) {
+            Some(e)
+                if e.schema == def.schema && e.indexes == def.indexes && e.access == def.access => {
+            }
+            Some(_) => {
+                return Err(format!(
+                    "{}: the target's definition differs from the source's; resuming would mix them",
+                    def.name
+                ));
+            }
+            None => {
+                target
+                    .put_collection(CollectionSpec {
+                        name: &def.name,
+                        schema: &def.schema,
+                        indexes: &def.indexes,
+                        access: &def.access,
+                        at: &def.updated_at,
+                        created_at: Some(&def.created_at),
+                    })
+                    .await
+                    .map_err(|e| format!("{}: defining it in the target: {e}", def.name))?;
+            }
+        }
+        totals.collections += 1;
+        copy_documents(&source, &target, def, resume, &mut totals).await?;
+    }
+    Ok(format!(
+        "copied {} collection(s) and {} document(s) from {} to {}{} in {:.1} s",
+        totals.collections,
+        totals.copied,
+        shown(from),
+        shown(to),
+        if totals.already > 0 {
+            format!(" ({} already there)", totals.already)
+        } else {
+            String::new()
+        },
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+async fn copy_documents(
+    source: &Arc<dyn Store>,
+    target: &Arc<dyn Store>,
+    def: &arca_store::StoredCollection,
+    resume: bool,
+    totals: &mut Totals,
+) -> Result<(), String> {
+    let name = &def.name;
+    let mut after: Option<ExportPosition> = None;
+    let mut tasks: JoinSet<Result<bool, String>> = JoinSet::new();
+    let mut last_report = Instant::now();
+    let settle = |r: Result<Result<bool, String>, tokio::task::JoinError>,
+                  totals: &mut Totals|
+     -> Result<(), String> {
+        match r {
+            Ok(Ok(true)) => totals.copied += 1,
+            Ok(Ok(false)) => totals.already += 1,
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("a copy task failed: {e}")),
+        }
+        Ok(())
+    };
+    loop {
+        let page = source
+            .export(name, after.as_ref(), PAGE)
+            .await
+            .map_err(|e| format!("{name}: reading the source: {e}"))?;
+        let Some((tenant, last)) = page.last() else {
+            break;
+        };
+        after = Some(ExportPosition {
+            tenant: tenant.key().to_owned(),
+            id: last.system.id.clone(),
+        });
+        let full = page.len() == PAGE;
+        for (tenant, doc) in page {
+            // An operator tool: the copy writes with the store's own
+            // authority, into the tenant each document came from.
+            #[allow(clippy::disallowed_methods)]
+            let scope = Scope::operator(tenant);
+            let (target, name) = (target.clone(), name.clone());
+            tasks.spawn(async move {
+                match target.insert(&name, &scope, &doc).await {
+                    Ok(()) => Ok(true),
+                    // Resuming: the document may be there from the first
+                    // run (an engine may name a unique index before the
+                    // id, so look it up rather than trust which field).
+                    Err(StoreError::Conflict(_))
+                        if resume
+                            && target
+                                .get(&name, &scope, &doc.system.id)
+                                .await
+                                .is_ok_and(|found| found.as_ref() == Some(&doc)) =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(format!(
+                        "{name}: document {} of tenant {:?}: {e}",
+                        doc.system.id,
+                        scope.tenant_key()
+                    )),
+                }
+            });
+            while tasks.len() >= IN_FLIGHT {
+                if let Some(r) = tasks.join_next().await {
+                    settle(r, totals)?;
+                }
+            }
+        }
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!(
+                "arca copy: {name}: {} documents copied so far",
+                totals.copied + totals.already
+            );
+            last_report = Instant::now();
+        }
+        if !full {
+            break;
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        settle(r, totals)?;
+    }
+    eprintln!("arca copy: {name}: done");
+    Ok(())
+}

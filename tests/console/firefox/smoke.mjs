@@ -90,6 +90,7 @@ try {
   await page.goto(`${base}/console/#/collections/ff/documents/new`);
   await waitText(page, 'h1', 'New document in ff');
   const editor = 'textarea.code';
+  await page.waitForSelector(editor);
   await page.$eval(editor, (t) => { t.value = ''; });
   await page.type(editor, '{\n"n": -1\n}');
   await page.click('#save-document');

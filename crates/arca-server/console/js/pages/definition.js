@@ -57,7 +57,9 @@ export async function definitionPage(view, ctx, name) {
   const save = h('button', {type: 'submit', class: 'primary'}, isNew ? 'Create collection' : 'Save definition');
   const form = h('form', {class: 'definition', 'aria-label': 'Collection definition'},
     nameField.wrap, schema.el, indexes.el, access.el, h('p', {class: 'actions'}, save), status);
-  view.append(form);
+  // The form appears once loaded and wired (see document.js).
+  const loading = h('p', {class: 'muted'}, 'Loading…');
+  view.append(loading);
 
   if (isNew) {
     schema.setText(NEW_SCHEMA);
@@ -70,7 +72,7 @@ export async function definitionPage(view, ctx, name) {
       indexes.setText(stringify(data.indexes ?? []));
       access.setText(stringify(data.access ?? {}));
     } catch (e) {
-      form.replaceWith(problemView(e));
+      loading.replaceWith(problemView(e));
       return;
     }
   }
@@ -120,6 +122,7 @@ export async function definitionPage(view, ctx, name) {
     }
   });
 
+  loading.replaceWith(form);
   if (!isNew) view.append(deleteSection(ctx, name));
 }
 

@@ -58,7 +58,10 @@ export async function documentPage(view, ctx, name, id) {
   const save = h('button', {type: 'submit', class: 'primary', id: 'save-document'}, isNew ? 'Create document' : 'Save');
   const buttons = h('p', {class: 'actions'}, save);
   const form = h('form', {'aria-label': 'Document'}, editor.el, buttons);
-  view.append(meta, conflict, form, status);
+  // The page appears once loaded and wired: nothing typed before then
+  // could be overwritten, and no form can be sent without its handler.
+  const loading = h('p', {class: 'muted'}, 'Loading…');
+  view.append(loading);
 
   let etag = null;
   let rev = null;
@@ -82,7 +85,7 @@ export async function documentPage(view, ctx, name, id) {
     try {
       show(await api('GET', `/v1/collections/${name}/documents/${encodeURIComponent(id)}`));
     } catch (e) {
-      form.replaceWith(problemView(e));
+      loading.replaceWith(problemView(e));
       return;
     }
     buttons.append(' ', deleteControl());
@@ -174,6 +177,8 @@ export async function documentPage(view, ctx, name, id) {
       save.disabled = false;
     }
   });
+
+  loading.replaceWith(meta, conflict, form, status);
 
   function deleteControl() {
     const ask = h('button', {type: 'button', class: 'danger', id: 'delete-document'}, 'Delete');

@@ -44,7 +44,9 @@ export async function documentsPage(view, ctx, name) {
   const summary = h('p', {class: 'summary', role: 'status'});
   const results = h('div', {class: 'results'});
   const pager = h('nav', {class: 'pager', 'aria-label': 'Pages'});
-  view.append(form, summary, results, pager);
+  // The query form appears once wired (see document.js).
+  const loading = h('p', {class: 'muted'}, 'Loading…');
+  view.append(loading);
 
   // The schema gives the columns; callers who may not read definitions
   // get columns from the documents themselves.
@@ -53,8 +55,7 @@ export async function documentsPage(view, ctx, name) {
     ({data: {schema}} = await api('GET', `/v1/collections/${name}`));
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
-      form.hidden = true;
-      results.replaceChildren(problemView(e));
+      loading.replaceWith(problemView(e));
       return;
     }
     // 403: a caller who may read documents but not definitions.
@@ -141,5 +142,6 @@ export async function documentsPage(view, ctx, name) {
     load(undefined);
   });
 
+  loading.replaceWith(form, summary, results, pager);
   load(undefined);
 }

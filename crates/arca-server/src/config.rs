@@ -27,6 +27,8 @@ pub struct Config {
     pub docs: DocsConfig,
     /// `[metrics]`
     pub metrics: MetricsConfig,
+    /// `[console]`
+    pub console: ConsoleConfig,
     /// `[query]`
     pub query: QueryConfig,
     /// `[validation]`
@@ -71,6 +73,33 @@ pub struct ValidationConfig {
 impl Default for ValidationConfig {
     fn default() -> Self {
         Self { max_errors: 100 }
+    }
+}
+
+/// `[console]`: the web console at `/console`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console (its pages and `/console/config.json`).
+    pub enabled: bool,
+    /// The console's OAuth client at `auth.issuer`: a public client
+    /// (no secret) allowed the authorization code flow with PKCE and the
+    /// redirect URI `https://HOST/console/`. Unset: the console offers
+    /// only pasting a token (and the dev link in `--dev` mode).
+    pub client_id: Option<String>,
+    /// The scopes the console asks for. `openid` is required (the console
+    /// checks the ID token's nonce); add what makes the IdP issue an
+    /// access token for Arca (Entra ID: `api://arca/access`).
+    pub scope: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            client_id: None,
+            scope: "openid".into(),
+        }
     }
 }
 
@@ -623,6 +652,7 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "expected a non-empty claim name",
         );
     }
+    validate_console(&cfg)?;
     for o in &cfg.server.cors_origins {
         if o != "*" && o.parse::<http::HeaderValue>().is_err() {
             return bad(
@@ -632,6 +662,76 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         }
     }
     Ok(cfg)
+}
+
+/// `[console]`: a client id needs an issuer to sign in against, whose
+/// origin goes into the console's `Content-Security-Policy` (so it must be
+/// a plain origin, nothing that could end a CSP directive); the scope is
+/// RFC 6749 scope tokens, `openid` among them.
+fn validate_console(cfg: &Config) -> Result<(), ConfigError> {
+    let bad = |key: &str, msg: &str| Err(ConfigError(format!("configuration key `{key}`: {msg}")));
+    let c = &cfg.console;
+    if let Some(id) = &c.client_id {
+        if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return bad(
+                "console.client_id",
+                "expected 1 to 256 visible ASCII characters (the client id at the IdP)",
+            );
+        }
+        match &cfg.auth.issuer {
+            None => {
+                return bad(
+                    "console.client_id",
+                    "needs auth.issuer: the OIDC issuer the console signs in with",
+                );
+            }
+            Some(issuer) if origin_of(issuer).is_none() => {
+                return bad(
+                    "auth.issuer",
+                    "expected http(s)://HOST[:PORT][/PATH] (the console's sign-in needs its origin)",
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    let scope_token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    };
+    let tokens: Vec<&str> = c.scope.split(' ').collect();
+    if !tokens.iter().all(|t| scope_token(t)) {
+        return bad(
+            "console.scope",
+            "expected scope names separated by single spaces, e.g. \"openid api://arca/access\"",
+        );
+    }
+    if !tokens.contains(&"openid") {
+        return bad(
+            "console.scope",
+            "must include openid (the console checks the ID token's nonce)",
+        );
+    }
+    Ok(())
+}
+
+/// The origin (`scheme://host[:port]`, lowercase scheme) of an http(s)
+/// URL, or `None` when it is not one or its authority holds anything but
+/// a host name or address and a port (user info, spaces, `;`, ...): the
+/// result is written into a `Content-Security-Policy` header as is.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host_ok = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    host_ok.then(|| format!("{scheme}://{}", authority.to_ascii_lowercase()))
 }
 
 /// A trusted proxy entry as a network: an address is a one-address block.
@@ -841,6 +941,84 @@ mod tests {
         }
         let c = load(None, env(&[("ARCA_SERVER__WORKERS", "1")])).expect("one worker");
         assert_eq!(c.server.workers, 1);
+    }
+
+    #[test]
+    fn console_settings_are_checked() {
+        let c = load(None, env(&[])).expect("defaults");
+        assert!(c.console.enabled);
+        assert_eq!(c.console.client_id, None);
+        assert_eq!(c.console.scope, "openid");
+        let c = load(
+            None,
+            env(&[
+                ("ARCA_CONSOLE__ENABLED", "false"),
+                ("ARCA_AUTH__ISSUER", "https://login.example.com/t/v2.0"),
+                ("ARCA_CONSOLE__CLIENT_ID", "arca-console"),
+                ("ARCA_CONSOLE__SCOPE", "openid api://arca/access"),
+            ]),
+        )
+        .expect("valid");
+        assert!(!c.console.enabled);
+        assert_eq!(c.console.client_id.as_deref(), Some("arca-console"));
+        for (vars, message) in [
+            (
+                vec![("ARCA_CONSOLE__CLIENT_ID", "arca-console")],
+                "`console.client_id`: needs auth.issuer",
+            ),
+            (
+                vec![
+                    ("ARCA_AUTH__ISSUER", "https://a.example.com"),
+                    ("ARCA_CONSOLE__CLIENT_ID", "has space"),
+                ],
+                "`console.client_id`: expected 1 to 256",
+            ),
+            (
+                vec![
+                    ("ARCA_AUTH__ISSUER", "https://a.example.com;script-src *"),
+                    ("ARCA_CONSOLE__CLIENT_ID", "c"),
+                ],
+                "`auth.issuer`: expected http(s)://HOST",
+            ),
+            (
+                vec![("ARCA_CONSOLE__SCOPE", "profile")],
+                "`console.scope`: must include openid",
+            ),
+            (
+                vec![("ARCA_CONSOLE__SCOPE", "openid  x")],
+                "`console.scope`: expected scope names",
+            ),
+            (vec![("ARCA_CONSOLE__ENABLD", "true")], "enabld"),
+        ] {
+            let e = load(None, env(&vars)).expect_err(message);
+            assert!(e.0.contains(message), "{vars:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn origins_are_plain_scheme_host_port() {
+        assert_eq!(
+            origin_of("https://Login.Example.com/tenant/v2.0").as_deref(),
+            Some("https://login.example.com")
+        );
+        assert_eq!(
+            origin_of("HTTP://127.0.0.1:4000").as_deref(),
+            Some("http://127.0.0.1:4000")
+        );
+        assert_eq!(
+            origin_of("http://[::1]:8080?x").as_deref(),
+            Some("http://[::1]:8080")
+        );
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https://user@host",
+            "https://a b",
+            "https://a;b",
+            "host",
+        ] {
+            assert_eq!(origin_of(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - `wire`: request and response shapes the OpenAPI document describes;
 //! - `openapi`: the OpenAPI document and `/docs` (the only module that
 //!   lists the handlers);
+//! - `console`: the web console at `/console`, embedded files served with
+//!   a strict Content-Security-Policy;
 //! - `state`: shared state;
 //! - `metrics`, `respond`: small shared helpers.
 
@@ -24,6 +26,7 @@ pub mod collections;
 pub mod conditions;
 pub mod config;
 mod conn;
+pub mod console;
 pub mod documents;
 pub mod error;
 pub mod explain;
@@ -50,12 +53,16 @@ pub use state::AppState;
 
 /// The whole application: every resource router behind the middleware.
 pub fn app(state: AppState) -> Router {
-    let routes = Router::new()
+    let mut routes = Router::new()
         .merge(ops::router(state.config().metrics.listen.is_none()))
         .merge(collections::router())
         .merge(documents::router())
         .merge(explain::router())
-        .merge(openapi::router(state.config().docs.public))
+        .merge(openapi::router(state.config().docs.public));
+    if state.config().console.enabled {
+        routes = routes.merge(console::router(&state));
+    }
+    let routes = routes
         .fallback(middleware::route_not_found)
         .with_state(state.clone());
     middleware::layers(routes, state.config())

@@ -223,7 +223,7 @@ impl Rendered {
 /// quality, and no `gzip;q=0`. (The compression layer negotiates for every
 /// other response; this one is compressed ahead of time, so it decides
 /// here. No header at all means identity, as the layer does.)
-fn accepts_gzip<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> bool {
+pub(crate) fn accepts_gzip<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> bool {
     let mut gzip = None;
     let mut any = false;
     for value in values.filter_map(|v| v.to_str().ok()) {

@@ -524,6 +524,12 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         println!("API docs: http://{local}/docs/  (OpenAPI: http://{local}/openapi.json)");
         println!("admin token (12 h; more with `arca token --sub NAME --role ROLE`):");
         println!("ARCA_TOKEN={token}");
+        if cfg.console.enabled {
+            // The token rides in the fragment, which browsers never send
+            // to a server; the console moves it to session storage and
+            // takes it out of the address bar at once.
+            println!("console (signs in as dev-admin): http://{local}/console/#token={token}");
+        }
     }
     arca_server::serve(state, listener, metrics_listener, shutdown_signal())
         .await

@@ -277,8 +277,13 @@ def main():
                     # The container image's setting (deploy/Dockerfile).
                     "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 
+        # wrk is one caller (one token) with many connections: the limit on
+        # one caller's listings in flight (default 2) is raised to them for
+        # the throughput scenarios; the noisy-neighbour one keeps it.
+        per_caller = {"ARCA_QUERY__MAX_CONCURRENT_PER_CALLER": str(max(args.connections, 2))}
+
         def start_arca(extra=None):
-            p = Proc([args.arca, "serve"], {**arca_env, **(extra or {})}, log=work / "arca.log")
+            p = Proc([args.arca, "serve"], {**arca_env, **per_caller, **(extra or {})}, log=work / "arca.log")
             wait_status(f"{arca_url}/readyz", step=0.001)
             return p, (time.monotonic() - p.t0) * 1000
 
@@ -312,7 +317,7 @@ def main():
         one_port = free_port()
         one = (f"http://127.0.0.1:{one_port}", Proc([args.arca, "serve"], {
             **arca_env, "ARCA_STORE__URL": f"sqlite://{work}/arca1.db", "ARCA_SERVER__LISTEN": f"127.0.0.1:{one_port}",
-            "ARCA_SERVER__WORKERS": "1"}, log=work / "arca1.log")) \
+            "ARCA_SERVER__WORKERS": "1", **per_caller}, log=work / "arca1.log")) \
             if args.one_worker else None
         if one:
             procs.append(one[1])
@@ -373,16 +378,21 @@ def main():
                     r = wrk(one[0], f"{name}.lua", token, args, one[1].p.pid, env)
                     results.setdefault((ONE, name), []).append(r)
         facts["arca_rss_peak_kib"] = rss_kib(arca.p.pid, "VmHWM")
+        for _, _, proc in servers:
+            proc.stop()
+        if one:
+            one[1].stop()
+
+        # Noisy neighbour: the default configuration (2 heavy reads per
+        # caller), nothing else running.
         if args.noisy:
             attacker = subprocess.run([args.python, str(peers / "mint.py"), "token", "--sub", "attacker", "--role",
                                        "member", "--aud", "api://arca", "--iss", issuer, "--ttl", "7200"],
                                       env={**os.environ, **mint_env}, capture_output=True, text=True,
                                       check=True).stdout.strip()
+            arca, _ = start_arca({"ARCA_QUERY__MAX_CONCURRENT_PER_CALLER": "2"})
             noisy_neighbour(arca_url, token, attacker, args, arca.p.pid, env, results, facts)
-        for _, _, proc in servers:
-            proc.stop()
-        if one:
-            one[1].stop()
+            arca.stop()
 
         # The verified-token cache: the same GET scenario without it.
         arca, _ = start_arca({"ARCA_AUTH__TOKEN_CACHE_SIZE": "0"})

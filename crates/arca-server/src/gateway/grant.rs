@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use arca_auth::Identity;
 use arca_core::document::ClientBody;
+use arca_core::pipeline::Pipeline;
 use arca_core::query::Filter;
 use arca_core::{Action, DocId, Document, DocumentText, FieldError, Scope, SystemFields};
-use arca_store::{PageWriter, Query, Store, StoreError};
+use arca_store::{LookupScopes, PageWriter, Query, Store, StoreError};
 use serde_json::{Map, Value};
 
 use super::catalog::Collection;
@@ -182,6 +183,28 @@ impl Grant<Read> {
         Ok(self
             .store
             .find_written(&self.coll.name, &self.scope, &query, write)
+            .await?)
+    }
+
+    /// The results of `pipeline` over the readable documents (the scope
+    /// applies before the first stage), each `$lookup` target within its
+    /// scope in `lookups` (`Gateway::lookup_scopes`). A heavy read (429
+    /// beyond the caller's share), within `aggregate.*`.
+    pub async fn aggregate(
+        &self,
+        pipeline: &Pipeline,
+        lookups: &LookupScopes,
+    ) -> Result<Vec<Value>, ApiError> {
+        let _slot = self.heavy_slot()?;
+        Ok(self
+            .store
+            .aggregate(
+                &self.coll.name,
+                &self.scope,
+                pipeline,
+                lookups,
+                &self.shared.limits.aggregate,
+            )
             .await?)
     }
 

@@ -16,6 +16,7 @@
 //! (the reader queue's wake-up policy), `backup` (online copies); this file
 //! is the `Store` implementation over them.
 
+mod aggregate;
 pub mod backup;
 mod plan;
 mod queue;
@@ -36,8 +37,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    CollectionSpec, ExportPosition, PageWriter, PutOutcome, Query, Store, StoreError,
-    StoredCollection,
+    AggregateLimits, CollectionSpec, ExportPosition, LookupScopes, PageWriter, PutOutcome, Query,
+    Store, StoreError, StoredCollection,
 };
 use readers::Readers;
 use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
@@ -516,6 +517,18 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn aggregate(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        pipeline: &arca_core::pipeline::Pipeline,
+        lookups: &LookupScopes,
+        limits: &AggregateLimits,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.aggregate_docs(coll, scope, pipeline, lookups, limits)
+            .await
     }
 }
 

@@ -7,6 +7,7 @@
 //! `properties` holds the property tests against the reference evaluator.
 #![allow(dead_code)]
 
+pub mod aggregate;
 pub mod cases;
 pub mod properties;
 
@@ -83,10 +84,16 @@ macro_rules! conformance_suite {
             a_read_past_its_time_limit_is_a_timeout,
             reads_see_every_write_acknowledged_before_them,
         );
+        $crate::conformance_suite!(@aggregate $engine;
+            the_pipeline_table_gives_the_evaluators_results,
+            aggregations_see_only_the_scope_at_every_depth,
+            aggregation_limits_are_enforced,
+        );
         $crate::conformance_suite!(@sync $engine;
             listings_return_exactly_the_evaluators_matches,
             cursor_walks_visit_every_document_once,
             equality_pages_find_documents_through_arrays,
+            random_pipelines_give_the_evaluators_results,
         );
     };
     (@async $engine:ty; $($case:ident),* $(,)?) => {
@@ -94,6 +101,14 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 conformance::cases::$case::<$engine>().await
+            }
+        )*
+    };
+    (@aggregate $engine:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                conformance::aggregate::$case::<$engine>().await
             }
         )*
     };

@@ -211,6 +211,46 @@ def noisy_neighbour(url, quiet, attacker, args, pid, env, results, facts):
     facts["noisy_attacker"] = dict(sorted(seen.items()))
 
 
+FULL_GROUP = {"pipeline": [{"$group": {"_id": "$category", "total": {"$sum": "$price"}, "n": {"$sum": 1}}}]}
+
+
+def aggregations(url, token, args, pid, env, results, facts):
+    """The aggregation scenarios (issue 19): wrk on an indexed $match +
+    $group; a $group over the whole collection, timed one at a time; and
+    one caller's GETs (wrk, 4 connections) alone and while two other
+    clients run whole-collection $groups back to back."""
+    results[("arca", "aggregate")] = [wrk(url, "aggregate.lua", token, args, pid, env)]
+    took = []
+    for _ in range(5):
+        t = time.monotonic()
+        status, body = http("POST", f"{url}/v1/collections/items/aggregate", token, FULL_GROUP, timeout=60)[:2]
+        took.append((time.monotonic() - t) * 1000)
+        assert status == 200, body
+    facts["full_group_ms"] = sorted(took)
+    calm = argparse.Namespace(**dict(vars(args), connections=4, threads=1))
+    results[("arca, GET alone, before the $groups (4 conns)", "get")] = [wrk(url, "get.lua", token, calm, pid, env)]
+    stop, runs, lock = threading.Event(), {"ok": 0, "other": 0}, threading.Lock()
+
+    def loop():
+        while not stop.is_set():
+            status = http("POST", f"{url}/v1/collections/items/aggregate", token, FULL_GROUP, timeout=60)[0]
+            with lock:
+                runs["ok" if status == 200 else "other"] += 1
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    try:
+        results[("arca, GET during 2 whole-collection $groups (4 conns)", "get")] = [
+            wrk(url, "get.lua", token, calm, pid, env)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=65)
+    facts["groups_during_get"] = runs
+
+
 def ndjson(path, start, count):
     with open(path, "w") as f:
         for i in range(start, start + count):
@@ -237,6 +277,9 @@ def main():
     ap.add_argument("--noisy", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the noisy-neighbour scenario: GET p99 of one caller, alone and while another "
                          "caller sends heavy counts (six at a time, half of them abandoned after 100 ms)")
+    ap.add_argument("--aggregate", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the aggregation scenarios: an indexed $match + $group (wrk), a $group over the "
+                         "whole collection (timed), and GET p99 while two clients run whole-collection $groups")
     ap.add_argument("--store", metavar="URL",
                     help="run Arca on this store (e.g. a mongodb:// URI of a real MongoDB; its database is "
                          "dropped and filled) instead of a fresh SQLite file; implies --no-one-worker and "
@@ -394,6 +437,11 @@ def main():
             noisy_neighbour(arca_url, token, attacker, args, arca.p.pid, env, results, facts)
             arca.stop()
 
+        if args.aggregate:
+            arca, _ = start_arca()
+            aggregations(arca_url, token, args, arca.p.pid, env, results, facts)
+            arca.stop()
+
         # The verified-token cache: the same GET scenario without it.
         arca, _ = start_arca({"ARCA_AUTH__TOKEN_CACHE_SIZE": "0"})
         results[("arca (no token cache)", "get")] = [wrk(arca_url, "get.lua", token, args, arca.p.pid, env)]
@@ -511,6 +559,15 @@ def report(args, results, facts):
         lines.append(f"- noisy neighbour: one caller's GET p99 {alone['p99']:.2f} ms alone, {hit['p99']:.2f} ms while "
                      f"another caller's heavy counts run (p50 {alone['p50']:.2f} / {hit['p50']:.2f} ms); the "
                      f"attacker's outcomes: {facts['noisy_attacker']}")
+    if "full_group_ms" in facts:
+        g = facts["full_group_ms"]
+        during = rows.get(("arca, GET during 2 whole-collection $groups (4 conns)", "get"))
+        alone = rows.get(("arca, GET alone, before the $groups (4 conns)", "get"))
+        lines.append(f"- whole-collection $group over {args.n:,} documents: median {g[len(g) // 2]:.0f} ms "
+                     f"(runs: {', '.join(f'{x:.0f}' for x in g)})")
+        if alone and during:
+            lines.append(f"- GET p99 {alone['p99']:.2f} ms alone, {during['p99']:.2f} ms while two clients run "
+                         f"whole-collection $groups back to back ({facts['groups_during_get']})")
     if "drf_ready_ms" in facts:
         lines.append(f"- DRF time to ready {facts['drf_ready_ms']:.0f} ms")
     lines.append("")

@@ -101,6 +101,26 @@ impl<A: Act> Grant<A> {
         &self.coll
     }
 
+    /// 422 when `doc` holds arrays on two fields of one compound index:
+    /// MongoDB cannot index it ("cannot index parallel arrays"), so no
+    /// engine takes it.
+    fn indexable(&self, doc: &Document) -> Result<(), ApiError> {
+        for def in self.coll.def.indexes.iter().filter(|d| d.fields.len() > 1) {
+            if let Some((a, b)) = arca_core::query::index::parallel_arrays(doc, def) {
+                return Err(ApiError::invalid_document(vec![FieldError {
+                    path: b
+                        .split('.')
+                        .map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1")))
+                        .collect(),
+                    message: format!(
+                        "{a} and {b} are fields of one index and cannot both hold arrays (as in MongoDB: parallel arrays cannot be indexed)"
+                    ),
+                }]));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `doc` passes the action's rule.
     fn admits(&self, doc: &Document) -> bool {
         self.rule.is_all() || self.rule.matches(&doc.to_json())
@@ -247,6 +267,7 @@ impl Grant<Create> {
             ),
             body: fields,
         };
+        self.indexable(&doc)?;
         if !self.admits(&doc) {
             return Err(outside_rule(Action::Create));
         }
@@ -288,6 +309,7 @@ impl Grant<Update> {
                 system: current.system.next(stamp::now()),
                 body,
             };
+            self.indexable(&next)?;
             if !self.admits(&next) {
                 return Err(outside_rule(Action::Update));
             }

@@ -24,6 +24,7 @@ mod readers;
 mod scan;
 mod setup;
 mod sql;
+mod unique;
 mod writer;
 
 use std::collections::{HashMap, HashSet};

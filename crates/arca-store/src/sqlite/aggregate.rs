@@ -161,7 +161,7 @@ fn run(
                 }
             };
             match sql::decode_document(row) {
-                Ok(Ok(doc)) if input.filter.matches_document(&doc) => return Some(doc.to_json()),
+                Ok(Ok(doc)) if input.filter.matches_document(&doc) => return Some(doc.into_json()),
                 Ok(Ok(_)) => continue,
                 Ok(Err(e)) => {
                     failed = Some(e);
@@ -226,7 +226,7 @@ impl EvalEnv for Env<'_> {
                     over = true;
                     return false;
                 }
-                out.push(found.doc.to_json());
+                out.push(found.doc.into_json());
                 true
             },
         );

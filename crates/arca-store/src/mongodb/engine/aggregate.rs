@@ -204,7 +204,7 @@ impl MongoStore {
                         loop {
                             match handle.block_on(next_stored(&mut cursor)) {
                                 Ok(Some((doc, _))) if exact || filter.matches_document(&doc) => {
-                                    return Some(doc.to_json());
+                                    return Some(doc.into_json());
                                 }
                                 Ok(Some(_)) => continue,
                                 Ok(None) => return None,
@@ -354,7 +354,7 @@ impl EvalEnv for Env {
                     if held > max {
                         return Ok(Err(PipelineError::TooMuchMemory { limit: max }));
                     }
-                    out.push(doc.to_json());
+                    out.push(doc.into_json());
                 }
             }
             Ok::<_, StoreError>(Ok(out))

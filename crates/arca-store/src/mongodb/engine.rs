@@ -30,7 +30,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use arca_core::query::{Filter, Node, SortKey};
-use arca_core::{CollectionName, DocId, Document, IndexDef, Scope, Tenant};
+use arca_core::{CollectionName, DocId, Document, FileId, IndexDef, Scope, Tenant};
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, Document as BsonDoc, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -40,10 +40,11 @@ use mongodb::options::{
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::Value;
 
+use super::files::{self, Bucket, GridFsWriter};
 use super::{filter, schema, value};
 use crate::{
-    CollectionSpec, ExportPosition, PageBudget, PutOutcome, Query, Store, StoreError,
-    StoredCollection, trim_to_budget,
+    ByteStream, CollectionSpec, ExportPosition, FileMeta, FileWriter, PageBudget, PutOutcome,
+    Query, Store, StoreError, StoredCollection, ThumbKey, trim_to_budget,
 };
 
 /// The catalogue collection.
@@ -80,6 +81,8 @@ pub struct MongoStore {
     /// The collections the catalogue held at the last look: writes to
     /// another are `CollectionMissing` (MongoDB would create it).
     known: RwLock<HashSet<String>>,
+    /// The GridFS bucket's indexes were made (once per process).
+    file_indexes: tokio::sync::OnceCell<()>,
 }
 
 /// What `_arca_collections.def` holds (the same record as the embedded
@@ -118,7 +121,7 @@ fn server_message(e: &mongodb::error::Error) -> String {
 
 /// Maps a driver error. Duplicate keys are resolved to field names by the
 /// caller (`name_conflict`).
-fn map_err(e: mongodb::error::Error) -> StoreError {
+pub(super) fn map_err(e: mongodb::error::Error) -> StoreError {
     match server_code(&e) {
         Some(11000) => StoreError::Conflict(server_message(&e)),
         // MaxTimeMSExpired.
@@ -275,7 +278,30 @@ impl MongoStore {
             read_timeout: opts.read_timeout,
             verify: opts.verify,
             known: RwLock::new(HashSet::new()),
+            file_indexes: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The GridFS bucket `files`.
+    fn bucket(&self) -> Bucket {
+        Bucket::of(&self.db)
+    }
+
+    /// The files document of `id` in the scope's tenant.
+    async fn files_document(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Option<BsonDoc>, StoreError> {
+        self.bounded_read(async {
+            self.bucket()
+                .files
+                .find_one(doc! {"_id": files::file_key(scope.tenant(), id)})
+                .max_time(self.read_timeout)
+                .await
+                .map_err(map_err)
+        })
+        .await
     }
 
     /// The database in use.
@@ -990,6 +1016,169 @@ impl Store for MongoStore {
                 .try_into()
                 .map_err(|_| unavailable(format!("the secret {name:?} is not 32 bytes"))),
             _ => Err(unavailable(format!("the secret {name:?} was not kept"))),
+        }
+    }
+
+    async fn rotate_secret(&self, name: &str) -> Result<(), StoreError> {
+        let current = self.secret(name).await?;
+        let binary = |bytes: [u8; 32]| mongodb::bson::Binary {
+            subtype: mongodb::bson::spec::BinarySubtype::Generic,
+            bytes: bytes.to_vec(),
+        };
+        let secrets = self.db.collection::<BsonDoc>("_arca_secrets");
+        self.bounded(async {
+            // The previous key first: a crash between the two writes
+            // leaves the old key current, never lost.
+            secrets
+                .update_one(
+                    doc! {"_id": format!("{name}.previous")},
+                    doc! {"$set": {"value": binary(current)}},
+                )
+                .upsert(true)
+                .await
+                .map_err(map_err)?;
+            secrets
+                .update_one(
+                    doc! {"_id": name, "value": binary(current)},
+                    doc! {"$set": {"value": binary(rand::random::<[u8; 32]>())}},
+                )
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn begin_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Box<dyn FileWriter>, StoreError> {
+        let bucket = self.bucket();
+        self.file_indexes
+            .get_or_try_init(|| {
+                self.bounded(async { bucket.ensure_indexes().await.map_err(map_err) })
+            })
+            .await?;
+        Ok(Box::new(GridFsWriter {
+            bucket: self.bucket(),
+            tenant: scope.tenant().clone(),
+            key: files::file_key(scope.tenant(), id),
+            buffer: Vec::new(),
+            n: 0,
+            finished: false,
+        }))
+    }
+
+    async fn file_meta(&self, scope: &Scope, id: &FileId) -> Result<Option<FileMeta>, StoreError> {
+        self.files_document(scope, id)
+            .await?
+            .map(|d| files::meta_of(&d))
+            .transpose()
+    }
+
+    async fn read_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        let stored = self
+            .files_document(scope, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let chunk = files::chunk_size_of(&stored);
+        let key = files::file_key(scope.tenant(), id);
+        self.bounded_read(files::read_range(&self.bucket().chunks, key, chunk, range))
+            .await
+    }
+
+    async fn delete_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Option<FileMeta>, StoreError> {
+        let bucket = self.bucket();
+        let key = files::file_key(scope.tenant(), id);
+        self.bounded(async {
+            // The files document first: from then on nobody can reach the
+            // file; chunks or thumbnails a crash leaves are unreachable.
+            let Some(stored) = bucket
+                .files
+                .find_one_and_delete(doc! {"_id": key.clone()})
+                .await
+                .map_err(map_err)?
+            else {
+                return Ok(None);
+            };
+            bucket
+                .chunks
+                .delete_many(doc! {"files_id": key})
+                .await
+                .map_err(map_err)?;
+            bucket
+                .thumbnails
+                .delete_many(doc! {"_id.t": scope.tenant_key(), "_id.f": id.as_str()})
+                .await
+                .map_err(map_err)?;
+            files::meta_of(&stored).map(Some)
+        })
+        .await
+    }
+
+    async fn thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let found = self
+            .bounded_read(async {
+                self.bucket()
+                    .thumbnails
+                    .find_one(doc! {"_id": files::thumb_key(scope.tenant(), id, key)})
+                    .max_time(self.read_timeout)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        Ok(found.and_then(|d| match d.get("data") {
+            Some(Bson::Binary(b)) => Some(b.bytes.clone()),
+            _ => None,
+        }))
+    }
+
+    async fn put_thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        if self.files_document(scope, id).await?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let stored = doc! {
+            "_id": files::thumb_key(scope.tenant(), id, key),
+            "data": mongodb::bson::Binary {
+                subtype: mongodb::bson::spec::BinarySubtype::Generic,
+                bytes,
+            },
+        };
+        match self
+            .bounded(async {
+                self.bucket()
+                    .thumbnails
+                    .insert_one(stored)
+                    .await
+                    .map(|_| ())
+                    .map_err(map_err)
+            })
+            .await
+        {
+            // Made meanwhile by another process: the first one is kept.
+            Err(StoreError::Conflict(_)) => Ok(()),
+            other => other,
         }
     }
 

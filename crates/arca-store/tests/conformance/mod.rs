@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod cases;
+pub mod files;
 pub mod properties;
 
 use std::any::Any;
@@ -83,6 +84,13 @@ macro_rules! conformance_suite {
             a_read_past_its_time_limit_is_a_timeout,
             reads_see_every_write_acknowledged_before_them,
         );
+        $crate::conformance_suite!(@files $engine;
+            files_stream_in_and_out_by_range,
+            an_upload_is_invisible_until_committed_and_gone_when_aborted,
+            files_never_cross_tenants,
+            thumbnails_are_kept_until_their_file_goes,
+            rotating_a_secret_keeps_the_previous_one,
+        );
         $crate::conformance_suite!(@sync $engine;
             listings_return_exactly_the_evaluators_matches,
             cursor_walks_visit_every_document_once,
@@ -94,6 +102,14 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 conformance::cases::$case::<$engine>().await
+            }
+        )*
+    };
+    (@files $engine:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                conformance::files::$case::<$engine>().await
             }
         )*
     };

@@ -11,8 +11,8 @@
 //! - `gateway`: the one road to tenant data: the store, its catalogue, and
 //!   the per-action handles (`Grant`) that run the rule checks;
 //! - `middleware`: request id, tracing, metrics, timeout, CORS, compression;
-//! - `ops`, `collections`, `documents`, `explain`: the routes, one module
-//!   per resource;
+//! - `ops`, `collections`, `documents`, `explain`, `files`: the routes,
+//!   one module per resource;
 //! - `wire`: request and response shapes the OpenAPI document describes;
 //! - `openapi`: the OpenAPI document and `/docs` (the only module that
 //!   lists the handlers);
@@ -28,6 +28,7 @@ pub mod documents;
 pub mod error;
 pub mod explain;
 pub mod extract;
+pub mod files;
 pub mod gateway;
 pub mod metrics;
 pub mod middleware;
@@ -55,6 +56,7 @@ pub fn app(state: AppState) -> Router {
         .merge(collections::router())
         .merge(documents::router())
         .merge(explain::router())
+        .merge(files::router())
         .merge(openapi::router(state.config().docs.public))
         .fallback(middleware::route_not_found)
         .with_state(state.clone());

@@ -93,6 +93,12 @@ pub trait FileWriter: Send {
     /// Appends `chunk`.
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError>;
 
+    /// The bytes written so far, read back before the commit (for checks
+    /// the server runs on what arrived, such as decoding an image, without
+    /// having held it in memory while it arrived). After this only
+    /// `commit` or `abort` may follow.
+    async fn written(&mut self) -> Result<ByteStream, StoreError>;
+
     /// Makes the file durable and visible with `meta` (whose id is the
     /// writer's). On an error nothing is visible.
     async fn commit(self: Box<Self>, meta: FileMeta) -> Result<(), StoreError>;

@@ -210,6 +210,10 @@ impl FileWriter for TimedWriter {
         time("write_file", self.0.write(chunk)).await
     }
 
+    async fn written(&mut self) -> Result<ByteStream, StoreError> {
+        time("read_upload", self.0.written()).await
+    }
+
     async fn commit(self: Box<Self>, meta: FileMeta) -> Result<(), StoreError> {
         time("commit_file", self.0.commit(meta)).await
     }

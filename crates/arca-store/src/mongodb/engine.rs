@@ -1066,6 +1066,7 @@ impl Store for MongoStore {
             key: files::file_key(scope.tenant(), id),
             buffer: Vec::new(),
             n: 0,
+            written: 0,
             finished: false,
         }))
     }

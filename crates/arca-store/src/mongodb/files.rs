@@ -177,6 +177,8 @@ pub struct GridFsWriter {
     pub(super) key: BsonDoc,
     pub(super) buffer: Vec<u8>,
     pub(super) n: i32,
+    /// Bytes written so far.
+    pub(super) written: u64,
     /// Committed or aborted: no chunks to remove on drop.
     pub(super) finished: bool,
 }
@@ -214,8 +216,21 @@ impl GridFsWriter {
 #[async_trait::async_trait]
 impl FileWriter for GridFsWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        self.written += chunk.len() as u64;
         self.buffer.extend_from_slice(&chunk);
         self.flush_chunk(false).await
+    }
+
+    async fn written(&mut self) -> Result<ByteStream, StoreError> {
+        // The last, short chunk goes out now: only the commit follows.
+        self.flush_chunk(true).await?;
+        read_range(
+            &self.bucket.chunks,
+            self.key.clone(),
+            CHUNK as u64,
+            0..self.written,
+        )
+        .await
     }
 
     async fn commit(mut self: Box<Self>, meta: FileMeta) -> Result<(), StoreError> {

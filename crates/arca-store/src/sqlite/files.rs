@@ -165,6 +165,22 @@ impl FileWriter for SqliteFileWriter {
             .map_err(|e| io_err("writing an upload", e))
     }
 
+    async fn written(&mut self) -> Result<ByteStream, StoreError> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("the upload was already finished".into()))?;
+        file.flush()
+            .await
+            .map_err(|e| io_err("writing an upload", e))?;
+        let len = file
+            .metadata()
+            .await
+            .map_err(|e| io_err("reading an upload back", e))?
+            .len();
+        read_range(self.tmp.clone(), 0..len).await
+    }
+
     async fn commit(mut self: Box<Self>, meta: FileMeta) -> Result<(), StoreError> {
         let dest = self.place().await?;
         // Renamed: the temporary name is gone, nothing to remove on drop

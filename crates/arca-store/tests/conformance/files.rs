@@ -63,7 +63,22 @@ pub async fn files_stream_in_and_out_by_range<E: Engine>() {
     let id = file_id(1);
     // Over two GridFS chunks (255 KiB), written in uneven pieces.
     let bytes = pattern(600 * 1024 + 7);
-    upload(store, &s, &id, &bytes, 70_001).await;
+    // Read back before the commit, then committed.
+    let mut w = store.begin_file(&s, &id).await.expect("begin");
+    for part in bytes.chunks(70_001) {
+        w.write(Bytes::copy_from_slice(part)).await.expect("write");
+    }
+    let back: Vec<Bytes> = w
+        .written()
+        .await
+        .expect("written")
+        .try_collect()
+        .await
+        .expect("read back");
+    assert_eq!(back.concat(), bytes);
+    w.commit(meta(&id, bytes.len() as u64))
+        .await
+        .expect("commit");
     assert_eq!(
         store.file_meta(&s, &id).await.expect("meta"),
         Some(meta(&id, bytes.len() as u64)),
@@ -108,6 +123,15 @@ pub async fn an_upload_is_invisible_until_committed_and_gone_when_aborted<E: Eng
     let mut w = store.begin_file(&s, &id).await.expect("begin");
     w.write(Bytes::from_static(b"half")).await.expect("write");
     assert_eq!(store.file_meta(&s, &id).await, Ok(None));
+    // What was written can be read back before the commit (for checks).
+    let back: Vec<Bytes> = w
+        .written()
+        .await
+        .expect("written")
+        .try_collect()
+        .await
+        .expect("read back");
+    assert_eq!(back.concat(), b"half");
     assert!(matches!(
         store.read_file(&s, &id, 0..4).await.err(),
         Some(StoreError::NotFound)

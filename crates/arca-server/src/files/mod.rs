@@ -53,6 +53,9 @@ pub fn router() -> Router<AppState> {
 /// writes.
 const BATCH: usize = 256 << 10;
 
+/// How long before the upload's time is up its body must have arrived.
+const BODY_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What a multipart body may add around its file part (boundaries, part
 /// headers) beyond `files.max_bytes` before its `Content-Length` alone
 /// refuses it.
@@ -251,7 +254,13 @@ async fn receive(
     req: Request,
     max: u64,
 ) -> Result<(Pumped, Option<String>, Option<String>), ApiError> {
-    let deadline = req.extensions().get::<RequestDeadline>().map(|d| d.0);
+    // The body must be in a moment before the request's time is up, so
+    // that a client still sending gets its 408 rather than the 503 the
+    // timeout layer gives when both fall due at the same instant.
+    let deadline = req
+        .extensions()
+        .get::<RequestDeadline>()
+        .map(|d| d.0 - BODY_MARGIN);
     let declared = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -237,7 +237,9 @@ fn main() -> ExitCode {
         },
         Command::RotateKey { name } => {
             if name != "links" {
-                eprintln!("arca: rotate-key: only `links` can be rotated (cursor keys have no previous key: rotating one would break every cursor handed out)");
+                eprintln!(
+                    "arca: rotate-key: only `links` can be rotated (cursor keys have no previous key: rotating one would break every cursor handed out)"
+                );
                 return ExitCode::from(2);
             }
             let Some(rt) = runtime(None) else {
@@ -252,7 +254,9 @@ fn main() -> ExitCode {
             });
             match rotated {
                 Ok(()) => {
-                    println!("rotated the {name} key; the previous one verifies until the next rotation");
+                    println!(
+                        "rotated the {name} key; the previous one verifies until the next rotation"
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -393,7 +397,10 @@ fn backup(cfg: &Config, dest: &Path) -> Result<String, String> {
         ));
     }
     if dest.exists() {
-        return Err(format!("{} already exists; choose a new name", dest.display()));
+        return Err(format!(
+            "{} already exists; choose a new name",
+            dest.display()
+        ));
     }
     let partial = partial_path(dest);
     let file = std::fs::OpenOptions::new()
@@ -415,8 +422,13 @@ fn backup(cfg: &Config, dest: &Path) -> Result<String, String> {
         .map_err(|e| format!("writing {}: {e}", partial.display()))?;
     file.sync_all()
         .map_err(|e| format!("flushing {}: {e}", partial.display()))?;
-    std::fs::rename(&partial, dest)
-        .map_err(|e| format!("cannot rename {} to {}: {e}", partial.display(), dest.display()))?;
+    std::fs::rename(&partial, dest).map_err(|e| {
+        format!(
+            "cannot rename {} to {}: {e}",
+            partial.display(),
+            dest.display()
+        )
+    })?;
     std::mem::forget(cleanup);
     if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)

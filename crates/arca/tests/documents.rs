@@ -1038,7 +1038,13 @@ async fn backup_while_writing_restores_a_consistent_prefix() {
     let names: Vec<String> = tar::Archive::new(&piped.stdout[..])
         .entries()
         .expect("a tar archive")
-        .map(|e| e.expect("entry").path().expect("path").display().to_string())
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
         .collect();
     assert_eq!(names, ["arca.db"], "no files were uploaded");
     let leftovers: Vec<_> = std::fs::read_dir(&s.data.0)

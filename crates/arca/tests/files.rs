@@ -29,7 +29,10 @@ fn encoded(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `POST /v1/files` with a raw body.
@@ -42,10 +45,7 @@ async fn post_raw(
 ) -> reqwest::Response {
     let mut url = s.url("/v1/files");
     if let Some(f) = filename {
-        url = format!(
-            "{url}?filename={}",
-            form_urlencoded_byte(f.as_bytes())
-        );
+        url = format!("{url}?filename={}", form_urlencoded_byte(f.as_bytes()));
     }
     let mut req = client().post(url).bearer_auth(token).body(bytes);
     if let Some(ct) = content_type {
@@ -81,7 +81,11 @@ fn id_of(meta: &Value) -> String {
     meta["id"].as_str().expect("id").to_owned()
 }
 
-async fn get_bytes(s: &Server, path: &str, token: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+async fn get_bytes(
+    s: &Server,
+    path: &str,
+    token: &str,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let r = s.get(path, token).await;
     let status = r.status().as_u16();
     let headers = r.headers().clone();
@@ -110,7 +114,10 @@ async fn each_image_format_is_sniffed_stored_and_served_whole() {
         // Declared as something else: the bytes decide.
         let meta = uploaded(&s, &t, bytes.clone(), Some("application/octet-stream")).await;
         assert_eq!(meta["content_type"], format!("image/{name}"), "{meta}");
-        assert_eq!(meta["image"], json!({"width": 300, "height": 200, "format": name}));
+        assert_eq!(
+            meta["image"],
+            json!({"width": 300, "height": 200, "format": name})
+        );
         assert_eq!(meta["size"], bytes.len());
         assert_eq!(meta["sha256"], hex_sha256(&bytes));
         assert_eq!(meta["filename"], "upload.bin");
@@ -124,7 +131,10 @@ async fn each_image_format_is_sniffed_stored_and_served_whole() {
         assert_eq!(header(&h, "x-content-type-options"), "nosniff");
         assert_eq!(header(&h, "accept-ranges"), "bytes");
         assert!(header(&h, "content-disposition").starts_with("inline;"));
-        assert!(h.get("content-security-policy").is_none(), "images are shown");
+        assert!(
+            h.get("content-security-policy").is_none(),
+            "images are shown"
+        );
         let again = s.get_json(&format!("/v1/files/{id}/metadata"), &t).await;
         assert_eq!(again, meta);
     }
@@ -164,7 +174,13 @@ async fn multipart_uploads_take_one_file_part() {
             .mime_str("text/plain")
             .expect("mime"),
     );
-    let r = client().post(s.url("/v1/files")).bearer_auth(&t).multipart(form).send().await.expect("upload");
+    let r = client()
+        .post(s.url("/v1/files"))
+        .bearer_auth(&t)
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
     let meta: Value = r.json().await.expect("json");
     assert_eq!(meta["content_type"], "text/plain");
     assert_eq!(meta["image"], Value::Null);
@@ -176,7 +192,13 @@ async fn multipart_uploads_take_one_file_part() {
             .text("extra", "y"),
         reqwest::multipart::Form::new(),
     ] {
-        let r = client().post(s.url("/v1/files")).bearer_auth(&t).multipart(form).send().await.expect("upload");
+        let r = client()
+            .post(s.url("/v1/files"))
+            .bearer_auth(&t)
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
         problem(r, 400).await;
     }
 }
@@ -191,9 +213,20 @@ async fn hostile_uploads_are_refused_without_a_panic() {
     let r = post_raw(&s, &t, bomb, Some("image/png"), None).await;
     let p = problem(r, 422).await;
     assert_eq!(p["type"], "urn:arca:problem:invalid-file");
-    assert!(p["detail"].as_str().expect("detail").contains("max_image_pixels"), "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("max_image_pixels"),
+        "{p}"
+    );
     // Truncated images of each format.
-    for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::WebP] {
+    for format in [
+        ImageFormat::Png,
+        ImageFormat::Jpeg,
+        ImageFormat::Gif,
+        ImageFormat::WebP,
+    ] {
         let bytes = encoded(&picture(64, 64), format);
         let cut = bytes[..bytes.len() / 2].to_vec();
         let r = post_raw(&s, &t, cut, None, None).await;
@@ -202,7 +235,10 @@ async fn hostile_uploads_are_refused_without_a_panic() {
     }
     // An empty body.
     let r = post_raw(&s, &t, Vec::new(), Some("image/png"), None).await;
-    assert_eq!(problem(r, 422).await["type"], "urn:arca:problem:invalid-file");
+    assert_eq!(
+        problem(r, 422).await["type"],
+        "urn:arca:problem:invalid-file"
+    );
     // The server still serves.
     let ok = uploaded(&s, &t, b"still fine".to_vec(), Some("text/plain")).await;
     assert_eq!(ok["size"], 10);
@@ -239,7 +275,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for b in bytes {
         crc ^= u32::from(*b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -273,7 +313,10 @@ async fn active_content_is_an_attachment_in_a_sandbox() {
         assert_eq!(header(&h, "x-content-type-options"), "nosniff");
         // And no thumbnail: it is not an image.
         let r = s.get(&format!("/v1/files/{id}/thumbnail"), &t).await;
-        assert_eq!(problem(r, 415).await["type"], "urn:arca:problem:unsupported-media-type");
+        assert_eq!(
+            problem(r, 415).await["type"],
+            "urn:arca:problem:unsupported-media-type"
+        );
     }
 }
 
@@ -298,7 +341,10 @@ async fn hostile_file_names_are_cleaned_and_encoded() {
         let cd = header(&h, "content-disposition");
         assert!(cd.starts_with("attachment; filename=\""), "{cd}");
         assert!(cd.contains("filename*=UTF-8''"), "{cd}");
-        assert!(cd.is_ascii() && !cd.contains('\r') && !cd.contains('\n'), "{cd}");
+        assert!(
+            cd.is_ascii() && !cd.contains('\r') && !cd.contains('\n'),
+            "{cd}"
+        );
     }
 }
 
@@ -342,7 +388,10 @@ async fn every_range_form_and_conditional_get() {
             "{range}"
         );
         assert_eq!(header(&h, "content-length"), (to - from).to_string());
-        assert!(h.get("content-encoding").is_none(), "{range}: never compressed");
+        assert!(
+            h.get("content-encoding").is_none(),
+            "{range}: never compressed"
+        );
     }
     // Unsatisfiable: 416 with the size.
     for range in ["bytes=100000-", "bytes=200000-300000"] {
@@ -389,7 +438,13 @@ async fn every_range_form_and_conditional_get() {
         .expect("get");
     assert_eq!(r.status(), 200);
     // A text file asked for with gzip: sent as stored (ranges stay true).
-    let text = uploaded(&s, &t, "hello world ".repeat(1000).into_bytes(), Some("text/plain")).await;
+    let text = uploaded(
+        &s,
+        &t,
+        "hello world ".repeat(1000).into_bytes(),
+        Some("text/plain"),
+    )
+    .await;
     let r = client()
         .get(s.url(&format!("/v1/files/{}", id_of(&text))))
         .bearer_auth(&t)
@@ -427,7 +482,10 @@ async fn thumbnails_are_bounded_oriented_and_never_upscaled() {
     let wide = uploaded(&s, &t, encoded(&picture(400, 100), ImageFormat::Png), None).await;
     let id = id_of(&wide);
     let thumb = |query: String, accept: &'static str| {
-        let (url, t) = (s.url(&format!("/v1/files/{id}/thumbnail{query}")), t.clone());
+        let (url, t) = (
+            s.url(&format!("/v1/files/{id}/thumbnail{query}")),
+            t.clone(),
+        );
         async move {
             let r = client()
                 .get(url)
@@ -478,7 +536,10 @@ async fn thumbnails_are_bounded_oriented_and_never_upscaled() {
     let turned = uploaded(&s, &t, jpeg_with_orientation_6(200, 100), None).await;
     assert_eq!(turned["image"]["format"], "jpeg");
     let r = s
-        .get(&format!("/v1/files/{}/thumbnail?size=100", id_of(&turned)), &t)
+        .get(
+            &format!("/v1/files/{}/thumbnail?size=100", id_of(&turned)),
+            &t,
+        )
         .await;
     assert_eq!(r.status(), 200);
     let img = image::load_from_memory(&r.bytes().await.expect("b")).expect("decodes");
@@ -489,10 +550,21 @@ async fn thumbnails_are_bounded_oriented_and_never_upscaled() {
 async fn a_thumbnail_is_made_once_under_concurrent_requests() {
     let s = Server::dev();
     let t = s.token("ana", &[], Some("t1"));
-    let meta = uploaded(&s, &t, encoded(&picture(1200, 900), ImageFormat::Jpeg), None).await;
+    let meta = uploaded(
+        &s,
+        &t,
+        encoded(&picture(1200, 900), ImageFormat::Jpeg),
+        None,
+    )
+    .await;
     let made = |text: &str| {
         text.lines()
-            .find_map(|l| l.strip_prefix("arca_thumbnails_made_total ")?.trim().parse::<f64>().ok())
+            .find_map(|l| {
+                l.strip_prefix("arca_thumbnails_made_total ")?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
             .unwrap_or(0.0)
     };
     let before = made(&s.metrics().await);
@@ -501,7 +573,12 @@ async fn a_thumbnail_is_made_once_under_concurrent_requests() {
     for _ in 0..20 {
         let (url, t) = (url.clone(), t.clone());
         tasks.push(tokio::spawn(async move {
-            let r = client().get(url).bearer_auth(t).send().await.expect("thumb");
+            let r = client()
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .expect("thumb");
             assert_eq!(r.status(), 200);
             r.bytes().await.expect("b").to_vec()
         }));
@@ -510,17 +587,42 @@ async fn a_thumbnail_is_made_once_under_concurrent_requests() {
     for task in tasks {
         bodies.push(task.await.expect("task"));
     }
-    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "one thumbnail for all");
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "one thumbnail for all"
+    );
     assert_eq!(made(&s.metrics().await) - before, 1.0, "made once");
     // Deleting the file deletes its thumbnails: the cache is gone with it.
-    assert_eq!(s.delete(&format!("/v1/files/{}", id_of(&meta)), &t).await.status(), 204);
-    let r = client().get(&url).bearer_auth(&t).send().await.expect("thumb");
+    assert_eq!(
+        s.delete(&format!("/v1/files/{}", id_of(&meta)), &t)
+            .await
+            .status(),
+        204
+    );
+    let r = client()
+        .get(&url)
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("thumb");
     assert_eq!(r.status(), 404);
     // And the store operations of files are measured.
     let text = s.metrics().await;
-    for op in ["begin_file", "write_file", "read_upload", "commit_file", "file_meta", "read_file", "thumbnail", "put_thumbnail", "delete_file"] {
+    for op in [
+        "begin_file",
+        "write_file",
+        "read_upload",
+        "commit_file",
+        "file_meta",
+        "read_file",
+        "thumbnail",
+        "put_thumbnail",
+        "delete_file",
+    ] {
         assert!(
-            text.contains(&format!("store_operation_duration_seconds_count{{op=\"{op}\"}}")),
+            text.contains(&format!(
+                "store_operation_duration_seconds_count{{op=\"{op}\"}}"
+            )),
             "{op} is not measured"
         );
     }
@@ -546,9 +648,18 @@ async fn tenants_never_reach_each_others_files_and_only_owners_or_admins_delete(
     for t in [&other, &plain] {
         for p in &paths {
             let r = s.get(p, t).await;
-            assert_eq!(problem(r, 404).await["type"], "urn:arca:problem:file-not-found", "{p}");
+            assert_eq!(
+                problem(r, 404).await["type"],
+                "urn:arca:problem:file-not-found",
+                "{p}"
+            );
         }
-        let r = client().post(s.url(&format!("/v1/files/{id}/links"))).bearer_auth(t).send().await.expect("link");
+        let r = client()
+            .post(s.url(&format!("/v1/files/{id}/links")))
+            .bearer_auth(t)
+            .send()
+            .await
+            .expect("link");
         problem(r, 404).await;
         problem(s.delete(&format!("/v1/files/{id}"), t).await, 404).await;
     }
@@ -557,24 +668,43 @@ async fn tenants_never_reach_each_others_files_and_only_owners_or_admins_delete(
         let r = client().get(s.url(p)).send().await.expect("get");
         assert_eq!(r.status(), 401, "{p}");
     }
-    let r = client().post(s.url("/v1/files")).body("x").send().await.expect("post");
+    let r = client()
+        .post(s.url("/v1/files"))
+        .body("x")
+        .send()
+        .await
+        .expect("post");
     assert_eq!(r.status(), 401);
     // A malformed id is simply not found.
     paths.push("/v1/files/..%2F..%2Fetc".into());
-    for p in ["/v1/files/nope", "/v1/files/ABCDEF00ABCDEF00ABCDEF00ABCDEF00/metadata"] {
+    for p in [
+        "/v1/files/nope",
+        "/v1/files/ABCDEF00ABCDEF00ABCDEF00ABCDEF00/metadata",
+    ] {
         problem(s.get(p, &ana).await, 404).await;
     }
     // Same tenant: any caller reads; only the owner or an admin deletes.
     assert_eq!(s.get(&format!("/v1/files/{id}"), &bia).await.status(), 200);
     let r = s.delete(&format!("/v1/files/{id}"), &bia).await;
     assert_eq!(problem(r, 403).await["type"], "urn:arca:problem:forbidden");
-    assert_eq!(s.delete(&format!("/v1/files/{id}"), &ana).await.status(), 204);
+    assert_eq!(
+        s.delete(&format!("/v1/files/{id}"), &ana).await.status(),
+        204
+    );
     problem(s.get(&format!("/v1/files/{id}"), &ana).await, 404).await;
     let second = id_of(&uploaded(&s, &ana, b"x".to_vec(), None).await);
-    assert_eq!(s.delete(&format!("/v1/files/{second}"), &boss).await.status(), 204);
+    assert_eq!(
+        s.delete(&format!("/v1/files/{second}"), &boss)
+            .await
+            .status(),
+        204
+    );
     // The untenanted space sees its own files.
     let mine = id_of(&uploaded(&s, &plain, b"untenanted".to_vec(), None).await);
-    assert_eq!(s.get(&format!("/v1/files/{mine}"), &plain).await.status(), 200);
+    assert_eq!(
+        s.get(&format!("/v1/files/{mine}"), &plain).await.status(),
+        200
+    );
     problem(s.get(&format!("/v1/files/{mine}"), &ana).await, 404).await;
 }
 
@@ -588,7 +718,10 @@ async fn require_tenant_refuses_uploads_without_a_tenant_claim() {
     let r = post_raw(&s, &plain, b"x".to_vec(), None, None).await;
     problem(r, 403).await;
     let t = s.token("ana", &[], Some("t1"));
-    assert_eq!(post_raw(&s, &t, b"x".to_vec(), None, None).await.status(), 201);
+    assert_eq!(
+        post_raw(&s, &t, b"x".to_vec(), None, None).await.status(),
+        201
+    );
 }
 
 #[tokio::test]
@@ -601,7 +734,12 @@ async fn signed_links_serve_one_file_without_a_token_until_they_expire() {
     let png = encoded(&picture(300, 150), ImageFormat::Png);
     let a = id_of(&uploaded(&s, &t, png.clone(), None).await);
     let b = id_of(&uploaded(&s, &t, b"other file".to_vec(), None).await);
-    let r = client().post(s.url(&format!("/v1/files/{a}/links"))).bearer_auth(&t).send().await.expect("link");
+    let r = client()
+        .post(s.url(&format!("/v1/files/{a}/links")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("link");
     assert_eq!(r.status(), 201);
     let link: Value = r.json().await.expect("json");
     assert_eq!(link["expires_in"], 2);
@@ -615,20 +753,45 @@ async fn signed_links_serve_one_file_without_a_token_until_they_expire() {
     // The bytes and the thumbnails of that file, without a token.
     assert_eq!(anonymous(s.url(&url)).await, (200, png.clone()));
     let query = url.split_once('?').expect("query").1.to_owned();
-    let (status, thumb) = anonymous(s.url(&format!("/v1/files/{a}/thumbnail?size=32&{query}"))).await;
+    let (status, thumb) =
+        anonymous(s.url(&format!("/v1/files/{a}/thumbnail?size=32&{query}"))).await;
     assert_eq!(status, 200);
     assert_eq!(image::load_from_memory(&thumb).expect("thumb").width(), 32);
     // Not its metadata, not another file, not tampered with.
-    assert_eq!(anonymous(s.url(&format!("/v1/files/{a}/metadata?{query}"))).await.0, 401);
-    assert_eq!(anonymous(s.url(&format!("/v1/files/{b}?{query}"))).await.0, 401);
+    assert_eq!(
+        anonymous(s.url(&format!("/v1/files/{a}/metadata?{query}")))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        anonymous(s.url(&format!("/v1/files/{b}?{query}"))).await.0,
+        401
+    );
     let tampered = query.replace("tid=t1", "tid=t2");
-    assert_eq!(anonymous(s.url(&format!("/v1/files/{a}?{tampered}"))).await.0, 401);
-    let exp: u64 = query.split('&').find_map(|kv| kv.strip_prefix("exp=")).expect("exp").parse().expect("n");
+    assert_eq!(
+        anonymous(s.url(&format!("/v1/files/{a}?{tampered}")))
+            .await
+            .0,
+        401
+    );
+    let exp: u64 = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("exp="))
+        .expect("exp")
+        .parse()
+        .expect("n");
     let later = query.replace(&format!("exp={exp}"), &format!("exp={}", exp + 3600));
-    assert_eq!(anonymous(s.url(&format!("/v1/files/{a}?{later}"))).await.0, 401);
+    assert_eq!(
+        anonymous(s.url(&format!("/v1/files/{a}?{later}"))).await.0,
+        401
+    );
     let mut broken = query.clone();
     broken.push('A');
-    assert_eq!(anonymous(s.url(&format!("/v1/files/{a}?{broken}"))).await.0, 401);
+    assert_eq!(
+        anonymous(s.url(&format!("/v1/files/{a}?{broken}"))).await.0,
+        401
+    );
     // Expired.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let r = client().get(s.url(&url)).send().await.expect("get");
@@ -647,7 +810,12 @@ async fn links_survive_one_key_rotation_and_another_replica_accepts_them() {
     let link = |s: &Server| {
         let (url, t) = (s.url(&format!("/v1/files/{id}/links")), t.clone());
         async move {
-            let r = client().post(url).bearer_auth(t).send().await.expect("link");
+            let r = client()
+                .post(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .expect("link");
             let v: Value = r.json().await.expect("json");
             v["url"].as_str().expect("url").to_owned()
         }
@@ -660,7 +828,15 @@ async fn links_survive_one_key_rotation_and_another_replica_accepts_them() {
         env: vec![("ARCA_FILES__LINK_TTL".into(), "1h".into())],
         ..Opts::default()
     });
-    assert_eq!(client().get(replica.url(&first)).send().await.expect("get").status(), 200);
+    assert_eq!(
+        client()
+            .get(replica.url(&first))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
     let rotate = || {
         let mut cmd = std::process::Command::new(BIN);
         cmd.args(["rotate-key", "links"]).envs(s.env.clone());
@@ -668,8 +844,24 @@ async fn links_survive_one_key_rotation_and_another_replica_accepts_them() {
     };
     assert!(rotate().contains("rotated"));
     // The previous key still verifies.
-    assert_eq!(client().get(s.url(&first)).send().await.expect("get").status(), 200);
-    assert_eq!(client().get(replica.url(&first)).send().await.expect("get").status(), 200);
+    assert_eq!(
+        client()
+            .get(s.url(&first))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+    assert_eq!(
+        client()
+            .get(replica.url(&first))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
     // A second rotation retires it: a server reading the keys now (each
     // rereads them within 30 s) refuses it, and accepts new links.
     rotate();
@@ -678,16 +870,44 @@ async fn links_survive_one_key_rotation_and_another_replica_accepts_them() {
         env: vec![("ARCA_FILES__LINK_TTL".into(), "1h".into())],
         ..Opts::default()
     });
-    assert_eq!(client().get(third.url(&first)).send().await.expect("get").status(), 401);
+    assert_eq!(
+        client()
+            .get(third.url(&first))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        401
+    );
     let fresh = link(&third).await;
-    assert_eq!(client().get(third.url(&fresh)).send().await.expect("get").status(), 200);
+    assert_eq!(
+        client()
+            .get(third.url(&fresh))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
     // A server still holding the older keys rereads them when a link
     // fails to verify, so a link signed with the new key works there too.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(client().get(replica.url(&fresh)).send().await.expect("get").status(), 200);
+    assert_eq!(
+        client()
+            .get(replica.url(&fresh))
+            .send()
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(["rotate-key", "cursor"]).envs(s.env.clone());
-    assert_eq!(cmd.output().expect("run").status.code(), Some(2), "only links rotate");
+    assert_eq!(
+        cmd.output().expect("run").status.code(),
+        Some(2),
+        "only links rotate"
+    );
 }
 
 #[tokio::test]
@@ -698,8 +918,16 @@ async fn fifty_concurrent_uploads_all_land_intact() {
     for i in 0..50u32 {
         let (url, t) = (s.url("/v1/files"), t.clone());
         tasks.push(tokio::spawn(async move {
-            let bytes: Vec<u8> = (0..(300_000 + i * 1000)).map(|j| (j * (i + 1) % 251) as u8).collect();
-            let r = client().post(url).bearer_auth(t).body(bytes.clone()).send().await.expect("upload");
+            let bytes: Vec<u8> = (0..(300_000 + i * 1000))
+                .map(|j| (j * (i + 1) % 251) as u8)
+                .collect();
+            let r = client()
+                .post(url)
+                .bearer_auth(t)
+                .body(bytes.clone())
+                .send()
+                .await
+                .expect("upload");
             assert_eq!(r.status(), 201);
             let meta: Value = r.json().await.expect("json");
             (id_of(&meta), bytes)
@@ -737,9 +965,10 @@ async fn an_upload_is_never_held_whole_in_memory() {
     let before = peak_rss_kib(&s);
     // 160 MiB, streamed in 64 KiB pieces.
     let total: usize = 160 << 20;
-    let chunks = futures_util::stream::iter((0..total / (64 << 10)).map(|i| {
-        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![(i % 251) as u8; 64 << 10]))
-    }));
+    let chunks = futures_util::stream::iter(
+        (0..total / (64 << 10))
+            .map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![(i % 251) as u8; 64 << 10]))),
+    );
     let r = client()
         .post(s.url("/v1/files"))
         .bearer_auth(&t)
@@ -770,7 +999,8 @@ async fn an_upload_is_never_held_whole_in_memory() {
 /// connection, returning it to send the rest.
 fn partial_upload(s: &Server, token: &str, total: usize, sent: usize) -> std::net::TcpStream {
     let mut c = std::net::TcpStream::connect(&s.addr).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
     write!(
         c,
         "POST /v1/files?filename=slow.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/octet-stream\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
@@ -785,7 +1015,11 @@ fn read_response(mut c: std::net::TcpStream) -> (u16, String) {
     let mut buf = Vec::new();
     let _ = c.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, text)
 }
 
@@ -807,7 +1041,12 @@ async fn an_upload_in_flight_at_sigterm_completes() {
     assert_eq!(status, 201, "{text}");
     let status = s.wait_exit(Duration::from_secs(30));
     assert!(status.success());
-    let id = text.split("\"id\":\"").nth(1).and_then(|r| r.get(..32)).expect("id").to_owned();
+    let id = text
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|r| r.get(..32))
+        .expect("id")
+        .to_owned();
     // After a restart the file is there, whole.
     let s = Server::start(Opts {
         data: Some(data),
@@ -838,7 +1077,11 @@ async fn a_kill_mid_upload_leaves_nothing_visible_or_half_written() {
             if shard.file_name() == "tmp" {
                 continue;
             }
-            for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 sizes.push(f.metadata().expect("meta").len());
             }
         }
@@ -850,7 +1093,11 @@ async fn a_kill_mid_upload_leaves_nothing_visible_or_half_written() {
         assert_eq!(placed(&data.0.join("files")), vec![16]);
         // Age the leftovers as if a day had passed: the next start sweeps
         // them.
-        for f in std::fs::read_dir(data.0.join("files/tmp")).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(data.0.join("files/tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86_400);
             std::fs::File::options()
                 .write(true)
@@ -868,11 +1115,16 @@ async fn a_kill_mid_upload_leaves_nothing_visible_or_half_written() {
     if !common::mongodb() {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let left = std::fs::read_dir(data.0.join("files/tmp")).map(|d| d.count()).unwrap_or(0);
+            let left = std::fs::read_dir(data.0.join("files/tmp"))
+                .map(|d| d.count())
+                .unwrap_or(0);
             if left == 0 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "{left} temporary files left");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{left} temporary files left"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(placed(&data.0.join("files")), vec![16]);
@@ -907,13 +1159,16 @@ async fn uploads_have_their_own_time_budget_and_limits() {
     assert!(started.elapsed() < Duration::from_secs(8));
     // Content-Length over files.max_bytes: 413 before any body is read.
     let mut c = std::net::TcpStream::connect(&s.addr).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10))).expect("t");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("t");
     write!(c, "POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Length: 1000001\r\n\r\n").expect("head");
     let mut head = [0u8; 12];
     c.read_exact(&mut head).expect("answer without the body");
     assert_eq!(&head[9..12], b"413");
     // A body without a length that grows past it: 413 too.
-    let chunks = futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 50_000]))));
+    let chunks = futures_util::stream::iter(
+        (0..40).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 50_000]))),
+    );
     let r = client()
         .post(s.url("/v1/files"))
         .bearer_auth(&t)
@@ -921,12 +1176,22 @@ async fn uploads_have_their_own_time_budget_and_limits() {
         .send()
         .await;
     match r {
-        Ok(r) => assert_eq!(problem(r, 413).await["type"], "urn:arca:problem:payload-too-large"),
+        Ok(r) => assert_eq!(
+            problem(r, 413).await["type"],
+            "urn:arca:problem:payload-too-large"
+        ),
         // The server may answer and close before the client finished.
         Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
     }
     // JSON routes keep their own body limit and timeout.
-    let r = client().post(s.url("/v1/files")).bearer_auth(&t).header("content-encoding", "gzip").body("x").send().await.expect("post");
+    let r = client()
+        .post(s.url("/v1/files"))
+        .bearer_auth(&t)
+        .header("content-encoding", "gzip")
+        .body("x")
+        .send()
+        .await
+        .expect("post");
     problem(r, 415).await;
 }
 
@@ -940,16 +1205,30 @@ async fn backup_while_uploading_and_restore_carry_the_files() {
     let png = encoded(&picture(120, 80), ImageFormat::Png);
     let image_id = id_of(&uploaded(&s, &t, png.clone(), None).await);
     // A thumbnail in the cache, which the backup carries too.
-    assert_eq!(s.get(&format!("/v1/files/{image_id}/thumbnail?size=32"), &t).await.status(), 200);
+    assert_eq!(
+        s.get(&format!("/v1/files/{image_id}/thumbnail?size=32"), &t)
+            .await
+            .status(),
+        200
+    );
     let deleted = id_of(&uploaded(&s, &t, b"gone before the backup".to_vec(), None).await);
-    assert_eq!(s.delete(&format!("/v1/files/{deleted}"), &t).await.status(), 204);
+    assert_eq!(
+        s.delete(&format!("/v1/files/{deleted}"), &t).await.status(),
+        204
+    );
     // Uploads keep coming, one after another, while the backup runs.
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u8)>::new()));
     let writer = {
         let (url, t, acked) = (s.url("/v1/files"), t.clone(), acked.clone());
         tokio::spawn(async move {
             for i in 0..40u8 {
-                let r = client().post(&url).bearer_auth(&t).body(vec![i; 200_000]).send().await.expect("post");
+                let r = client()
+                    .post(&url)
+                    .bearer_auth(&t)
+                    .body(vec![i; 200_000])
+                    .send()
+                    .await
+                    .expect("post");
                 assert_eq!(r.status(), 201);
                 let v: Value = r.json().await.expect("json");
                 acked.lock().expect("acked").push((id_of(&v), i));
@@ -972,15 +1251,27 @@ async fn backup_while_uploading_and_restore_carry_the_files() {
     tar::Archive::new(std::fs::File::open(&dest).expect("archive"))
         .unpack(&restored.0)
         .expect("extract");
-    std::fs::copy(s.data.0.join("dev-signing-key.p8"), restored.0.join("dev-signing-key.p8")).expect("key");
+    std::fs::copy(
+        s.data.0.join("dev-signing-key.p8"),
+        restored.0.join("dev-signing-key.p8"),
+    )
+    .expect("key");
     let r = Server::start(Opts {
         data: Some(restored),
         ..Opts::default()
     });
     let (status, _, body) = get_bytes(&r, &format!("/v1/files/{image_id}"), &t).await;
     assert_eq!((status, body), (200, png));
-    assert_eq!(r.get(&format!("/v1/files/{image_id}/thumbnail?size=32"), &t).await.status(), 200);
-    assert_eq!(r.get(&format!("/v1/files/{deleted}"), &t).await.status(), 404);
+    assert_eq!(
+        r.get(&format!("/v1/files/{image_id}/thumbnail?size=32"), &t)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        r.get(&format!("/v1/files/{deleted}"), &t).await.status(),
+        404
+    );
     // One point in time: the uploads in it are the first k (k at least
     // those acknowledged before the backup began), each one whole.
     let mut present = Vec::new();
@@ -996,6 +1287,9 @@ async fn backup_while_uploading_and_restore_carry_the_files() {
         }
     }
     let k = present.iter().take_while(|p| **p).count();
-    assert!(k >= before_backup, "{k} of the {before_backup} acknowledged before");
+    assert!(
+        k >= before_backup,
+        "{k} of the {before_backup} acknowledged before"
+    );
     assert!(present[k..].iter().all(|p| !p), "a gap: {present:?}");
 }

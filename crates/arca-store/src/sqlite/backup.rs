@@ -84,7 +84,11 @@ pub fn backup(src: &Path, dest: &Path) -> Result<u64, String> {
 /// folder) to `out`, using `scratch` (which must not exist) for the
 /// database copy; returns the archive's size in bytes and the number of
 /// files in it. Blocking.
-pub fn archive(src: &Path, scratch: &Path, out: impl std::io::Write) -> Result<(u64, usize), String> {
+pub fn archive(
+    src: &Path,
+    scratch: &Path,
+    out: impl std::io::Write,
+) -> Result<(u64, usize), String> {
     struct Removed<'a>(&'a Path);
     impl Drop for Removed<'_> {
         fn drop(&mut self) {
@@ -96,13 +100,13 @@ pub fn archive(src: &Path, scratch: &Path, out: impl std::io::Write) -> Result<(
     let copy = Connection::open(scratch).map_err(|e| format!("cannot open the copy: {e}"))?;
     let listed: Vec<(String, String)> = copy
         .prepare("SELECT tenant, id FROM _arca_files ORDER BY tenant, id")
-        .and_then(|mut st| {
-            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
+        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(|e| format!("cannot list the stored files: {e}"))?;
     let root = super::files::files_dir(src);
-    let mut tar = tar::Builder::new(CountingWriter { inner: out, bytes: 0 });
+    let mut tar = tar::Builder::new(CountingWriter {
+        inner: out,
+        bytes: 0,
+    });
     tar.mode(tar::HeaderMode::Deterministic);
     let mut gone = Vec::new();
     let mut kept = 0;

@@ -15,7 +15,8 @@
 //! driver's upload stream because the stream fixes the metadata when it
 //! is opened, and the digest, the size and the image facts are known only
 //! at the end. Downloads read the chunks of a range by `n` (the driver's
-//! download stream cannot seek).
+//! download stream cannot seek). Chunks an upload cut by a crash left are
+//! unreachable; `sweep` removes them once they are a day old.
 
 use std::ops::Range;
 
@@ -73,6 +74,51 @@ impl Bucket {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// Chunks of an upload older than this with no files document belong to no
+/// live upload (`files.upload_timeout` is at most a day).
+const STALE_CHUNKS: std::time::Duration = std::time::Duration::from_secs(26 * 3600);
+
+/// Removes the chunks that crashes left (an upload cut before its files
+/// document was written: unreachable, but taking space): first chunks
+/// older than `STALE_CHUNKS` (by their ObjectId's time) whose file has no
+/// document. Best effort, run once per process in the background.
+pub async fn sweep(bucket: Bucket) {
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(STALE_CHUNKS)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+    let oldest = mongodb::bson::oid::ObjectId::from_parts(cutoff, [0; 5], [0; 3]);
+    let found = bucket
+        .chunks
+        .find(doc! {"n": 0, "_id": {"$lt": oldest}})
+        .projection(doc! {"files_id": 1})
+        .await;
+    let Ok(mut cursor) = found else { return };
+    let mut removed = 0u64;
+    while let Ok(Some(chunk)) = cursor.try_next().await {
+        let Some(key) = chunk.get("files_id").cloned() else {
+            continue;
+        };
+        match bucket.files.find_one(doc! {"_id": key.clone()}).await {
+            Ok(None) => {
+                if bucket
+                    .chunks
+                    .delete_many(doc! {"files_id": key})
+                    .await
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(_) => return,
+        }
+    }
+    if removed > 0 {
+        tracing::info!(uploads = removed, "removed the chunks of uploads cut by a crash");
     }
 }
 

@@ -28,6 +28,9 @@ use super::links::{self, LinkParams};
 use super::{Caller, stamp};
 use crate::error::{ApiError, ProblemKind};
 
+/// A thumbnail being made: (tenant key, file, key).
+type Flight = (String, FileId, ThumbKey);
+
 /// What every files grant shares: the image pool, the thumbnails being
 /// made, and the link keys as last read.
 pub(crate) struct FilesShared {
@@ -35,7 +38,7 @@ pub(crate) struct FilesShared {
     images: Arc<Semaphore>,
     /// Thumbnails being made, by (tenant key, file, key): later requests
     /// for the same one wait for it instead of making it again.
-    flights: Mutex<HashMap<(String, FileId, ThumbKey), Arc<tokio::sync::Mutex<()>>>>,
+    flights: Mutex<HashMap<Flight, Arc<tokio::sync::Mutex<()>>>>,
     /// The link keys (current, previous) and when they were read.
     keys: tokio::sync::Mutex<Option<(Instant, Vec<[u8; 32]>)>>,
 }

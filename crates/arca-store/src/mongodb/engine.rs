@@ -1057,7 +1057,13 @@ impl Store for MongoStore {
         let bucket = self.bucket();
         self.file_indexes
             .get_or_try_init(|| {
-                self.bounded(async { bucket.ensure_indexes().await.map_err(map_err) })
+                self.bounded(async {
+                    bucket.ensure_indexes().await.map_err(map_err)?;
+                    // Once per process: what crashes left goes, in the
+                    // background.
+                    tokio::spawn(files::sweep(self.bucket()));
+                    Ok(())
+                })
             })
             .await?;
         Ok(Box::new(GridFsWriter {

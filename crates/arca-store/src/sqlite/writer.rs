@@ -101,10 +101,14 @@ where
     }
 }
 
+/// How a `Job` answers once its batch's commit is known (the commit's
+/// error, if it failed).
+pub type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
 /// A finished operation waiting for its batch's commit.
 pub enum Done {
     /// A `Job`'s answer, given whether the commit failed.
-    Any(Box<dyn FnOnce(Option<&StoreError>) + Send>),
+    Any(Answer),
     Doc(
         oneshot::Sender<Result<Document, StoreError>>,
         Result<Document, StoreError>,

@@ -118,7 +118,10 @@ pub async fn sweep(bucket: Bucket) {
         }
     }
     if removed > 0 {
-        tracing::info!(uploads = removed, "removed the chunks of uploads cut by a crash");
+        tracing::info!(
+            uploads = removed,
+            "removed the chunks of uploads cut by a crash"
+        );
     }
 }
 

@@ -54,7 +54,7 @@ pub fn router() -> Router<AppState> {
 const BATCH: usize = 256 << 10;
 
 /// How long before the upload's time is up its body must have arrived.
-const BODY_MARGIN: std::time::Duration = std::time::Duration::from_millis(100);
+const BODY_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What a multipart body may add around its file part (boundaries, part
 /// headers) beyond `files.max_bytes` before its `Content-Length` alone
@@ -385,7 +385,9 @@ pub(crate) async fn upload(
             Ok(res)
         }
         Err(e) => {
-            upload.abort().await;
+            // In the background: the answer (a 408 near the deadline, say)
+            // must not wait for the store to throw the bytes away.
+            tokio::spawn(upload.abort());
             Err(e)
         }
     }

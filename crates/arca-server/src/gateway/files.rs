@@ -285,8 +285,15 @@ impl FilesGrant {
                 .unwrap_or_else(|p| p.into_inner());
             flights.entry(flight_key.clone()).or_default().clone()
         };
+        // Leaves the map when this request is done with it, whether it made
+        // the thumbnail, failed, or was cancelled (the client went away).
+        let _leave = LeaveFlight {
+            shared: &self.shared,
+            key: flight_key,
+            flight: flight.clone(),
+        };
         let _turn = flight.lock().await;
-        let made = async {
+        async {
             // Made by the request ahead of this one meanwhile?
             if let Some(hit) = self.store.thumbnail(&self.scope, id, key).await? {
                 return Ok(hit);
@@ -304,13 +311,31 @@ impl FilesGrant {
             metrics::counter!("arca_thumbnails_made_total").increment(1);
             Ok(thumb)
         }
-        .await;
-        self.shared
+        .await
+    }
+}
+
+/// Removes a thumbnail's flight from the map when dropped, unless a newer
+/// flight took its place.
+struct LeaveFlight<'a> {
+    shared: &'a FilesShared,
+    key: Flight,
+    flight: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for LeaveFlight<'_> {
+    fn drop(&mut self) {
+        let mut flights = self
+            .shared
             .flights
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&flight_key);
-        made
+            .unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            flights.remove(&self.key);
+        }
     }
 }
 

@@ -391,6 +391,16 @@ pub trait Store: Send + Sync + 'static {
         key: ThumbKey,
     ) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Up to `limit` files' metadata in every tenant, in (tenant key, id)
+    /// order, strictly after `after` (a tenant key and an id): for operator
+    /// tools that move a whole store (`arca copy`), never for a request.
+    /// MongoDB: `files.files` `find` sorted on `{metadata.tenant, _id.i}`.
+    async fn export_files(
+        &self,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FileMeta)>, StoreError>;
+
     /// Caches a thumbnail of the file `id` (kept until the file is
     /// deleted; a second put of the same key keeps the first); `NotFound`
     /// when the file is gone. MongoDB: `files.thumbnails` `insertOne`

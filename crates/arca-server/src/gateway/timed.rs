@@ -172,6 +172,14 @@ impl Store for Timed {
         time("delete_file", self.0.delete_file(scope, id)).await
     }
 
+    async fn export_files(
+        &self,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FileMeta)>, StoreError> {
+        time("export_files", self.0.export_files(after, limit)).await
+    }
+
     async fn thumbnail(
         &self,
         scope: &Scope,

@@ -1133,6 +1133,42 @@ impl Store for MongoStore {
         .await
     }
 
+    async fn export_files(
+        &self,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FileMeta)>, StoreError> {
+        let filter = match after {
+            Some((t, i)) => doc! {"$or": [
+                {"metadata.tenant": {"$gt": t}},
+                {"metadata.tenant": t, "_id.i": {"$gt": i.as_str()}},
+            ]},
+            None => doc! {},
+        };
+        self.bounded_read(async {
+            let mut cursor = self
+                .bucket()
+                .files
+                .find(filter)
+                .sort(doc! {"metadata.tenant": 1, "_id.i": 1})
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .await
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(stored) = cursor.try_next().await.map_err(map_err)? {
+                let tenant = stored
+                    .get_document("metadata")
+                    .ok()
+                    .and_then(|m| m.get_str("tenant").ok())
+                    .ok_or_else(|| unavailable("a stored file has no tenant"))?
+                    .to_owned();
+                out.push((crate::tenant_of_key(&tenant)?, files::meta_of(&stored)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn thumbnail(
         &self,
         scope: &Scope,

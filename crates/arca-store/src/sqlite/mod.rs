@@ -600,6 +600,36 @@ impl Store for SqliteStore {
         Ok(removed)
     }
 
+    async fn export_files(
+        &self,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FileMeta)>, StoreError> {
+        let (tenant, id) = match after {
+            Some((t, i)) => (Some(t.to_owned()), Some(i.as_str().to_owned())),
+            None => (None, None),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT tenant, meta FROM _arca_files WHERE ?1 IS NULL OR (tenant, id) > (?1, ?2) ORDER BY tenant, id LIMIT ?3",
+                )
+                .map_err(map_err)?;
+            let mut rows = st.query(params![tenant, id, limit]).map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(map_err)? {
+                let key: String = row.get(0).map_err(map_err)?;
+                let meta: String = row.get(1).map_err(map_err)?;
+                let meta = serde_json::from_str(&meta)
+                    .map_err(|e| StoreError::Unavailable(format!("stored file metadata: {e}")))?;
+                out.push((crate::tenant_of_key(&key)?, meta));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn thumbnail(
         &self,
         scope: &Scope,

@@ -251,3 +251,33 @@ pub async fn rotating_a_secret_keeps_the_previous_one<E: Engine>() {
     assert_eq!(store.secret("links.previous").await, Ok(second));
     assert_ne!(store.secret("links").await.expect("secret"), second);
 }
+
+pub async fn export_files_walks_every_tenant_in_order<E: Engine>() {
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let mut want = Vec::new();
+    for (tenant, n) in [("zeta", 9u8), ("", 7), ("acme", 8), ("acme", 6)] {
+        let id = file_id(n);
+        upload(store, &tenant_scope(tenant), &id, &[n; 3], 2).await;
+        want.push((tenant.to_owned(), id));
+    }
+    want.sort();
+    let mut got = Vec::new();
+    let mut after: Option<(String, FileId)> = None;
+    loop {
+        let page = store
+            .export_files(after.as_ref().map(|(t, i)| (t.as_str(), i)), 3)
+            .await
+            .expect("export");
+        let n = page.len();
+        for (tenant, m) in page {
+            assert_eq!(m, meta(&m.id, 3), "the metadata as stored");
+            got.push((tenant.key().to_owned(), m.id));
+        }
+        after = got.last().cloned();
+        if n < 3 {
+            break;
+        }
+    }
+    assert_eq!(got, want);
+}

@@ -963,8 +963,10 @@ async fn an_upload_is_never_held_whole_in_memory() {
     // Warm up (first allocations, thread stacks).
     uploaded(&s, &t, vec![1u8; 1 << 20], None).await;
     let before = peak_rss_kib(&s);
-    // 160 MiB, streamed in 64 KiB pieces.
-    let total: usize = 160 << 20;
+    // 160 MiB, streamed in 64 KiB pieces (64 MiB on MongoDB: the stand-in
+    // is a Python server that keeps every byte in memory, and the bound
+    // below is still well under the file's size).
+    let total: usize = if common::mongodb() { 64 << 20 } else { 160 << 20 };
     let chunks = futures_util::stream::iter(
         (0..total / (64 << 10))
             .map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![(i % 251) as u8; 64 << 10]))),
@@ -989,9 +991,11 @@ async fn an_upload_is_never_held_whole_in_memory() {
     }
     assert_eq!(n, total);
     let grown = peak_rss_kib(&s).saturating_sub(before);
+    let bound = if common::mongodb() { 24 } else { 48 };
     assert!(
-        grown < 48 * 1024,
-        "a 160 MiB upload and download grew the server's peak memory by {grown} KiB"
+        grown < bound * 1024,
+        "a {} MiB upload and download grew the server's peak memory by {grown} KiB",
+        total >> 20
     );
 }
 

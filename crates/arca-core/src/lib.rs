@@ -22,6 +22,6 @@ pub use document::{
     parse_body_fields, split_client_body,
 };
 pub use duration::HumanDuration;
-pub use name::{CollectionName, DocId, NameError, Tenant};
+pub use name::{CollectionName, DocId, FileId, NameError, Tenant};
 pub use schema::{DocumentSchema, FieldError, SchemaError, Validation};
 pub use scope::Scope;

@@ -1,4 +1,4 @@
-//! Validated names: collection names, document ids and tenants. Each is a
+//! Validated names: collection names, document ids, file ids and tenants. Each is a
 //! newtype that can only be built through its `parse`, so code that holds one
 //! never re-checks it.
 
@@ -16,6 +16,9 @@ pub enum NameError {
     /// An empty or oversized tenant value.
     #[error("the tenant claim must be a non-empty string of at most 256 characters")]
     Tenant,
+    /// A file id that is not 32 lowercase hex digits.
+    #[error("file ids are 32 lowercase hex digits")]
+    FileId,
 }
 
 /// A collection name: `^[a-z][a-z0-9_]{0,62}$`.
@@ -92,6 +95,62 @@ impl DocId {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// A file id: 128 random bits as 32 lowercase hex digits. Unguessable by
+/// construction (the server draws the bits; clients never choose an id),
+/// and safe as a file name or a GridFS key on every engine.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct FileId(String);
+
+impl TryFrom<String> for FileId {
+    type Error = NameError;
+    fn try_from(raw: String) -> Result<Self, NameError> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<FileId> for String {
+    fn from(id: FileId) -> String {
+        id.0
+    }
+}
+
+impl FileId {
+    /// Checks `raw`: exactly 32 lowercase hex digits.
+    pub fn parse(raw: &str) -> Result<Self, NameError> {
+        let b = raw.as_bytes();
+        if b.len() == 32 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(NameError::FileId)
+        }
+    }
+
+    /// The id of 128 bits the caller drew at random (it owns the entropy,
+    /// so this stays pure).
+    pub fn from_random(bits: [u8; 16]) -> Self {
+        let mut s = String::with_capacity(32);
+        for b in bits {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        Self(s)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl fmt::Display for DocId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -164,6 +223,23 @@ mod tests {
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
         assert!(a < b);
         assert!(DocId::parse(a.as_str()).is_ok());
+    }
+
+    #[test]
+    fn file_ids_are_32_lowercase_hex() {
+        let id = FileId::from_random([0xab; 16]);
+        assert_eq!(id.as_str(), "ab".repeat(16));
+        assert_eq!(FileId::parse(id.as_str()), Ok(id));
+        for bad in [
+            "",
+            "../etc/passwd",
+            &"A".repeat(32),
+            &"a".repeat(31),
+            &"a".repeat(33),
+            &"g".repeat(32),
+        ] {
+            assert_eq!(FileId::parse(bad), Err(NameError::FileId), "{bad}");
+        }
     }
 
     #[test]

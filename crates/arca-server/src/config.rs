@@ -35,6 +35,8 @@ pub struct Config {
     pub validation: ValidationConfig,
     /// `[aggregate]`
     pub aggregate: AggregateConfig,
+    /// `[files]`
+    pub files: FilesConfig,
 }
 
 /// `[aggregate]`: what one aggregation may cost.
@@ -57,6 +59,35 @@ impl Default for AggregateConfig {
             max_time: HumanDuration(Duration::from_secs(10)),
             max_memory: 100 << 20,
             max_results: 10_000,
+        }
+    }
+}
+
+/// `[files]`: uploads, images and signed links.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Largest upload, in bytes (413 above, before reading when the
+    /// request says its length).
+    pub max_bytes: u64,
+    /// Time an upload may take, from its start to its response (instead
+    /// of `server.request_timeout`: a large photo over a slow mobile link
+    /// takes minutes).
+    pub upload_timeout: HumanDuration,
+    /// Images claiming more pixels than this in their header are refused
+    /// (422) before any decoding.
+    pub max_image_pixels: u64,
+    /// Lifetime of a signed link (`POST /v1/files/{id}/links`).
+    pub link_ttl: HumanDuration,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 25 << 20,
+            upload_timeout: HumanDuration(Duration::from_secs(600)),
+            max_image_pixels: 40_000_000,
+            link_ttl: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -583,6 +614,13 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             10 * ms,
             hour,
         ),
+        (
+            "files.upload_timeout",
+            cfg.files.upload_timeout,
+            second,
+            day,
+        ),
+        ("files.link_ttl", cfg.files.link_ttl, second, 7 * day),
     ] {
         if value.0 < min || value.0 > max {
             return bad(
@@ -659,6 +697,12 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
     }
     if !(1..=10_000_000).contains(&cfg.aggregate.max_results) {
         return bad("aggregate.max_results", "expected 1 to 10000000");
+    }
+    if !(1..=1 << 40).contains(&cfg.files.max_bytes) {
+        return bad("files.max_bytes", "expected 1 to 1099511627776 (1 TiB)");
+    }
+    if !(1..=1_000_000_000).contains(&cfg.files.max_image_pixels) {
+        return bad("files.max_image_pixels", "expected 1 to 1000000000");
     }
     if !(1..=10_000).contains(&cfg.validation.max_errors) {
         return bad("validation.max_errors", "expected 1 to 10000");
@@ -850,6 +894,10 @@ mod tests {
         assert_eq!(c.query.max_page_bytes, 4 << 20);
         assert_eq!(c.validation.max_errors, 100);
         assert_eq!(c.store.sqlite.read_cache_mib, 16);
+        assert_eq!(c.files.max_bytes, 26_214_400);
+        assert_eq!(c.files.upload_timeout.0, Duration::from_secs(600));
+        assert_eq!(c.files.max_image_pixels, 40_000_000);
+        assert_eq!(c.files.link_ttl.0, Duration::from_secs(300));
         assert_eq!(
             c.store.sqlite.reader_cache_kib(),
             16 * 1024 / u32::try_from(c.store.sqlite.readers).expect("small")
@@ -977,6 +1025,24 @@ mod tests {
         for bad in ["0", "1025"] {
             let e = load(None, env(&[("ARCA_SERVER__WORKERS", bad)])).expect_err("workers");
             assert!(e.0.contains("server.workers"), "{bad}: {e}");
+        }
+        for (var, value, key) in [
+            ("ARCA_FILES__MAX_BYTES", "0", "`files.max_bytes`"),
+            (
+                "ARCA_FILES__MAX_IMAGE_PIXELS",
+                "0",
+                "`files.max_image_pixels`",
+            ),
+            (
+                "ARCA_FILES__UPLOAD_TIMEOUT",
+                "10ms",
+                "`files.upload_timeout`",
+            ),
+            ("ARCA_FILES__LINK_TTL", "30d", "`files.link_ttl`"),
+            ("ARCA_FILES__LINK_TTL", "5", "`files.link_ttl`"),
+        ] {
+            let e = load(None, env(&[(var, value)])).expect_err(var);
+            assert!(e.0.contains(key), "{var}={value}: {e}");
         }
         let c = load(None, env(&[("ARCA_SERVER__WORKERS", "1")])).expect("one worker");
         assert_eq!(c.server.workers, 1);

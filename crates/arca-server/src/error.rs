@@ -31,6 +31,8 @@ pub enum ProblemKind {
     CollectionNotFound,
     /// 404: no such document (or not readable by the caller).
     DocumentNotFound,
+    /// 404: no such file (or another tenant's).
+    FileNotFound,
     /// 405: the route exists, the method does not.
     MethodNotAllowed,
     /// 408: the client did not send its whole body in time.
@@ -44,8 +46,13 @@ pub enum ProblemKind {
     PayloadTooLarge,
     /// 415: body content type not accepted.
     UnsupportedMediaType,
+    /// 416: no byte of the requested `Range` is in the file.
+    RangeNotSatisfiable,
     /// 422: the document does not fit its collection.
     InvalidDocument,
+    /// 422: an empty upload, or an image that is too large or does not
+    /// decode.
+    InvalidFile,
     /// 429: the caller has too many heavy reads in flight.
     TooManyRequests,
     /// 500: an internal error (details only in the logs).
@@ -87,6 +94,17 @@ impl ProblemKind {
                 StatusCode::NOT_FOUND,
                 "document-not-found",
                 "No such document",
+            ),
+            FileNotFound => (StatusCode::NOT_FOUND, "file-not-found", "No such file"),
+            RangeNotSatisfiable => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range-not-satisfiable",
+                "Range not satisfiable",
+            ),
+            InvalidFile => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-file",
+                "Invalid file",
             ),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -157,13 +175,16 @@ impl ProblemKind {
         ProblemKind::RouteNotFound,
         ProblemKind::CollectionNotFound,
         ProblemKind::DocumentNotFound,
+        ProblemKind::FileNotFound,
         ProblemKind::MethodNotAllowed,
         ProblemKind::RequestTimeout,
         ProblemKind::Conflict,
         ProblemKind::PreconditionFailed,
         ProblemKind::PayloadTooLarge,
         ProblemKind::UnsupportedMediaType,
+        ProblemKind::RangeNotSatisfiable,
         ProblemKind::InvalidDocument,
+        ProblemKind::InvalidFile,
         ProblemKind::TooManyRequests,
         ProblemKind::Internal,
         ProblemKind::Unavailable,

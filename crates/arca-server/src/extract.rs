@@ -96,7 +96,7 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// The request body's content coding when it is not `identity`: the body
 /// would have to be decoded first, and nothing here decodes one (so a
 /// gzip body labelled as such is refused, not misread as JSON).
-fn content_coding(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn content_coding(headers: &HeaderMap) -> Option<String> {
     let mut codings = headers
         .get_all(header::CONTENT_ENCODING)
         .iter()

@@ -11,8 +11,8 @@
 //! - `gateway`: the one road to tenant data: the store, its catalogue, and
 //!   the per-action handles (`Grant`) that run the rule checks;
 //! - `middleware`: request id, tracing, metrics, timeout, CORS, compression;
-//! - `ops`, `collections`, `documents`, `explain`: the routes, one module
-//!   per resource;
+//! - `ops`, `collections`, `documents`, `explain`, `files`: the routes,
+//!   one module per resource;
 //! - `wire`: request and response shapes the OpenAPI document describes;
 //! - `openapi`: the OpenAPI document and `/docs` (the only module that
 //!   lists the handlers);
@@ -31,6 +31,7 @@ pub mod documents;
 pub mod error;
 pub mod explain;
 pub mod extract;
+pub mod files;
 pub mod gateway;
 pub mod metrics;
 pub mod middleware;
@@ -58,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .merge(collections::router())
         .merge(documents::router())
         .merge(explain::router())
+        .merge(files::router())
         .merge(openapi::router(state.config().docs.public));
     if state.config().console.enabled {
         routes = routes.merge(console::router(&state));

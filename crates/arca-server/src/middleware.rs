@@ -26,6 +26,37 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
 
+/// The route that receives uploads (`POST`): it gets
+/// `files.upload_timeout` instead of `server.request_timeout`, since a
+/// large file over a slow link takes minutes to arrive.
+pub const UPLOAD_ROUTE: &str = "/v1/files";
+
+/// The time budgets of requests (`timeout_and_problems`).
+#[derive(Debug, Clone, Copy)]
+struct Budgets {
+    /// `server.request_timeout`.
+    request: Duration,
+    /// `files.upload_timeout`.
+    upload: Duration,
+}
+
+/// Compress a response unless tower-http's default says not (images,
+/// tiny bodies, event streams) or it serves byte ranges (`Accept-Ranges`):
+/// a compressed 206 would not be the bytes its `Content-Range` names, and
+/// stored files keep the `ETag` of their exact bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Compressible;
+
+impl tower_http::compression::Predicate for Compressible {
+    fn should_compress<B>(&self, response: &http::Response<B>) -> bool
+    where
+        B: axum::body::HttpBody,
+    {
+        !response.headers().contains_key(header::ACCEPT_RANGES)
+            && tower_http::compression::predicate::DefaultPredicate::new().should_compress(response)
+    }
+}
+
 /// The route template that served a response (response extension), e.g.
 /// `/v1/collections/{name}/documents/{id}`.
 #[derive(Debug, Clone)]
@@ -35,7 +66,10 @@ struct RouteTemplate(MatchedPath);
 /// order: request id, trace + metrics, panic recovery, CORS, compression,
 /// timeout, problem+json for bare framework errors.
 pub fn layers(router: Router, config: &Config) -> Router {
-    let timeout = config.server.request_timeout.0;
+    let timeout = Budgets {
+        request: config.server.request_timeout.0,
+        upload: config.files.upload_timeout.0,
+    };
     let cors = cors_layer(&config.server.cors_origins);
     // Adjacent steps share one `from_fn` layer (each layer boxes and
     // clones the inner service per request): request id + observe, and
@@ -46,7 +80,7 @@ pub fn layers(router: Router, config: &Config) -> Router {
             timeout,
             timeout_and_problems,
         ))
-        .layer(CompressionLayer::new())
+        .layer(CompressionLayer::new().compress_when(Compressible))
         .layer(tower::util::option_layer(cors))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(request_id_and_observe))
@@ -56,8 +90,9 @@ pub fn layers(router: Router, config: &Config) -> Router {
 /// headers every response needs whatever its route: a response to a
 /// request that carried credentials is never stored by a shared cache
 /// (`Cache-Control: no-store`, `Vary: Authorization`: it may hold one
-/// caller's data), and JSON is never sniffed as something else
-/// (`X-Content-Type-Options: nosniff`).
+/// caller's data), and no response is ever sniffed as something else than
+/// its type says (`X-Content-Type-Options: nosniff`: stored files above
+/// all).
 async fn request_id_and_observe(mut req: Request, next: Next) -> Response {
     let id = request_id_of(&req);
     let credentials = req.headers().contains_key(header::AUTHORIZATION);
@@ -70,20 +105,10 @@ async fn request_id_and_observe(mut req: Request, next: Next) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.append(header::VARY, HeaderValue::from_static("authorization"));
     }
-    let json = h.get(header::CONTENT_TYPE).is_some_and(|ct| {
-        let essence = ct
-            .as_bytes()
-            .split(|b| *b == b';')
-            .next()
-            .unwrap_or_default();
-        essence.starts_with(b"application/") && essence.trim_ascii_end().ends_with(b"json")
-    });
-    if json {
-        h.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     res
 }
 
@@ -93,12 +118,23 @@ async fn request_id_and_observe(mut req: Request, next: Next) -> Response {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestDeadline(pub tokio::time::Instant);
 
-/// The request timeout (`timeout_problem`) around `problem_for_bare_error`.
+/// The request timeout (`timeout_problem`) around `problem_for_bare_error`:
+/// `server.request_timeout`, or `files.upload_timeout` for uploads.
 async fn timeout_and_problems(
-    State(limit): State<Duration>,
+    State(budgets): State<Budgets>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let upload = req.method() == Method::POST
+        && req
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|m| m.as_str() == UPLOAD_ROUTE);
+    let limit = if upload {
+        budgets.upload
+    } else {
+        budgets.request
+    };
     let deadline = tokio::time::Instant::now() + limit;
     // Only a request with a body needs it (GETs skip the insert). HTTP/2
     // bodies come with no length header, hence the body's own answer.
@@ -247,10 +283,19 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 header::IF_MATCH,
                 header::IF_NONE_MATCH,
+                header::RANGE,
+                header::IF_RANGE,
                 HeaderName::from_static("last-event-id"),
                 REQUEST_ID.clone(),
             ])
-            .expose_headers([header::ETAG, header::LOCATION, REQUEST_ID.clone()])
+            .expose_headers([
+                header::ETAG,
+                header::LOCATION,
+                header::CONTENT_RANGE,
+                header::CONTENT_DISPOSITION,
+                header::ACCEPT_RANGES,
+                REQUEST_ID.clone(),
+            ])
             .max_age(Duration::from_secs(600)),
     )
 }

@@ -52,14 +52,22 @@ use crate::wire::{
         crate::documents::count,
         crate::documents::aggregate,
         crate::explain::explain,
+        crate::files::upload,
+        crate::files::download,
+        crate::files::metadata,
+        crate::files::thumbnail,
+        crate::files::remove,
+        crate::files::create_link,
     ),
     components(schemas(Problem, FieldErrorDoc, Status, CollectionInput, CollectionOutput, CollectionList,
-        AnyDocument, DocumentPage, CountOutput, AggregateInput, AggregateOutput, ExplainInput, ExplainOutput)),
+        AnyDocument, DocumentPage, CountOutput, AggregateInput, AggregateOutput, ExplainInput, ExplainOutput,
+        crate::files::FileOutput, crate::files::ImageOutput, crate::files::LinkOutput, crate::wire::MultipartFile)),
     tags(
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "collections", description = "Collection definitions (schema admins)"),
         (name = "documents", description = "Documents of any collection"),
         (name = "access", description = "Access rule debugging"),
+        (name = "files", description = "Files and images: uploads, range downloads, thumbnails, signed links"),
     )
 )]
 struct ApiDoc;

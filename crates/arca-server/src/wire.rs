@@ -255,3 +255,12 @@ pub struct ExplainOutput {
     /// How to read the answer.
     pub note: String,
 }
+
+/// A `multipart/form-data` upload: one part named `file`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only: the body is streamed, not parsed into this
+pub struct MultipartFile {
+    /// The file's bytes (its part's `filename` and `Content-Type` are used).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}

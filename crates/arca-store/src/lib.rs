@@ -12,13 +12,17 @@
 //! exactly what is stored. Engines return documents (or their stored text);
 //! how a page is framed as JSON is the server's business.
 
+pub mod files;
 pub mod mongodb;
 pub mod sqlite;
 
+use std::ops::Range;
+
 use arca_core::query::{Cursor, Filter, Sort};
-use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope, Tenant};
+use arca_core::{CollectionName, DocId, Document, DocumentText, FileId, IndexDef, Scope, Tenant};
 use serde_json::Value;
 
+pub use files::{ByteStream, FileMeta, FileWriter, ImageFacts, ThumbFormat, ThumbKey};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// Re-exported so engines and callers name query types from one place.
@@ -333,6 +337,86 @@ pub trait Store: Send + Sync + 'static {
     /// `findOneAndUpdate({_id: name}, {$setOnInsert: {value}}, {upsert})`
     /// on `_arca_secrets`.
     async fn secret(&self, name: &str) -> Result<[u8; 32], StoreError>;
+
+    /// Rotates the secret `name`: its current value becomes
+    /// `<name>.previous` and a new random value (`candidate`) the current
+    /// one, in one step, so signatures made with the old key still verify
+    /// against `<name>.previous` until the next rotation (an operator
+    /// command, never a request). MongoDB: `findOneAndUpdate` on
+    /// `_arca_secrets` conditional on the value read, then the previous
+    /// key's upsert first (a crash between the two leaves the old key
+    /// current, never lost).
+    async fn rotate_secret(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Starts an upload of the file `id` in the scope's tenant: the writer
+    /// takes its bytes chunk by chunk and `commit` makes it visible with
+    /// its metadata. Nothing is visible before the commit, nor after a
+    /// crash or an abort. MongoDB: a GridFS upload stream on the bucket
+    /// `files` (`_id` the id; `metadata: {tenant, owner, filename,
+    /// content_type, sha256, created_at, image}`), `close()`d by the
+    /// commit, aborted otherwise (GridFS shows a file only once its
+    /// `files` document is written, after the last chunk).
+    async fn begin_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Box<dyn FileWriter>, StoreError>;
+
+    /// The metadata of the file `id` in the scope's tenant, or `None`
+    /// (also for another tenant's file). MongoDB: `files.files`
+    /// `findOne({_id, "metadata.tenant"})`.
+    async fn file_meta(&self, scope: &Scope, id: &FileId) -> Result<Option<FileMeta>, StoreError>;
+
+    /// The bytes `range` (within the file's size, which the caller read
+    /// from `file_meta`) of the file `id` in the scope's tenant, as a
+    /// stream of chunks; `NotFound` when there is no such file. MongoDB:
+    /// the chunks `n` from `start / chunkSize` to `(end - 1) / chunkSize`
+    /// of `files.chunks`, trimmed at both ends (the driver's download
+    /// stream cannot seek).
+    async fn read_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        range: Range<u64>,
+    ) -> Result<ByteStream, StoreError>;
+
+    /// Deletes the file `id` of the scope's tenant with its thumbnails and
+    /// returns its metadata, or `None` when there was none. MongoDB: the
+    /// GridFS `delete` (its `files` document, then its chunks) after
+    /// `files.thumbnails` `deleteMany({"_id.f"})`.
+    async fn delete_file(&self, scope: &Scope, id: &FileId)
+    -> Result<Option<FileMeta>, StoreError>;
+
+    /// The cached thumbnail `key` of the file `id`, or `None`. MongoDB:
+    /// `files.thumbnails` `findOne({_id: {t, f, s, e}})`.
+    async fn thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` files' metadata in every tenant, in (tenant key, id)
+    /// order, strictly after `after` (a tenant key and an id): for operator
+    /// tools that move a whole store (`arca copy`), never for a request.
+    /// MongoDB: `files.files` `find` sorted on `{metadata.tenant, _id.i}`.
+    async fn export_files(
+        &self,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FileMeta)>, StoreError>;
+
+    /// Caches a thumbnail of the file `id` (kept until the file is
+    /// deleted; a second put of the same key keeps the first); `NotFound`
+    /// when the file is gone. MongoDB: `files.thumbnails` `insertOne`
+    /// (a duplicate key is the first one kept), after checking the file.
+    async fn put_thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError>;
 
     /// Up to `limit` documents of the collection in every tenant, in
     /// (tenant key, id) order, strictly after `after`: for operator tools

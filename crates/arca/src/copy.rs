@@ -10,9 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arca_core::FileId;
 use arca_core::Scope;
 use arca_server::config::Config;
 use arca_store::{CollectionSpec, ExportPosition, Store, StoreError};
+use futures_util::TryStreamExt;
 use tokio::task::JoinSet;
 
 /// Documents read per export page.
@@ -27,6 +29,8 @@ struct Totals {
     collections: usize,
     copied: u64,
     already: u64,
+    files: u64,
+    files_already: u64,
 }
 
 /// Opens the store at `url` with the rest of `cfg`.
@@ -59,6 +63,17 @@ pub async fn run(cfg: &Config, from: &str, to: &str, resume: bool) -> Result<Str
         .collections()
         .await
         .map_err(|e| format!("reading {}: {e}", shown(to)))?;
+    let has_files = !target
+        .export_files(None, 1)
+        .await
+        .map_err(|e| format!("reading {}: {e}", shown(to)))?
+        .is_empty();
+    if has_files && existing.is_empty() && !resume {
+        return Err(format!(
+            "{} already holds files; copy into an empty store, or pass --resume to finish an interrupted copy",
+            shown(to)
+        ));
+    }
     if !existing.is_empty() && !resume {
         return Err(format!(
             "{} already holds {} collection(s) ({}); copy into an empty store, or pass --resume to finish an interrupted copy",
@@ -100,10 +115,12 @@ pub async fn run(cfg: &Config, from: &str, to: &str, resume: bool) -> Result<Str
         totals.collections += 1;
         copy_documents(&source, &target, def, resume, &mut totals).await?;
     }
+    copy_files(&source, &target, resume, &mut totals).await?;
     Ok(format!(
-        "copied {} collection(s) and {} document(s) from {} to {}{} in {:.1} s",
+        "copied {} collection(s) and {} document(s), {} file(s), from {} to {}{}{} in {:.1} s",
         totals.collections,
         totals.copied,
+        totals.files,
         shown(from),
         shown(to),
         if totals.already > 0 {
@@ -111,8 +128,86 @@ pub async fn run(cfg: &Config, from: &str, to: &str, resume: bool) -> Result<Str
         } else {
             String::new()
         },
+        if totals.files_already > 0 {
+            format!(" ({} file(s) already there)", totals.files_already)
+        } else {
+            String::new()
+        },
         started.elapsed().as_secs_f64()
     ))
+}
+
+/// Files read per export page.
+const FILE_PAGE: usize = 100;
+
+/// Copies every stored file, one at a time (each is streamed from the
+/// source into the target, never held whole). Resuming, a file already in
+/// the target with the same metadata is skipped; a half-copied one was
+/// never committed, so it is copied again.
+async fn copy_files(
+    source: &Arc<dyn Store>,
+    target: &Arc<dyn Store>,
+    resume: bool,
+    totals: &mut Totals,
+) -> Result<(), String> {
+    let mut after: Option<(String, FileId)> = None;
+    let mut last_report = Instant::now();
+    loop {
+        let page = source
+            .export_files(after.as_ref().map(|(t, i)| (t.as_str(), i)), FILE_PAGE)
+            .await
+            .map_err(|e| format!("files: reading the source: {e}"))?;
+        let full = page.len() == FILE_PAGE;
+        for (tenant, meta) in page {
+            after = Some((tenant.key().to_owned(), meta.id.clone()));
+            // An operator tool: files go into the tenant they came from.
+            #[allow(clippy::disallowed_methods)]
+            let scope = Scope::operator(tenant);
+            let what =
+                |e: StoreError| format!("file {} of tenant {:?}: {e}", meta.id, scope.tenant_key());
+            if let Some(there) = target.file_meta(&scope, &meta.id).await.map_err(what)? {
+                if resume && there == meta {
+                    totals.files_already += 1;
+                    continue;
+                }
+                return Err(format!(
+                    "file {} of tenant {:?} is already in the target{}",
+                    meta.id,
+                    scope.tenant_key(),
+                    if resume { " with other metadata" } else { "" }
+                ));
+            }
+            let mut bytes = source
+                .read_file(&scope, &meta.id, 0..meta.size)
+                .await
+                .map_err(what)?;
+            let mut writer = target.begin_file(&scope, &meta.id).await.map_err(what)?;
+            let copied = async {
+                while let Some(chunk) = bytes.try_next().await? {
+                    writer.write(chunk).await?;
+                }
+                Ok::<_, StoreError>(())
+            }
+            .await;
+            match copied {
+                Ok(()) => writer.commit(meta.clone()).await.map_err(what)?,
+                Err(e) => {
+                    writer.abort().await;
+                    return Err(what(e));
+                }
+            }
+            totals.files += 1;
+        }
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("arca copy: files: {} copied so far", totals.files);
+            last_report = Instant::now();
+        }
+        if !full {
+            break;
+        }
+    }
+    eprintln!("arca copy: files: done");
+    Ok(())
 }
 
 async fn copy_documents(

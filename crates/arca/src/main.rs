@@ -106,13 +106,25 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
-    /// Write a consistent copy of the embedded store's database while the
-    /// server keeps running (SQLite's `VACUUM INTO`): checked and flushed to
-    /// disk before it takes its name. DEST must not exist; `-` writes the
-    /// copy to standard output (`kubectl exec deploy/arca -- /arca backup - > arca.db`).
+    /// Write a consistent backup of the embedded store while the server
+    /// keeps running: a tar archive of `arca.db` (a copy made with SQLite's
+    /// `VACUUM INTO`, checked) and `files/` (the bytes of every stored file
+    /// the copy knows), flushed to disk before it takes its name. Restore
+    /// by extracting it into an empty data directory. DEST must not exist;
+    /// `-` writes the archive to standard output
+    /// (`kubectl exec deploy/arca -- /arca backup - > arca-backup.tar`).
     Backup {
         /// The file to create, or `-` for standard output.
         dest: PathBuf,
+    },
+    /// Rotate a signing key kept in the store: `links` (signed file
+    /// links). The current key becomes the previous one, which still
+    /// verifies, so links already handed out keep working until they
+    /// expire; a second rotation retires it. Every server picks the new
+    /// key up within 30 s.
+    RotateKey {
+        /// The key: `links`.
+        name: String,
     },
     /// Exit 0 when the server at `server.listen` answers `/healthz` with
     /// 200 (for container health checks in images without a shell).
@@ -223,6 +235,36 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::RotateKey { name } => {
+            if name != "links" {
+                eprintln!(
+                    "arca: rotate-key: only `links` can be rotated (cursor keys have no previous key: rotating one would break every cursor handed out)"
+                );
+                return ExitCode::from(2);
+            }
+            let Some(rt) = runtime(None) else {
+                return ExitCode::FAILURE;
+            };
+            let rotated = rt.block_on(async {
+                let store = open_store(&cfg).await?;
+                store
+                    .rotate_secret(&name)
+                    .await
+                    .map_err(|e| format!("cannot rotate {name}: {e}"))
+            });
+            match rotated {
+                Ok(()) => {
+                    println!(
+                        "rotated the {name} key; the previous one verifies until the next rotation"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("arca: rotate-key: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Healthcheck => match healthcheck(cfg.server.listen) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -325,43 +367,78 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-/// `arca backup`: a consistent copy of the database to `dest`, or through a
-/// temporary copy beside the database to standard output.
+/// `arca backup`: the backup archive (`arca_store::sqlite::backup::archive`)
+/// to `dest` (written as `<dest>.partial`, flushed, then renamed), or to
+/// standard output. The database copy it starts from is made beside the
+/// database: the same volume, and the one place a container with a
+/// read-only root file system can write.
 fn backup(cfg: &Config, dest: &Path) -> Result<String, String> {
-    use arca_store::sqlite::backup::backup as copy;
+    use arca_store::sqlite::backup::{archive, partial_path};
     let src = cfg.store.sqlite_path().ok_or(
         "arca backup copies the embedded store; with a mongodb:// store use MongoDB's own tools: \
          mongodump --uri=\"$URI\" --oplog --gzip --archive=arca.archive on a replica set (a consistent \
-         dump; restore with mongorestore --oplogReplay --gzip --archive=arca.archive), or your \
+         dump, GridFS files included; restore with mongorestore --oplogReplay --gzip --archive=arca.archive), or your \
          platform's snapshots (Atlas backups, volume snapshots); see docs/deploy.md",
     )?;
     let started = std::time::Instant::now();
-    if dest != Path::new("-") {
-        let bytes = copy(&src, dest)?;
+    let mut name = src.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".backup-{}", std::process::id()));
+    let scratch = src.with_file_name(name);
+    if dest == Path::new("-") {
+        if std::io::stdout().is_terminal() {
+            return Err("standard output is a terminal; redirect it to a file".into());
+        }
+        let out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        let (bytes, files) = archive(&src, &scratch, out)?;
         return Ok(format!(
-            "backup of {} written to {} ({bytes} bytes in {:.1} s)",
+            "backup of {} ({files} stored files) written to standard output ({bytes} bytes in {:.1} s)",
             src.display(),
-            dest.display(),
             started.elapsed().as_secs_f64()
         ));
     }
-    if std::io::stdout().is_terminal() {
-        return Err("standard output is a terminal; redirect it to a file".into());
+    if dest.exists() {
+        return Err(format!(
+            "{} already exists; choose a new name",
+            dest.display()
+        ));
     }
-    // Beside the database: the same volume, and the one place a container
-    // with a read-only root file system can write.
-    let mut name = src.file_name().unwrap_or_default().to_owned();
-    name.push(format!(".backup-{}", std::process::id()));
-    let tmp = RemoveOnDrop(src.with_file_name(name));
-    let bytes = copy(&src, &tmp.0)?;
-    let mut file = std::fs::File::open(&tmp.0).map_err(|e| format!("{}: {e}", tmp.0.display()))?;
-    let mut out = std::io::stdout().lock();
-    std::io::copy(&mut file, &mut out)
-        .and_then(|_| std::io::Write::flush(&mut out))
-        .map_err(|e| format!("writing to standard output: {e}"))?;
+    let partial = partial_path(dest);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} is left from an interrupted backup; remove it first",
+                partial.display()
+            ),
+            _ => format!("{}: {e}", partial.display()),
+        })?;
+    let cleanup = RemoveOnDrop(partial.clone());
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let (bytes, files) = archive(&src, &scratch, &mut out)?;
+    let file = out
+        .into_inner()
+        .map_err(|e| format!("writing {}: {e}", partial.display()))?;
+    file.sync_all()
+        .map_err(|e| format!("flushing {}: {e}", partial.display()))?;
+    std::fs::rename(&partial, dest).map_err(|e| {
+        format!(
+            "cannot rename {} to {}: {e}",
+            partial.display(),
+            dest.display()
+        )
+    })?;
+    std::mem::forget(cleanup);
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("cannot flush {}: {e}", dir.display()))?;
+    }
     Ok(format!(
-        "backup of {} written to standard output ({bytes} bytes in {:.1} s)",
+        "backup of {} ({files} stored files) written to {} ({bytes} bytes in {:.1} s)",
         src.display(),
+        dest.display(),
         started.elapsed().as_secs_f64()
     ))
 }

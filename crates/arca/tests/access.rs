@@ -3,7 +3,9 @@
 //! private, another tenant's) x routes; a randomized run of two tenants and
 //! several users where no response may ever hold a document outside the
 //! caller's tenant and read scope; claim injection; rule changes taking
-//! effect on the next request; and the explain endpoint.
+//! effect on the next request; and the explain endpoint. Files are in both
+//! the matrix (every route, every kind of caller, own / another user's /
+//! another tenant's file) and the randomized run.
 
 mod common;
 use common::*;
@@ -248,6 +250,117 @@ async fn the_access_matrix_gives_the_contract_status_in_every_cell() {
     );
 }
 
+/// The files routes' "who gets what": any caller with a token reads the
+/// files of its tenant (roles do not matter), only the owner or an admin
+/// deletes, another tenant's file is 404, no token is 401.
+fn expected_file(who: Who, owner: &str, tenant: &str, op: &str) -> u16 {
+    if who == Who::Anonymous {
+        return 401;
+    }
+    if tenant != "t1" {
+        return 404;
+    }
+    match op {
+        "delete" if who == Who::Admin || owner == "me" => 204,
+        "delete" => 403,
+        "link" => 201,
+        _ => 200,
+    }
+}
+
+/// A tiny PNG (2 x 2), for thumbnails.
+fn tiny_png() -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(2, 2))
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
+    out.into_inner()
+}
+
+#[tokio::test]
+async fn the_files_matrix_gives_the_contract_status_in_every_cell() {
+    let w = world().await;
+    let whos = [
+        (Who::Anonymous, None),
+        (Who::NoRole, Some("norole")),
+        (Who::Viewer, Some("viewer")),
+        (Who::Editor, Some("me")),
+        (Who::Admin, Some("admin")),
+    ];
+    // (uploader, its sub, its tenant)
+    let kinds = [
+        ("me", "me", "t1"),
+        ("other", "other", "t1"),
+        ("stranger", "me", "t2"),
+    ];
+    let mut wrong = Vec::new();
+    for (who, token) in whos {
+        for (uploader, owner, tenant) in kinds {
+            for op in ["get", "metadata", "thumbnail", "link", "delete"] {
+                let r = client()
+                    .post(w.s.url("/v1/files"))
+                    .bearer_auth(w.t(uploader))
+                    .body(tiny_png())
+                    .send()
+                    .await
+                    .expect("upload");
+                assert_eq!(r.status(), 201);
+                let meta: Value = r.json().await.expect("json");
+                let id = meta["id"].as_str().expect("id");
+                let url = w.s.url(&match op {
+                    "get" | "delete" => format!("/v1/files/{id}"),
+                    "link" => format!("/v1/files/{id}/links"),
+                    other => format!("/v1/files/{id}/{other}"),
+                });
+                let c = client();
+                let mut req = match op {
+                    "delete" => c.delete(&url),
+                    "link" => c.post(&url),
+                    _ => c.get(&url),
+                };
+                if let Some(t) = token {
+                    req = req.bearer_auth(w.t(t));
+                }
+                let status = req.send().await.expect("request").status().as_u16();
+                let want = expected_file(who, owner, tenant, op);
+                if status != want {
+                    wrong.push(format!(
+                        "{who:?} {op} a file of {uploader}: got {status}, want {want}"
+                    ));
+                }
+            }
+        }
+    }
+    // An upload without a token is 401; with any token of any role, 201.
+    let r = client()
+        .post(w.s.url("/v1/files"))
+        .body("x")
+        .send()
+        .await
+        .expect("upload");
+    if r.status() != 401 {
+        wrong.push(format!("anonymous upload: got {}", r.status()));
+    }
+    for t in ["norole", "viewer", "me", "admin", "stranger"] {
+        let r = client()
+            .post(w.s.url("/v1/files"))
+            .bearer_auth(w.t(t))
+            .body("x")
+            .send()
+            .await
+            .expect("upload");
+        if r.status() != 201 {
+            wrong.push(format!("{t} upload: got {}", r.status()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong cells:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn create_must_match_the_create_filter_and_results_must_stay_in_the_update_filter() {
     let s = Server::dev();
@@ -430,6 +543,8 @@ async fn randomized_operations_never_leak_across_tenants_or_read_scopes() {
         .collect();
     // Ground truth: id -> (tenant, owner, public).
     let mut truth: HashMap<String, (String, String, bool)> = HashMap::new();
+    // Files: id -> (tenant, owner, bytes).
+    let mut files: HashMap<String, (String, String, Vec<u8>)> = HashMap::new();
     let mut rng = Rng(0x5eed_1234_abcd_9876);
     let url = s.url(URL);
     let visible = |truth: &HashMap<String, (String, String, bool)>, u: usize, id: &str| -> bool {
@@ -438,11 +553,79 @@ async fn randomized_operations_never_leak_across_tenants_or_read_scopes() {
             .get(id)
             .is_some_and(|(t, o, p)| t == tenant && (admin || o == sub || *p))
     };
-    for step in 0..300 {
+    for step in 0..400 {
         let u = (rng.next() % users.len() as u64) as usize;
         let t = &tokens[u];
         let ids: Vec<String> = truth.keys().cloned().collect();
-        match rng.next() % 6 {
+        let file_ids: Vec<String> = {
+            let mut f: Vec<String> = files.keys().cloned().collect();
+            f.sort();
+            f
+        };
+        match rng.next() % 9 {
+            6 => {
+                let bytes = format!("{step} by {:?}", users[u]).into_bytes();
+                let r = client()
+                    .post(s.url("/v1/files"))
+                    .bearer_auth(t)
+                    .body(bytes.clone())
+                    .send()
+                    .await
+                    .expect("upload");
+                assert_eq!(r.status(), 201);
+                let m: Value = r.json().await.expect("json");
+                files.insert(
+                    m["id"].as_str().expect("id").to_owned(),
+                    (users[u].1.to_owned(), users[u].0.to_owned(), bytes),
+                );
+            }
+            7 if !file_ids.is_empty() => {
+                let id = rng.pick(&file_ids).clone();
+                let r = client()
+                    .get(s.url(&format!("/v1/files/{id}")))
+                    .bearer_auth(t)
+                    .send()
+                    .await
+                    .expect("get file");
+                let status = r.status().as_u16();
+                let (tenant, _, bytes) = &files[&id];
+                let same = tenant == users[u].1;
+                assert_eq!(
+                    status,
+                    if same { 200 } else { 404 },
+                    "step {step}: file {id} by {:?}",
+                    users[u]
+                );
+                if same {
+                    assert_eq!(&r.bytes().await.expect("b")[..], &bytes[..]);
+                }
+            }
+            8 if !file_ids.is_empty() => {
+                let id = rng.pick(&file_ids).clone();
+                let r = client()
+                    .delete(s.url(&format!("/v1/files/{id}")))
+                    .bearer_auth(t)
+                    .send()
+                    .await
+                    .expect("delete file");
+                let status = r.status().as_u16();
+                let (tenant, owner, _) = &files[&id];
+                let want = if tenant != users[u].1 {
+                    404
+                } else if users[u].2 || owner == users[u].0 {
+                    204
+                } else {
+                    403
+                };
+                assert_eq!(
+                    status, want,
+                    "step {step}: delete file {id} by {:?}",
+                    users[u]
+                );
+                if status == 204 {
+                    files.remove(&id);
+                }
+            }
             0 | 1 => {
                 let public = rng.next().is_multiple_of(2);
                 let r = client()
@@ -556,6 +739,7 @@ async fn randomized_operations_never_leak_across_tenants_or_read_scopes() {
         }
     }
     assert!(truth.len() > 10, "the run created documents");
+    assert!(!files.is_empty(), "the run uploaded files");
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! `arca copy` moves a whole store between engines: SQLite -> MongoDB (the
 //! stand-in, or `ARCA_TEST_MONGODB_URI`) -> SQLite, and the last store
 //! holds exactly the first one's definitions and documents (ids,
-//! revisions, timestamps, owners, tenants). A non-empty target is refused
-//! unless `--resume`, which then skips what is there.
+//! revisions, timestamps, owners, tenants) and stored files (metadata and
+//! bytes). A non-empty target is refused unless `--resume`, which then
+//! skips what is there.
 
 mod common;
 
@@ -40,8 +41,9 @@ fn copy(from: &str, to: &str, resume: bool) -> std::process::Output {
         .expect("arca copy")
 }
 
-/// Every definition and every document (all tenants) of a SQLite store.
-async fn dump(path: &std::path::Path) -> (Vec<Value>, Vec<String>) {
+/// Every definition, every document and every file (all tenants) of a
+/// SQLite store.
+async fn dump(path: &std::path::Path) -> (Vec<Value>, Vec<String>, Vec<String>) {
     let store = SqliteStore::open(&SqliteOptions {
         path: path.to_owned(),
         synchronous_full: false,
@@ -83,7 +85,26 @@ async fn dump(path: &std::path::Path) -> (Vec<Value>, Vec<String>) {
             }
         }
     }
-    (defs, docs)
+    let mut files = Vec::new();
+    for (tenant, meta) in store.export_files(None, 1000).await.expect("files") {
+        #[allow(clippy::disallowed_methods)] // the test reads as an operator
+        let scope = arca_core::Scope::operator(tenant.clone());
+        let chunks: Vec<bytes::Bytes> = futures_util::TryStreamExt::try_collect(
+            store
+                .read_file(&scope, &meta.id, 0..meta.size)
+                .await
+                .expect("read"),
+        )
+        .await
+        .expect("bytes");
+        files.push(format!(
+            "{}|{}|{:?}",
+            tenant.key(),
+            serde_json::to_string(&meta).expect("json"),
+            chunks.concat()
+        ));
+    }
+    (defs, docs, files)
 }
 
 #[tokio::test]
@@ -138,6 +159,16 @@ async fn a_store_copied_to_mongodb_and_back_is_the_same_store() {
                     .expect("post");
                 assert_eq!(r.status(), 201);
             }
+            // A file per tenant, over several GridFS chunks.
+            let bytes: Vec<u8> = (0..600_000u32).map(|i| (i % 241) as u8).collect();
+            let r = client()
+                .post(s.url(&format!("/v1/files?filename={who}.bin")))
+                .bearer_auth(&t)
+                .body(bytes)
+                .send()
+                .await
+                .expect("upload");
+            assert_eq!(r.status(), 201);
             let r = client()
                 .patch(s.url("/v1/collections/people/documents/p3"))
                 .bearer_auth(&t)
@@ -161,7 +192,7 @@ async fn a_store_copied_to_mongodb_and_back_is_the_same_store() {
         );
         let summary = String::from_utf8_lossy(&out.stdout);
         assert!(
-            summary.contains("copied 2 collection(s) and 180 document(s)"),
+            summary.contains("copied 2 collection(s) and 180 document(s), 3 file(s)"),
             "{summary}"
         );
     }
@@ -181,9 +212,13 @@ async fn a_store_copied_to_mongodb_and_back_is_the_same_store() {
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
-    assert!(String::from_utf8_lossy(&resumed.stdout).contains("(180 already there)"));
-    assert_eq!(
+    let resumed = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.contains("(180 already there)"), "{resumed}");
+    assert!(resumed.contains("(3 file(s) already there)"), "{resumed}");
+    let (first_dump, last_dump) = (
         dump(&first.0.join("arca.db")).await,
-        dump(&last.0.join("arca.db")).await
+        dump(&last.0.join("arca.db")).await,
     );
+    assert_eq!(first_dump.2.len(), 3, "three files");
+    assert_eq!(first_dump, last_dump);
 }

@@ -1010,7 +1010,7 @@ async fn backup_while_writing_restores_a_consistent_prefix() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let out = TempDir::new("backup-out");
-    let dest = out.0.join("arca-backup.db");
+    let dest = out.0.join("arca-backup.tar");
     let run = |dest: &str| {
         let mut cmd = std::process::Command::new(BIN);
         cmd.args(["backup", dest]);
@@ -1034,7 +1034,19 @@ async fn backup_while_writing_restores_a_consistent_prefix() {
         "{}",
         String::from_utf8_lossy(&piped.stderr)
     );
-    assert!(piped.stdout.starts_with(b"SQLite format 3\0"));
+    // A tar archive whose `arca.db` is a SQLite database.
+    let names: Vec<String> = tar::Archive::new(&piped.stdout[..])
+        .entries()
+        .expect("a tar archive")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["arca.db"], "no files were uploaded");
     let leftovers: Vec<_> = std::fs::read_dir(&s.data.0)
         .expect("data dir")
         .filter_map(|e| e.ok())
@@ -1055,7 +1067,11 @@ async fn backup_while_writing_restores_a_consistent_prefix() {
         ("stdout", piped.stdout),
     ] {
         let data = Arc::new(TempDir::new("restored"));
-        std::fs::write(data.0.join("arca.db"), bytes).expect("restore");
+        tar::Archive::new(&bytes[..])
+            .unpack(&data.0)
+            .expect("restore: extract the archive");
+        let head = std::fs::read(data.0.join("arca.db")).expect("arca.db");
+        assert!(head.starts_with(b"SQLite format 3\0"), "{name}");
         std::fs::copy(
             s.data.0.join("dev-signing-key.p8"),
             data.0.join("dev-signing-key.p8"),

@@ -137,12 +137,39 @@ async fn the_spec_is_openapi_3_1_and_describes_every_route() {
         ("/v1/collections/{name}/documents/{id}", "delete"),
         ("/v1/collections/{name}/count", "get"),
         ("/v1/collections/{name}/access/explain", "post"),
+        ("/v1/files", "post"),
+        ("/v1/files/{id}", "get"),
+        ("/v1/files/{id}", "delete"),
+        ("/v1/files/{id}/metadata", "get"),
+        ("/v1/files/{id}/thumbnail", "get"),
+        ("/v1/files/{id}/links", "post"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),
             "{method} {path} missing"
         );
     }
+    // Files: binary bodies both ways, ranges, links.
+    let upload = &doc["paths"]["/v1/files"]["post"];
+    assert!(
+        upload["requestBody"]["content"]["multipart/form-data"].is_object(),
+        "{upload}"
+    );
+    assert!(
+        upload["requestBody"]["content"]["application/octet-stream"].is_object(),
+        "{upload}"
+    );
+    assert!(upload["responses"]["413"].is_object() && upload["responses"]["422"].is_object());
+    let download = &doc["paths"]["/v1/files/{id}"]["get"];
+    for code in ["200", "206", "304", "404", "416"] {
+        assert!(download["responses"][code].is_object(), "download {code}");
+    }
+    assert!(download["responses"]["206"]["headers"]["Content-Range"].is_object());
+    let link = &doc["paths"]["/v1/files/{id}/links"]["post"]["responses"]["201"];
+    assert_eq!(
+        link["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/LinkOutput"
+    );
     let problem = &doc["components"]["schemas"]["Problem"];
     assert!(
         problem["properties"]["type"].is_object() && problem["example"].is_object(),

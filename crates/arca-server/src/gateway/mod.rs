@@ -8,13 +8,17 @@
 //! a second road to the store.
 //!
 //! Files: `catalog` (the compiled collections, kept in step with the store
-//! across processes), `grant` (the per-action handles), `stamp` (ids and
+//! across processes), `grant` (the per-action handles), `files` (the files
+//! handle: tenant, owner and link checks, the image pool, thumbnails made
+//! once), `links` (signing and verifying file links), `stamp` (ids and
 //! times decided before any engine sees a write), `timed` (the measuring
 //! store).
 
 mod catalog;
+mod files;
 mod grant;
 pub mod limits;
+pub mod links;
 pub mod stamp;
 mod timed;
 
@@ -27,7 +31,9 @@ use arca_core::{Action, CollectionDef, CollectionName, Scope};
 use arca_store::{CollectionSpec, LookupScopes, PutOutcome, Store, StoreError};
 
 pub use catalog::Collection;
+pub use files::{FilesGrant, Received, Upload};
 pub use grant::{Act, Create, Delete, Grant, Read, Update};
+pub use links::LinkParams;
 
 use crate::access::{self, SchemaAdmin};
 use crate::error::ApiError;
@@ -61,6 +67,9 @@ pub struct Gateway {
     shared: Arc<Shared>,
     /// The key cursors are signed with, read from the store once.
     cursor_key: tokio::sync::OnceCell<[u8; 32]>,
+    /// What files grants share (image pool, thumbnails in flight, link
+    /// keys).
+    files: Arc<files::FilesShared>,
 }
 
 impl Gateway {
@@ -83,6 +92,7 @@ impl Gateway {
                 offload: Offload::default(),
             }),
             cursor_key: tokio::sync::OnceCell::new(),
+            files: Arc::default(),
         };
         match gateway.catalog.reload(gateway.store.as_ref()).await {
             Ok(()) => {}
@@ -147,6 +157,23 @@ impl Gateway {
             out.insert(name.as_str().to_owned(), scope);
         }
         Ok(out)
+    }
+
+    /// The caller's handle on its tenant's files: any caller with a token
+    /// (401 without; 403 without a tenant claim when `auth.require_tenant`
+    /// is set). The tenant is the token's; nothing else is reachable.
+    pub fn files(&self, caller: &Caller) -> Result<FilesGrant, ApiError> {
+        files::grant_for(&self.store, &self.settings, &self.files, caller)
+    }
+
+    /// The handle a signed link gives on its one file (401 when the link
+    /// was tampered with, has expired, or is for another file).
+    pub async fn files_by_link(
+        &self,
+        id: &arca_core::FileId,
+        link: &LinkParams,
+    ) -> Result<FilesGrant, ApiError> {
+        files::grant_for_link(&self.store, &self.files, id, link).await
     }
 
     /// A collection by name, or 404.

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arca_core::DocId;
+use arca_core::{DocId, FileId};
 
 /// A fresh time-ordered id: seconds since the epoch, five random bytes
 /// chosen once per process, and a counter starting at a random value (the
@@ -27,6 +27,13 @@ pub fn new_id() -> DocId {
         *SEED.get_or_init(rand::random),
         n,
     )
+}
+
+/// A fresh file id: 128 bits from the operating system's random source
+/// (through `rand`'s thread-local generator, seeded from it), so file ids
+/// cannot be guessed from other ids or from time.
+pub fn new_file_id() -> FileId {
+    FileId::from_random(rand::random())
 }
 
 /// The current time as stored: RFC 3339 UTC with milliseconds.

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use arca_core::pipeline::Pipeline;
 use arca_core::query::Filter;
-use arca_core::{CollectionName, DocId, Document, DocumentText, Scope, Tenant};
+use arca_core::{CollectionName, DocId, Document, DocumentText, FileId, Scope, Tenant};
 use arca_store::{
-    AggregateLimits, CollectionSpec, ExportPosition, LookupScopes, PageWriter, PutOutcome, Query,
-    Store, StoreError, StoredCollection,
+    AggregateLimits, ByteStream, CollectionSpec, ExportPosition, FileMeta, FileWriter,
+    LookupScopes, PageWriter, PutOutcome, Query, Store, StoreError, StoredCollection, ThumbKey,
 };
 
 /// A `Store` that times the engine it wraps.
@@ -135,6 +135,71 @@ impl Store for Timed {
         time("secret", self.0.secret(name)).await
     }
 
+    async fn rotate_secret(&self, name: &str) -> Result<(), StoreError> {
+        time("rotate_secret", self.0.rotate_secret(name)).await
+    }
+
+    /// Timed: the opening here, each chunk written and the commit by
+    /// `TimedWriter` (an upload's whole time is the client's, not the
+    /// store's).
+    async fn begin_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Box<dyn FileWriter>, StoreError> {
+        let inner = time("begin_file", self.0.begin_file(scope, id)).await?;
+        Ok(Box::new(TimedWriter(inner)))
+    }
+
+    async fn file_meta(&self, scope: &Scope, id: &FileId) -> Result<Option<FileMeta>, StoreError> {
+        time("file_meta", self.0.file_meta(scope, id)).await
+    }
+
+    /// Timed to the first byte: the stream's pace is the client's.
+    async fn read_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        time("read_file", self.0.read_file(scope, id, range)).await
+    }
+
+    async fn delete_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Option<FileMeta>, StoreError> {
+        time("delete_file", self.0.delete_file(scope, id)).await
+    }
+
+    async fn export_files(
+        &self,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FileMeta)>, StoreError> {
+        time("export_files", self.0.export_files(after, limit)).await
+    }
+
+    async fn thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        time("thumbnail", self.0.thumbnail(scope, id, key)).await
+    }
+
+    async fn put_thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        time("put_thumbnail", self.0.put_thumbnail(scope, id, key, bytes)).await
+    }
+
     async fn export(
         &self,
         coll: &CollectionName,
@@ -157,5 +222,27 @@ impl Store for Timed {
             self.0.aggregate(coll, scope, pipeline, lookups, limits),
         )
         .await
+    }
+}
+
+/// An upload whose store calls are timed one by one.
+struct TimedWriter(Box<dyn FileWriter>);
+
+#[async_trait::async_trait]
+impl FileWriter for TimedWriter {
+    async fn write(&mut self, chunk: bytes::Bytes) -> Result<(), StoreError> {
+        time("write_file", self.0.write(chunk)).await
+    }
+
+    async fn written(&mut self) -> Result<ByteStream, StoreError> {
+        time("read_upload", self.0.written()).await
+    }
+
+    async fn commit(self: Box<Self>, meta: FileMeta) -> Result<(), StoreError> {
+        time("commit_file", self.0.commit(meta)).await
+    }
+
+    async fn abort(self: Box<Self>) {
+        time("abort_file", self.0.abort()).await
     }
 }

@@ -30,7 +30,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use arca_core::query::{Filter, Node, SortKey};
-use arca_core::{CollectionName, DocId, Document, IndexDef, Scope, Tenant};
+use arca_core::{CollectionName, DocId, Document, FileId, IndexDef, Scope, Tenant};
 use futures_util::TryStreamExt;
 use mongodb::bson::{Bson, Document as BsonDoc, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
@@ -40,13 +40,14 @@ use mongodb::options::{
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::Value;
 
+use super::files::{self, Bucket, GridFsWriter};
 use super::{filter, schema, value};
 
 mod aggregate;
 
 use crate::{
-    CollectionSpec, ExportPosition, PageBudget, PutOutcome, Query, Store, StoreError,
-    StoredCollection, trim_to_budget,
+    ByteStream, CollectionSpec, ExportPosition, FileMeta, FileWriter, PageBudget, PutOutcome,
+    Query, Store, StoreError, StoredCollection, ThumbKey, trim_to_budget,
 };
 
 /// The catalogue collection.
@@ -86,6 +87,8 @@ pub struct MongoStore {
     /// Places for aggregations the engine evaluates itself, one per CPU
     /// (see `aggregate`).
     evaluators: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The GridFS bucket's indexes were made (once per process).
+    file_indexes: tokio::sync::OnceCell<()>,
 }
 
 /// What `_arca_collections.def` holds (the same record as the embedded
@@ -124,7 +127,7 @@ fn server_message(e: &mongodb::error::Error) -> String {
 
 /// Maps a driver error. Duplicate keys are resolved to field names by the
 /// caller (`name_conflict`).
-fn map_err(e: mongodb::error::Error) -> StoreError {
+pub(super) fn map_err(e: mongodb::error::Error) -> StoreError {
     match server_code(&e) {
         Some(11000) => StoreError::Conflict(server_message(&e)),
         // MaxTimeMSExpired.
@@ -284,7 +287,30 @@ impl MongoStore {
             evaluators: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            file_indexes: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The GridFS bucket `files`.
+    fn bucket(&self) -> Bucket {
+        Bucket::of(&self.db)
+    }
+
+    /// The files document of `id` in the scope's tenant.
+    async fn files_document(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Option<BsonDoc>, StoreError> {
+        self.bounded_read(async {
+            self.bucket()
+                .files
+                .find_one(doc! {"_id": files::file_key(scope.tenant(), id)})
+                .max_time(self.read_timeout)
+                .await
+                .map_err(map_err)
+        })
+        .await
     }
 
     /// The database in use.
@@ -999,6 +1025,212 @@ impl Store for MongoStore {
                 .try_into()
                 .map_err(|_| unavailable(format!("the secret {name:?} is not 32 bytes"))),
             _ => Err(unavailable(format!("the secret {name:?} was not kept"))),
+        }
+    }
+
+    async fn rotate_secret(&self, name: &str) -> Result<(), StoreError> {
+        let current = self.secret(name).await?;
+        let binary = |bytes: [u8; 32]| mongodb::bson::Binary {
+            subtype: mongodb::bson::spec::BinarySubtype::Generic,
+            bytes: bytes.to_vec(),
+        };
+        let secrets = self.db.collection::<BsonDoc>("_arca_secrets");
+        self.bounded(async {
+            // The previous key first: a crash between the two writes
+            // leaves the old key current, never lost.
+            secrets
+                .update_one(
+                    doc! {"_id": format!("{name}.previous")},
+                    doc! {"$set": {"value": binary(current)}},
+                )
+                .upsert(true)
+                .await
+                .map_err(map_err)?;
+            secrets
+                .update_one(
+                    doc! {"_id": name, "value": binary(current)},
+                    doc! {"$set": {"value": binary(rand::random::<[u8; 32]>())}},
+                )
+                .await
+                .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn begin_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Box<dyn FileWriter>, StoreError> {
+        let bucket = self.bucket();
+        self.file_indexes
+            .get_or_try_init(|| {
+                self.bounded(async {
+                    bucket.ensure_indexes().await.map_err(map_err)?;
+                    // Once per process: what crashes left goes, in the
+                    // background.
+                    tokio::spawn(files::sweep(self.bucket()));
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(Box::new(GridFsWriter {
+            bucket: self.bucket(),
+            tenant: scope.tenant().clone(),
+            key: files::file_key(scope.tenant(), id),
+            buffer: Vec::new(),
+            n: 0,
+            written: 0,
+            finished: false,
+        }))
+    }
+
+    async fn file_meta(&self, scope: &Scope, id: &FileId) -> Result<Option<FileMeta>, StoreError> {
+        self.files_document(scope, id)
+            .await?
+            .map(|d| files::meta_of(&d))
+            .transpose()
+    }
+
+    async fn read_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        let stored = self
+            .files_document(scope, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let chunk = files::chunk_size_of(&stored);
+        let key = files::file_key(scope.tenant(), id);
+        self.bounded_read(files::read_range(&self.bucket().chunks, key, chunk, range))
+            .await
+    }
+
+    async fn delete_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Option<FileMeta>, StoreError> {
+        let bucket = self.bucket();
+        let key = files::file_key(scope.tenant(), id);
+        self.bounded(async {
+            // The files document first: from then on nobody can reach the
+            // file; chunks or thumbnails a crash leaves are unreachable.
+            let Some(stored) = bucket
+                .files
+                .find_one_and_delete(doc! {"_id": key.clone()})
+                .await
+                .map_err(map_err)?
+            else {
+                return Ok(None);
+            };
+            bucket
+                .chunks
+                .delete_many(doc! {"files_id": key})
+                .await
+                .map_err(map_err)?;
+            bucket
+                .thumbnails
+                .delete_many(doc! {"_id.t": scope.tenant_key(), "_id.f": id.as_str()})
+                .await
+                .map_err(map_err)?;
+            files::meta_of(&stored).map(Some)
+        })
+        .await
+    }
+
+    async fn export_files(
+        &self,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FileMeta)>, StoreError> {
+        let filter = match after {
+            Some((t, i)) => doc! {"$or": [
+                {"metadata.tenant": {"$gt": t}},
+                {"metadata.tenant": t, "_id.i": {"$gt": i.as_str()}},
+            ]},
+            None => doc! {},
+        };
+        self.bounded_read(async {
+            let mut cursor = self
+                .bucket()
+                .files
+                .find(filter)
+                .sort(doc! {"metadata.tenant": 1, "_id.i": 1})
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .await
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(stored) = cursor.try_next().await.map_err(map_err)? {
+                let tenant = stored
+                    .get_document("metadata")
+                    .ok()
+                    .and_then(|m| m.get_str("tenant").ok())
+                    .ok_or_else(|| unavailable("a stored file has no tenant"))?
+                    .to_owned();
+                out.push((crate::tenant_of_key(&tenant)?, files::meta_of(&stored)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let found = self
+            .bounded_read(async {
+                self.bucket()
+                    .thumbnails
+                    .find_one(doc! {"_id": files::thumb_key(scope.tenant(), id, key)})
+                    .max_time(self.read_timeout)
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        Ok(found.and_then(|d| match d.get("data") {
+            Some(Bson::Binary(b)) => Some(b.bytes.clone()),
+            _ => None,
+        }))
+    }
+
+    async fn put_thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        if self.files_document(scope, id).await?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let stored = doc! {
+            "_id": files::thumb_key(scope.tenant(), id, key),
+            "data": mongodb::bson::Binary {
+                subtype: mongodb::bson::spec::BinarySubtype::Generic,
+                bytes,
+            },
+        };
+        match self
+            .bounded(async {
+                self.bucket()
+                    .thumbnails
+                    .insert_one(stored)
+                    .await
+                    .map(|_| ())
+                    .map_err(map_err)
+            })
+            .await
+        {
+            // Made meanwhile by another process: the first one is kept.
+            Err(StoreError::Conflict(_)) => Ok(()),
+            other => other,
         }
     }
 

@@ -12,8 +12,11 @@
 //! - `pipeline`: a scoped aggregation `Pipeline` -> the BSON pipeline sent
 //!   (tenant and read filters first, in every `$lookup` too, and the
 //!   client view before any user stage).
+//! - `files`: GridFS (bucket `files`) for file bytes and metadata, and the
+//!   thumbnail cache.
 
 mod engine;
+mod files;
 pub mod filter;
 pub mod pipeline;
 pub mod schema;

@@ -7,6 +7,14 @@
 //! with `PRAGMA quick_check`, flushed to disk, and only then renamed to
 //! `<dest>`: an interrupted backup never leaves a file under the name a
 //! restore would look for.
+//!
+//! `archive` makes the backup `arca backup` writes: a tar archive of the
+//! data directory as a restore needs it, `arca.db` (the copy above) and
+//! `files/...` (the bytes of every file the copy knows). Stored files never
+//! change once written, so the copy's list of files is the point in time:
+//! each is added as it is now; one deleted since the copy was taken is left
+//! out, and its row dropped from the copy, so the archive never names bytes
+//! it does not hold. Files uploaded after the copy was taken are not in it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,6 +78,103 @@ pub fn backup(src: &Path, dest: &Path) -> Result<u64, String> {
     std::fs::metadata(dest)
         .map(|m| m.len())
         .map_err(|e| format!("{}: {e}", dest.display()))
+}
+
+/// Writes the backup archive of the database `src` (and its `files`
+/// folder) to `out`, using `scratch` (which must not exist) for the
+/// database copy; returns the archive's size in bytes and the number of
+/// files in it. Blocking.
+pub fn archive(
+    src: &Path,
+    scratch: &Path,
+    out: impl std::io::Write,
+) -> Result<(u64, usize), String> {
+    struct Removed<'a>(&'a Path);
+    impl Drop for Removed<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+    backup(src, scratch)?;
+    let _scratch = Removed(scratch);
+    let copy = Connection::open(scratch).map_err(|e| format!("cannot open the copy: {e}"))?;
+    let listed: Vec<(String, String)> = copy
+        .prepare("SELECT tenant, id FROM _arca_files ORDER BY tenant, id")
+        .and_then(|mut st| st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(|e| format!("cannot list the stored files: {e}"))?;
+    let root = super::files::files_dir(src);
+    let mut tar = tar::Builder::new(CountingWriter {
+        inner: out,
+        bytes: 0,
+    });
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut gone = Vec::new();
+    let mut kept = 0;
+    for (tenant, id) in listed {
+        let rel = super::files::relative_path(&tenant, &id);
+        let mut file = match std::fs::File::open(root.join(&rel)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                gone.push((tenant, id));
+                continue;
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", rel.display())),
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", rel.display()))?
+            .len();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size);
+        header.set_mode(0o600);
+        tar.append_data(&mut header, PathBuf::from("files").join(&rel), &mut file)
+            .map_err(|e| format!("writing the archive: {e}"))?;
+        kept += 1;
+    }
+    for (tenant, id) in &gone {
+        copy.execute(
+            "DELETE FROM _arca_files WHERE tenant = ?1 AND id = ?2",
+            [tenant, id],
+        )
+        .and_then(|_| {
+            copy.execute(
+                "DELETE FROM _arca_thumbnails WHERE tenant = ?1 AND file_id = ?2",
+                [tenant, id],
+            )
+        })
+        .map_err(|e| format!("updating the copy: {e}"))?;
+    }
+    drop(copy);
+    let mut db = std::fs::File::open(scratch).map_err(|e| format!("reading the copy: {e}"))?;
+    let size = db.metadata().map_err(|e| e.to_string())?.len();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size);
+    header.set_mode(0o600);
+    tar.append_data(&mut header, "arca.db", &mut db)
+        .map_err(|e| format!("writing the archive: {e}"))?;
+    let mut counted = tar
+        .into_inner()
+        .map_err(|e| format!("writing the archive: {e}"))?;
+    std::io::Write::flush(&mut counted).map_err(|e| format!("writing the archive: {e}"))?;
+    Ok((counted.bytes, kept))
+}
+
+/// A writer that counts what passes through it.
+struct CountingWriter<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// `<dest>.partial`, where the copy is written before it is checked.

@@ -13,11 +13,13 @@
 //! Files: `setup` (opening connections, the engine's tables), `readers`
 //! (the reader pool), `scan` (listings and point reads), `writer` (the
 //! writer thread), `sql` (SQL text), `plan` (candidate narrowing), `queue`
-//! (the reader queue's wake-up policy), `backup` (online copies); this file
-//! is the `Store` implementation over them.
+//! (the reader queue's wake-up policy), `backup` (online copies), `files`
+//! (file bytes in the `files` folder beside the database); this file is
+//! the `Store` implementation over them.
 
 mod aggregate;
 pub mod backup;
+pub mod files;
 mod plan;
 mod queue;
 mod readers;
@@ -32,18 +34,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use arca_core::query::{Filter, Node};
-use arca_core::{CollectionName, DocId, Document, DocumentText, IndexDef, Scope, Tenant};
-use rusqlite::{Connection, params};
+use arca_core::{CollectionName, DocId, Document, DocumentText, FileId, IndexDef, Scope, Tenant};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    AggregateLimits, CollectionSpec, ExportPosition, LookupScopes, PageWriter, PutOutcome, Query,
-    Store, StoreError, StoredCollection,
+    AggregateLimits, ByteStream, CollectionSpec, ExportPosition, FileMeta, FileWriter,
+    LookupScopes, PageWriter, PutOutcome, Query, Store, StoreError, StoredCollection, ThumbKey,
 };
 use readers::Readers;
 use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
-use writer::{WriteOp, map_err};
+use writer::{TypedJob, WriteOp, map_err};
 
 /// How the embedded engine is opened.
 #[derive(Debug, Clone)]
@@ -79,6 +81,8 @@ pub struct SqliteStore {
     writer: Option<std::thread::JoinHandle<()>>,
     readers: Readers,
     path: PathBuf,
+    /// The `files` folder beside the database (file bytes).
+    files_root: PathBuf,
     /// The paths leading each collection's declared indexes (what the
     /// planner may narrow on), kept in step with the definitions.
     indexed: RwLock<HashMap<CollectionName, Arc<HashSet<String>>>>,
@@ -112,11 +116,18 @@ impl SqliteStore {
             .name("arca-sqlite-writer".into())
             .spawn(move || writer::run(writer_conn, rx))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        let files_root = files::files_dir(&opts.path);
+        let (root, db) = (files_root.clone(), opts.path.clone());
+        // What crashes left in the files folder goes, off the start's path.
+        let _ = std::thread::Builder::new()
+            .name("arca-files-sweep".into())
+            .spawn(move || files::sweep(&root, &db));
         Ok(Self {
             writes: Some(tx),
             writer: Some(writer),
             readers,
             path: opts.path.clone(),
+            files_root,
             indexed: RwLock::new(HashMap::new()),
             ordered: RwLock::new(HashMap::new()),
         })
@@ -162,6 +173,25 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.readers.run(true, f).await
+    }
+
+    /// Runs `f` on the writer thread (in its own savepoint of a group
+    /// commit) and waits for the commit that holds it.
+    async fn write_job<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write(|reply| WriteOp::Job(Box::new(TypedJob { f, reply })))
+            .await
+    }
+
+    /// The writer thread's queue, held weakly (for uploads in progress).
+    fn weak_writes(&self) -> Result<mpsc::WeakSender<WriteOp>, StoreError> {
+        self.writes
+            .as_ref()
+            .map(mpsc::Sender::downgrade)
+            .ok_or_else(|| StoreError::Unavailable("writer stopped".into()))
     }
 
     /// Queues a write and waits for the commit that holds it.
@@ -480,6 +510,173 @@ impl Store for SqliteStore {
             name,
             candidate,
             reply,
+        })
+        .await
+    }
+
+    async fn rotate_secret(&self, name: &str) -> Result<(), StoreError> {
+        let (name, candidate) = (name.to_owned(), rand::random::<[u8; 32]>());
+        self.write_job(move |c| {
+            let current = writer::secret(c, &name, &rand::random::<[u8; 32]>())?;
+            c.prepare_cached("INSERT OR REPLACE INTO _arca_secrets (name, value) VALUES (?1, ?2)")
+                .and_then(|mut st| {
+                    st.execute(params![format!("{name}.previous"), current.as_slice()])?;
+                    st.execute(params![name, candidate.as_slice()])
+                })
+                .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn begin_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Box<dyn FileWriter>, StoreError> {
+        let writer = files::SqliteFileWriter::begin(
+            &self.files_root,
+            scope.tenant_key(),
+            id,
+            self.weak_writes()?,
+        )
+        .await?;
+        Ok(Box::new(writer))
+    }
+
+    async fn file_meta(&self, scope: &Scope, id: &FileId) -> Result<Option<FileMeta>, StoreError> {
+        let (tenant, id) = (scope.tenant_key().to_owned(), id.as_str().to_owned());
+        self.read_point(move |c| files::meta_of(c, &tenant, &id))
+            .await
+    }
+
+    async fn read_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        range: std::ops::Range<u64>,
+    ) -> Result<ByteStream, StoreError> {
+        if self.file_meta(scope, id).await?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let path = self
+            .files_root
+            .join(files::relative_path(scope.tenant_key(), id.as_str()));
+        files::read_range(path, range).await
+    }
+
+    async fn delete_file(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+    ) -> Result<Option<FileMeta>, StoreError> {
+        let (tenant, key) = (scope.tenant_key().to_owned(), id.as_str().to_owned());
+        let removed = self
+            .write_job(move |c| {
+                let meta = files::meta_of(c, &tenant, &key)?;
+                if meta.is_some() {
+                    c.prepare_cached("DELETE FROM _arca_files WHERE tenant = ?1 AND id = ?2")
+                        .and_then(|mut st| st.execute(params![tenant, key]))
+                        .map_err(map_err)?;
+                    c.prepare_cached(
+                        "DELETE FROM _arca_thumbnails WHERE tenant = ?1 AND file_id = ?2",
+                    )
+                    .and_then(|mut st| st.execute(params![tenant, key]))
+                    .map_err(map_err)?;
+                }
+                Ok(meta)
+            })
+            .await?;
+        if removed.is_some() {
+            // The row is gone: nobody can reach the bytes any more. A crash
+            // before this removal leaves them to the next start's sweep.
+            let path = self
+                .files_root
+                .join(files::relative_path(scope.tenant_key(), id.as_str()));
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(error = %e, "removing a deleted file's bytes failed"),
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn export_files(
+        &self,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<(Tenant, FileMeta)>, StoreError> {
+        let (tenant, id) = match after {
+            Some((t, i)) => (Some(t.to_owned()), Some(i.as_str().to_owned())),
+            None => (None, None),
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT tenant, meta FROM _arca_files WHERE ?1 IS NULL OR (tenant, id) > (?1, ?2) ORDER BY tenant, id LIMIT ?3",
+                )
+                .map_err(map_err)?;
+            let mut rows = st.query(params![tenant, id, limit]).map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(map_err)? {
+                let key: String = row.get(0).map_err(map_err)?;
+                let meta: String = row.get(1).map_err(map_err)?;
+                let meta = serde_json::from_str(&meta)
+                    .map_err(|e| StoreError::Unavailable(format!("stored file metadata: {e}")))?;
+                out.push((crate::tenant_of_key(&key)?, meta));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (tenant, id) = (scope.tenant_key().to_owned(), id.as_str().to_owned());
+        self.read_point(move |c| {
+            c.prepare_cached(
+                "SELECT bytes FROM _arca_thumbnails WHERE tenant = ?1 AND file_id = ?2 AND size = ?3 AND format = ?4",
+            )
+            .and_then(|mut st| {
+                st.query_row(
+                    params![tenant, id, key.size, key.format.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn put_thumbnail(
+        &self,
+        scope: &Scope,
+        id: &FileId,
+        key: ThumbKey,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (tenant, id) = (scope.tenant_key().to_owned(), id.as_str().to_owned());
+        self.write_job(move |c| {
+            let exists = c
+                .prepare_cached("SELECT 1 FROM _arca_files WHERE tenant = ?1 AND id = ?2")
+                .and_then(|mut st| st.exists(params![tenant, id]))
+                .map_err(map_err)?;
+            if !exists {
+                return Err(StoreError::NotFound);
+            }
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO _arca_thumbnails (tenant, file_id, size, format, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![tenant, id, key.size, key.format.as_str(), bytes]))
+            .map_err(map_err)?;
+            Ok(())
         })
         .await
     }

@@ -12,8 +12,10 @@ use crate::StoreError;
 
 /// The engine's own tables: the catalogue of collection definitions,
 /// small shared values (the catalogue generation, which every process on
-/// the file polls to learn that definitions changed), and the secrets
-/// every process must share (signing keys).
+/// the file polls to learn that definitions changed), the secrets
+/// every process must share (signing keys), the metadata of stored files
+/// (their bytes live in the `files` folder beside the database) and their
+/// cached thumbnails.
 const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_collections (
         name TEXT PRIMARY KEY,
@@ -28,6 +30,20 @@ const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_secrets (
         name TEXT PRIMARY KEY,
         value BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS _arca_files (
+        tenant TEXT NOT NULL,
+        id TEXT NOT NULL,
+        meta TEXT NOT NULL,
+        PRIMARY KEY (tenant, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS _arca_thumbnails (
+        tenant TEXT NOT NULL,
+        file_id TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        format TEXT NOT NULL,
+        bytes BLOB NOT NULL,
+        PRIMARY KEY (tenant, file_id, size, format)
     );";
 
 /// Opens a connection to `path` with the engine's settings. The writer's

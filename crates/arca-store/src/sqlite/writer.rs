@@ -51,6 +51,9 @@ pub enum WriteOp {
         name: CollectionName,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// Any other write (files, thumbnails, secret rotation), run in its
+    /// own savepoint like the others and answered after the commit.
+    Job(Box<dyn Job>),
     /// Keeps `candidate` as the secret `name` unless one is kept already;
     /// answers the kept one.
     Secret {
@@ -60,8 +63,52 @@ pub enum WriteOp {
     },
 }
 
+/// A write given as a function of the connection (`WriteOp::Job`).
+pub trait Job: Send {
+    /// Runs the write; whether it succeeded (else its savepoint is rolled
+    /// back), and how to answer once the commit is known.
+    fn run(self: Box<Self>, conn: &Connection) -> (Done, bool);
+    /// Answers `err` without running (the batch could not begin).
+    fn fail(self: Box<Self>, err: &StoreError) -> Done;
+}
+
+/// A `Job` answering the `Result<T>` of `f`.
+pub struct TypedJob<T, F> {
+    /// The write.
+    pub f: F,
+    /// Where its result goes.
+    pub reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (Done, bool) {
+        let r = (self.f)(conn);
+        let ok = r.is_ok();
+        let reply = self.reply;
+        let answer = move |failed: Option<&StoreError>| {
+            let _ = reply.send(failed.cloned().map_or(r, Err));
+        };
+        (Done::Any(Box::new(answer)), ok)
+    }
+
+    fn fail(self: Box<Self>, err: &StoreError) -> Done {
+        let _ = self.reply.send(Err(err.clone()));
+        Done::Any(Box::new(|_| {}))
+    }
+}
+
+/// How a `Job` answers once its batch's commit is known (the commit's
+/// error, if it failed).
+pub type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
 /// A finished operation waiting for its batch's commit.
-enum Done {
+pub enum Done {
+    /// A `Job`'s answer, given whether the commit failed.
+    Any(Answer),
     Doc(
         oneshot::Sender<Result<Document, StoreError>>,
         Result<Document, StoreError>,
@@ -93,6 +140,7 @@ impl Done {
             Done::Put(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Bool(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Key(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
+            Done::Any(answer) => answer(commit_failed),
         }
     }
 }
@@ -181,6 +229,7 @@ fn fail(op: WriteOp, err: &StoreError) -> Done {
         WriteOp::PutCollection { reply, .. } => Done::Put(reply, Err(err.clone())),
         WriteOp::DeleteCollection { reply, .. } => Done::Bool(reply, Err(err.clone())),
         WriteOp::Secret { reply, .. } => Done::Key(reply, Err(err.clone())),
+        WriteOp::Job(job) => job.fail(err),
     }
 }
 
@@ -251,6 +300,7 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
             let ok = r.is_ok();
             (Done::Bool(reply, r), ok)
         }
+        WriteOp::Job(job) => job.run(conn),
         WriteOp::Secret {
             name,
             candidate,
@@ -517,7 +567,7 @@ fn delete_collection(conn: &Connection, name: &CollectionName) -> Result<bool, S
     Ok(n == 1)
 }
 
-fn secret(conn: &Connection, name: &str, candidate: &[u8; 32]) -> Result<[u8; 32], StoreError> {
+pub fn secret(conn: &Connection, name: &str, candidate: &[u8; 32]) -> Result<[u8; 32], StoreError> {
     conn.prepare_cached("INSERT OR IGNORE INTO _arca_secrets (name, value) VALUES (?1, ?2)")
         .and_then(|mut st| st.execute(params![name, candidate.as_slice()]))
         .map_err(map_err)?;

@@ -9,6 +9,7 @@
 
 pub mod aggregate;
 pub mod cases;
+pub mod files;
 pub mod properties;
 
 use std::any::Any;
@@ -96,6 +97,14 @@ macro_rules! conformance_suite {
             aggregations_see_only_the_scope_at_every_depth,
             aggregation_limits_are_enforced,
         );
+        $crate::conformance_suite!(@files $engine;
+            files_stream_in_and_out_by_range,
+            an_upload_is_invisible_until_committed_and_gone_when_aborted,
+            files_never_cross_tenants,
+            thumbnails_are_kept_until_their_file_goes,
+            rotating_a_secret_keeps_the_previous_one,
+            export_files_walks_every_tenant_in_order,
+        );
         $crate::conformance_suite!(@sync $engine;
             listings_return_exactly_the_evaluators_matches,
             cursor_walks_visit_every_document_once,
@@ -116,6 +125,14 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 conformance::aggregate::$case::<$engine>().await
+            }
+        )*
+    };
+    (@files $engine:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                conformance::files::$case::<$engine>().await
             }
         )*
     };

@@ -438,7 +438,7 @@ fn page_json(docs: &[DocumentText], next: &Value) -> Vec<u8> {
     params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
     request_body(content = crate::wire::AggregateInput, description = "The pipeline (docs/aggregate.md): the caller's tenant and read rule apply before the first stage and to every $lookup"),
     responses((status = 200, description = "The results", body = crate::wire::AggregateOutput),
-              crate::wire::Guarded, crate::wire::Addressed))]
+              crate::wire::Guarded, crate::wire::Addressed, crate::wire::WithBody))]
 pub(crate) async fn aggregate(
     State(state): State<AppState>,
     caller: Caller,

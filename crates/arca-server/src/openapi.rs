@@ -510,8 +510,14 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
                  "description": "A pipeline of the allowed stages (docs/aggregate.md); the caller's tenant and read rule apply before the first stage and to every $lookup.",
                  "security": security,
                  "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AggregateInput"}}}},
-                 "responses": common(json!({"200": {"description": "The results",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AggregateOutput"}}}}}))},
+                 "responses": {
+                    let mut r = common(json!({"200": {"description": "The results",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AggregateOutput"}}}}}));
+                    r["408"] = problem("The body did not arrive within server.request_timeout");
+                    r["413"] = problem("Body over server.max_body_bytes");
+                    r["415"] = problem("Body is not JSON, or compressed (Content-Encoding)");
+                    r
+                 }},
     });
     if let Some(tags) = doc["tags"].as_array_mut() {
         tags.push(json!({"name": name, "description": format!("The {name} collection")}));

@@ -12,8 +12,11 @@ use crate::StoreError;
 
 /// The engine's own tables: the catalogue of collection definitions,
 /// small shared values (the catalogue generation, which every process on
-/// the file polls to learn that definitions changed), and the secrets
-/// every process must share (signing keys).
+/// the file polls to learn that definitions changed), the secrets every
+/// process must share (signing keys), and the change events: the log
+/// (one row per change, keyed by collection and position; the documents
+/// as clients see them, JSON text), each collection's floor (positions at
+/// or below it are no longer kept), and stream tickets (by hash).
 const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_collections (
         name TEXT PRIMARY KEY,
@@ -28,6 +31,27 @@ const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_secrets (
         name TEXT PRIMARY KEY,
         value BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS _arca_events (
+        coll TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        id TEXT,
+        before TEXT,
+        after TEXT,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (coll, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS _arca_event_floors (
+        coll TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS _arca_tickets (
+        hash BLOB PRIMARY KEY,
+        coll TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
     );";
 
 /// Opens a connection to `path` with the engine's settings. The writer's

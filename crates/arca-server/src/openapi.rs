@@ -22,8 +22,8 @@ use crate::extract::Caller;
 use crate::gateway::Collection;
 use crate::state::AppState;
 use crate::wire::{
-    AnyDocument, CollectionInput, CollectionList, CollectionOutput, CountOutput, DocumentPage,
-    ExplainInput, ExplainOutput, FieldErrorDoc, Problem, Status,
+    AnyDocument, ChangeEvent, CollectionInput, CollectionList, CollectionOutput, CountOutput,
+    DocumentPage, ExplainInput, ExplainOutput, FieldErrorDoc, Problem, Status, TicketOutput,
 };
 
 #[derive(OpenApi)]
@@ -49,14 +49,17 @@ use crate::wire::{
         crate::documents::patch,
         crate::documents::remove,
         crate::documents::count,
+        crate::events::events,
+        crate::events::ticket,
         crate::explain::explain,
     ),
     components(schemas(Problem, FieldErrorDoc, Status, CollectionInput, CollectionOutput, CollectionList,
-        AnyDocument, DocumentPage, CountOutput, ExplainInput, ExplainOutput)),
+        AnyDocument, DocumentPage, CountOutput, ExplainInput, ExplainOutput, TicketOutput, ChangeEvent)),
     tags(
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "collections", description = "Collection definitions (schema admins)"),
         (name = "documents", description = "Documents of any collection"),
+        (name = "events", description = "Change events (Server-Sent Events) and stream tickets"),
         (name = "access", description = "Access rule debugging"),
     )
 )]

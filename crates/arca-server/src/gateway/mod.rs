@@ -10,9 +10,11 @@
 //! Files: `catalog` (the compiled collections, kept in step with the store
 //! across processes), `grant` (the per-action handles), `stamp` (ids and
 //! times decided before any engine sees a write), `timed` (the measuring
-//! store).
+//! store), `events` (the event log, what a grant sees of a change, the
+//! wake-up after each committed write, stream tickets).
 
 mod catalog;
+mod events;
 mod grant;
 pub mod limits;
 pub mod stamp;
@@ -26,6 +28,7 @@ use arca_core::{CollectionDef, CollectionName, Scope};
 use arca_store::{CollectionSpec, PutOutcome, Store, StoreError};
 
 pub use catalog::Collection;
+pub use events::{Change, EventLog, LogPage, Seen, Wakeups, other_identity};
 pub use grant::{Act, Create, Delete, Grant, Read, Update};
 
 use crate::access::{self, SchemaAdmin};
@@ -50,6 +53,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) heavy: Arc<HeavyReads>,
     pub(crate) offload: Offload,
+    /// Told after each committed document write (the place events attach).
+    pub(crate) wakeups: Arc<Wakeups>,
 }
 
 /// The store, its catalogue, and the rules that say who reaches what.
@@ -80,6 +85,7 @@ impl Gateway {
                 limits,
                 heavy: Arc::default(),
                 offload: Offload::default(),
+                wakeups: Arc::default(),
             }),
             cursor_key: tokio::sync::OnceCell::new(),
         };
@@ -175,6 +181,8 @@ impl Gateway {
         name: &CollectionName,
     ) -> Result<bool, ApiError> {
         let existed = self.store.delete_collection(name).await?;
+        // Its log now ends with `Dropped`: its streams here close at once.
+        self.shared.wakeups.wake(name);
         self.catalog.reload(self.store.as_ref()).await?;
         Ok(existed)
     }

@@ -285,6 +285,7 @@ pub fn document(state: &AppState) -> Value {
                     if path.contains("/documents")
                         || path.ends_with("/count")
                         || path.ends_with("/explain")
+                        || path.contains("/events")
                     {
                         req.push(json!({}));
                     }
@@ -292,6 +293,20 @@ pub fn document(state: &AppState) -> Value {
                 }
             }
         }
+    }
+    // OpenAPI 3.1 has no way to say what each message of a
+    // `text/event-stream` is (3.2's `itemSchema` does): the extension
+    // `x-event-schema` names the schema of one event.
+    if let Some(stream) = doc
+        .pointer_mut(
+            "/paths/~1v1~1collections~1{name}~1events/get/responses/200/content/text~1event-stream",
+        )
+        .and_then(Value::as_object_mut)
+    {
+        stream.insert(
+            "x-event-schema".into(),
+            json!({"$ref": "#/components/schemas/ChangeEvent"}),
+        );
     }
     for c in state.gateway().collections() {
         add_collection(&mut doc, &c, &requirement);
@@ -498,9 +513,59 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
                 "responses": common(json!({"200": {"description": "The count",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountOutput"}}}}}))},
     });
+    add_events(doc, name, &t, &security, &common);
     if let Some(tags) = doc["tags"].as_array_mut() {
         tags.push(json!({"name": name, "description": format!("The {name} collection")}));
     }
+}
+
+/// The collection's typed change stream and tickets: `{T}Event`, one
+/// message of the stream, with the collection's document as its data.
+fn add_events(
+    doc: &mut Value,
+    name: &str,
+    t: &str,
+    security: &[Value],
+    common: &dyn Fn(Value) -> Value,
+) {
+    doc["components"]["schemas"][format!("{t}Event")] = json!({
+        "type": "object",
+        "description": format!("One message of the {name} change stream (its SSE fields as JSON): `created`/`updated` carry the document, `deleted` its `_id`, `reset` a reason (refetch, then follow)."),
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The position, for Last-Event-ID"},
+            "event": {"type": "string", "enum": ["created", "updated", "deleted", "reset"]},
+            "data": {"oneOf": [
+                {"$ref": format!("#/components/schemas/{t}Document")},
+                {"type": "object", "required": ["_id"], "properties": {"_id": {"type": "string"}}, "additionalProperties": false},
+                {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string", "enum": ["expired", "slow"]}}},
+            ]},
+        },
+    });
+    let tag = json!([name]);
+    let params = json!([
+        {"name": "ticket", "in": "query", "description": "A stream ticket (single use), for browsers' EventSource", "schema": {"type": "string"}},
+        {"name": "last_event_id", "in": "query", "description": "Resume after this event id (the header wins)", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+        {"name": "Last-Event-ID", "in": "header", "description": "Resume after this event id", "schema": {"type": "string"}},
+    ]);
+    let mut stream = common(json!({"200": {
+    "description": format!("The {name} change stream: events as the caller may read them"),
+    "content": {"text/event-stream": {
+        "schema": {"type": "string"},
+        "x-event-schema": {"$ref": format!("#/components/schemas/{t}Event")},
+    }}}}));
+    stream["503"] = problem("events.max_subscribers streams are open, or the store is unavailable");
+    doc["paths"][format!("/v1/collections/{name}/events")] = json!({
+        "get": {"tags": tag, "summary": format!("Follow changes to {name} documents (Server-Sent Events)"),
+                "operationId": format!("events_{name}"), "security": security, "parameters": params,
+                "responses": stream},
+    });
+    doc["paths"][format!("/v1/collections/{name}/events/tickets")] = json!({
+        "post": {"tags": tag, "summary": format!("A single-use ticket for the {name} stream (EventSource)"),
+                 "operationId": format!("events_ticket_{name}"), "security": security,
+                 "responses": common(json!({"201": {"description": "The ticket",
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TicketOutput"}}}}}))},
+    });
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! (`oidc-provider` on Node) when a test needs an IdP.
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

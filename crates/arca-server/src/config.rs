@@ -75,7 +75,7 @@ impl Default for EventsConfig {
             keepalive: HumanDuration(Duration::from_secs(15)),
             retry: HumanDuration(Duration::from_secs(3)),
             max_subscribers: 10_000,
-            buffer: 4096,
+            buffer: 1024,
             poll: HumanDuration(Duration::from_millis(100)),
             ticket_ttl: HumanDuration(Duration::from_secs(60)),
         }

@@ -680,7 +680,11 @@ async fn events_turned_off_are_404_and_writes_still_work() {
 #[tokio::test]
 async fn a_slow_subscriber_gets_reset_and_is_closed() {
     use std::io::{Read, Write};
-    let s = server(&[("ARCA_EVENTS__BUFFER", "16")]);
+    // (`NORMAL`: the 300 writes below need no fsync each.)
+    let s = server(&[
+        ("ARCA_EVENTS__BUFFER", "16"),
+        ("ARCA_STORE__SQLITE__SYNCHRONOUS", "NORMAL"),
+    ]);
     let t = s.admin();
     define(&s, &t, "notes", open_notes()).await;
     // A client that reads nothing: a tiny receive buffer, and no reads

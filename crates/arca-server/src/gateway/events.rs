@@ -75,6 +75,19 @@ impl Change {
         self.after.as_deref()
     }
 
+    /// Whether a document of the change is large enough that parsing it
+    /// belongs off the async workers.
+    fn is_large(&self) -> bool {
+        let len = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+        len(&self.before).max(len(&self.after)) > crate::gateway::limits::OFFLOAD_BYTES
+    }
+
+    /// Parses both documents now (see `EventLog::after`).
+    fn parse_now(&self) {
+        Self::parsed(&self.before_value, &self.before);
+        Self::parsed(&self.after_value, &self.after);
+    }
+
     fn parsed<'a>(cell: &'a OnceLock<Option<Value>>, text: &Option<String>) -> Option<&'a Value> {
         cell.get_or_init(|| {
             text.as_deref()
@@ -161,8 +174,24 @@ impl EventLog {
         limit: usize,
     ) -> Result<LogPage, StoreError> {
         let page = self.store.events(coll, after, limit).await?;
+        let changes: Vec<Change> = page.events.into_iter().map(Change::of).collect();
+        let changes = if changes.iter().any(Change::is_large) {
+            // Parsing a large document costs milliseconds: done here, on
+            // the blocking pool, never on an async worker (what a
+            // subscriber's filter reads is then ready).
+            tokio::task::spawn_blocking(move || {
+                for c in changes.iter().filter(|c| c.is_large()) {
+                    c.parse_now();
+                }
+                changes
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("parsing events failed: {e}")))?
+        } else {
+            changes
+        };
         Ok(LogPage {
-            changes: page.events.into_iter().map(Change::of).collect(),
+            changes,
             floor: page.floor,
         })
     }

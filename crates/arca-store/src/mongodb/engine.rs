@@ -1131,7 +1131,7 @@ impl Store for MongoStore {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name.as_str());
-        if existed {
+        if existed && self.event_log {
             // The log ends with `Dropped`, the floor on it, the rest gone
             // (after the transaction: it can be large, and the floor
             // already hides it).

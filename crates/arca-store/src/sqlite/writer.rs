@@ -316,23 +316,24 @@ fn apply(conn: &Connection, positions: &mut Positions, op: WriteOp) -> (Done, bo
             log,
             reply,
         } => {
-            let r = delete(conn, &coll, &tenant, &id, expected_rev).and_then(|(doc, before)| {
-                if log {
-                    log_event(
-                        conn,
-                        positions,
-                        &coll,
-                        Entry {
-                            kind: ChangeKind::Deleted,
-                            tenant: &tenant,
-                            id: Some(&id),
-                            before: Some(&before),
-                            after: None,
-                        },
-                    )?;
-                }
-                Ok(doc)
-            });
+            let r =
+                delete(conn, &coll, &tenant, &id, expected_rev, log).and_then(|(doc, before)| {
+                    if let Some(before) = before {
+                        log_event(
+                            conn,
+                            positions,
+                            &coll,
+                            Entry {
+                                kind: ChangeKind::Deleted,
+                                tenant: &tenant,
+                                id: Some(&id),
+                                before: Some(&before),
+                                after: None,
+                            },
+                        )?;
+                    }
+                    Ok(doc)
+                });
             let ok = r.is_ok();
             (Done::Doc(reply, r), ok)
         }
@@ -522,15 +523,16 @@ fn missing_or_moved(
     })
 }
 
-/// Deletes the document; returns it, and its JSON as clients see it (for
-/// the event log).
+/// Deletes the document; returns it, and when `log`, its JSON as clients
+/// see it (for the event log).
 fn delete(
     conn: &Connection,
     coll: &CollectionName,
     tenant: &str,
     id: &DocId,
     expected_rev: Option<u64>,
-) -> Result<(Document, String), StoreError> {
+    log: bool,
+) -> Result<(Document, Option<String>), StoreError> {
     let sql = format!(
         "DELETE FROM {} WHERE tenant = ?1 AND id = ?2 AND (?3 IS NULL OR rev = ?3) RETURNING {}",
         sql::table(coll),
@@ -550,8 +552,12 @@ fn delete(
         return Err(missing_or_moved(conn, coll, tenant, id)?);
     };
     let system = system?;
-    let json = crate::document_json(&system, body.clone())
-        .ok_or_else(|| StoreError::Unavailable("a stored document is not a JSON object".into()))?;
+    let json = match log {
+        true => Some(crate::document_json(&system, body.clone()).ok_or_else(|| {
+            StoreError::Unavailable("a stored document is not a JSON object".into())
+        })?),
+        false => None,
+    };
     let body = match serde_json::from_str::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Object(m)) => m,
         Ok(_) | Err(_) => serde_json::Map::new(),

@@ -55,6 +55,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::Value;
 
 use super::{filter, schema, value};
+
+mod aggregate;
+
 use crate::{
     ChangeKind, CollectionSpec, EventPage, ExportPosition, PageBudget, PutOutcome, Query, Store,
     StoreError, StoredCollection, StoredEvent, TicketRecord, trim_to_budget,
@@ -114,6 +117,9 @@ pub struct MongoStore {
     /// requests write one collection). Writes through other processes
     /// still conflict, and are retried. One entry per collection written.
     write_lines: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Places for aggregations the engine evaluates itself, one per CPU
+    /// (see `aggregate`).
+    evaluators: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Why one attempt at a transaction did not commit.
@@ -410,6 +416,9 @@ impl MongoStore {
             event_log: true,
             events_ready: tokio::sync::OnceCell::new(),
             write_lines: std::sync::Mutex::default(),
+            evaluators: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         })
     }
 
@@ -1479,6 +1488,18 @@ impl Store for MongoStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn aggregate(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        pipeline: &arca_core::pipeline::Pipeline,
+        lookups: &crate::LookupScopes,
+        limits: &crate::AggregateLimits,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.aggregate_docs(coll, scope, pipeline, lookups, limits)
+            .await
     }
 
     async fn event_head(&self, coll: &CollectionName) -> Result<u64, StoreError> {

@@ -18,6 +18,7 @@
 //! (the reader queue's wake-up policy), `backup` (online copies); this file
 //! is the `Store` implementation over them.
 
+mod aggregate;
 pub mod backup;
 mod plan;
 mod queue;
@@ -25,6 +26,7 @@ mod readers;
 mod scan;
 mod setup;
 mod sql;
+mod unique;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -38,8 +40,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    ChangeKind, CollectionSpec, EventPage, ExportPosition, PageWriter, PutOutcome, Query, Store,
-    StoreError, StoredCollection, StoredEvent, TicketRecord,
+    AggregateLimits, ChangeKind, CollectionSpec, EventPage, ExportPosition, LookupScopes,
+    PageWriter, PutOutcome, Query, Store, StoreError, StoredCollection, StoredEvent, TicketRecord,
 };
 use readers::Readers;
 use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
@@ -544,6 +546,18 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn aggregate(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        pipeline: &arca_core::pipeline::Pipeline,
+        lookups: &LookupScopes,
+        limits: &AggregateLimits,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.aggregate_docs(coll, scope, pipeline, lookups, limits)
+            .await
     }
 
     async fn event_head(&self, coll: &CollectionName) -> Result<u64, StoreError> {

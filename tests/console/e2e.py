@@ -10,8 +10,8 @@ Run by crates/arca/tests/console.rs against a real `arca serve`:
 collection (400s shown in the editor they name), adds, filters, pages,
 edits (a 412 conflict included) and deletes documents (422s shown per
 field), shows documents holding markup and javascript: links as text,
-explains access, walks the main pages with the keyboard, and sees a token
-expire. `oidc` signs in through the identity provider fixture with the
+tails a collection's change events live (values as text), explains
+access, walks the main pages with the keyboard, and sees a token expire. `oidc` signs in through the identity provider fixture with the
 authorization code flow and PKCE, and checks that a wrong state or nonce is
 refused. Every run fails on any console error or warning, page error,
 Content-Security-Policy violation, or request to another origin than the
@@ -211,7 +211,7 @@ def dev_steps(args, page):
     """The walk, in order: each step starts where the previous one left the data."""
     r = DevRun(args, page)
     for step in (step_sign_in, step_define_collection, step_documents, step_filter_and_sort,
-                 step_edit_and_conflict, step_delete, step_markup_is_text, step_access_explain,
+                 step_edit_and_conflict, step_delete, step_markup_is_text, step_events, step_access_explain,
                  step_keyboard, step_expiry):
         step(r)
 
@@ -463,6 +463,45 @@ def step_markup_is_text(r):
     assert page.locator("main script, main img, main b").count() == 0
     assert page.locator("a[href^='javascript']").count() == 0
     watch.check("a document with <script>, onerror and javascript: is shown as text")
+
+
+def step_events(r):
+    """The Events page tails a collection live (EventSource with a ticket), values as text."""
+    page, watch, base, token = r.page, r.watch, r.base, r.token
+    page.goto(f"{base}/console/#/collections")
+    page.get_by_role("link", name="Events").click()
+    expect(page.get_by_role("heading", name="Events")).to_be_visible()
+    page.get_by_label("Collection", exact=True).fill("loose")
+    page.get_by_role("button", name="Follow").click()
+    expect(page.locator("#events-status")).to_contain_text("waiting for changes")
+    s, b, _ = api(base, token, "POST", "/v1/collections/loose/documents",
+                  {"_id": "live", "html": "<script>window.__xss = 5</script>"})
+    assert s == 201, b
+    rows = page.locator("#events-rows tr")
+    expect(rows).to_have_count(1)
+    expect(rows.nth(0)).to_contain_text("created")
+    expect(rows.nth(0)).to_contain_text("<script>window.__xss = 5</script>")
+    s, b, _ = api(base, token, "PATCH", "/v1/collections/loose/documents/live", {"html": "plain"})
+    assert s == 200, b
+    s, _, _ = api(base, token, "DELETE", "/v1/collections/loose/documents/live")
+    assert s == 204, s
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_contain_text("deleted")
+    expect(rows.nth(1)).to_contain_text("updated")
+    assert page.evaluate("window.__xss") is None, "markup in an event ran"
+    assert page.locator("#events-rows script").count() == 0
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#events-status")).to_contain_text("Stopped after event")
+    # Stopped: a later change does not appear.
+    api(base, token, "POST", "/v1/collections/loose/documents", {"_id": "after-stop"})
+    page.get_by_role("link", name="Documents of loose").click()
+    expect(page.get_by_role("heading", name="Documents of loose")).to_be_visible()
+    page.go_back()
+    expect(page.locator("#events-status")).to_contain_text("waiting for changes")
+    api(base, token, "POST", "/v1/collections/loose/documents", {"_id": "fresh"})
+    expect(page.locator("#events-rows tr")).to_have_count(1)
+    expect(page.locator("#events-rows tr").nth(0)).to_contain_text("fresh")
+    watch.check("the Events page tails a collection live; event data shown as text")
 
 
 def step_access_explain(r):

@@ -33,10 +33,57 @@ pub struct Config {
     pub query: QueryConfig,
     /// `[validation]`
     pub validation: ValidationConfig,
+    /// `[events]`
+    pub events: EventsConfig,
     /// `[aggregate]`
     pub aggregate: AggregateConfig,
     /// `[files]`
     pub files: FilesConfig,
+}
+
+/// `[events]`: change events (`GET /v1/collections/{name}/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Document writes append to the event log and streams are served.
+    /// Off: writes skip the log (MongoDB: no transaction, so a standalone
+    /// server will do) and the event routes answer 404. Every replica on
+    /// one store should agree.
+    pub enabled: bool,
+    /// Events are kept at least this long for resuming with
+    /// `Last-Event-ID` (then pruned; an older id gets a `reset`).
+    pub retention: HumanDuration,
+    /// A comment line is sent this often on an idle stream, so proxies
+    /// keep it open.
+    pub keepalive: HumanDuration,
+    /// The reconnection delay the stream asks of clients (`retry:`).
+    pub retry: HumanDuration,
+    /// Open streams per process; more get 503.
+    pub max_subscribers: usize,
+    /// Events kept in memory per collection for its subscribers: one that
+    /// falls further behind gets `reset` and is closed.
+    pub buffer: usize,
+    /// How often each process reads the log of the collections it has
+    /// subscribers for (writes through this process are read at once;
+    /// this bounds the delay of writes through other replicas).
+    pub poll: HumanDuration,
+    /// How long a stream ticket is valid (`expires_in`).
+    pub ticket_ttl: HumanDuration,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            retention: HumanDuration(Duration::from_secs(300)),
+            keepalive: HumanDuration(Duration::from_secs(15)),
+            retry: HumanDuration(Duration::from_secs(3)),
+            max_subscribers: 10_000,
+            buffer: 1024,
+            poll: HumanDuration(Duration::from_millis(100)),
+            ticket_ttl: HumanDuration(Duration::from_secs(60)),
+        }
+    }
 }
 
 /// `[aggregate]`: what one aggregation may cost.
@@ -621,6 +668,11 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             day,
         ),
         ("files.link_ttl", cfg.files.link_ttl, second, 7 * day),
+        ("events.retention", cfg.events.retention, second, 7 * day),
+        ("events.keepalive", cfg.events.keepalive, 100 * ms, hour),
+        ("events.retry", cfg.events.retry, Duration::ZERO, hour),
+        ("events.poll", cfg.events.poll, 10 * ms, 60 * second),
+        ("events.ticket_ttl", cfg.events.ticket_ttl, second, hour),
     ] {
         if value.0 < min || value.0 > max {
             return bad(
@@ -688,6 +740,12 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "query.max_page_bytes",
             "expected 1024 to 1073741824 (1 GiB)",
         );
+    }
+    if !(1..=1_000_000).contains(&cfg.events.max_subscribers) {
+        return bad("events.max_subscribers", "expected 1 to 1000000");
+    }
+    if !(16..=1_000_000).contains(&cfg.events.buffer) {
+        return bad("events.buffer", "expected 16 to 1000000 (events)");
     }
     if !((1 << 20)..=(64 << 30)).contains(&cfg.aggregate.max_memory) {
         return bad(
@@ -1046,6 +1104,50 @@ mod tests {
         }
         let c = load(None, env(&[("ARCA_SERVER__WORKERS", "1")])).expect("one worker");
         assert_eq!(c.server.workers, 1);
+    }
+
+    #[test]
+    fn events_settings_have_defaults_and_bounds() {
+        let c = load(None, env(&[])).expect("defaults");
+        assert!(c.events.enabled);
+        assert_eq!(c.events.retention.0, Duration::from_secs(300));
+        assert_eq!(c.events.keepalive.0, Duration::from_secs(15));
+        assert_eq!(c.events.max_subscribers, 10_000);
+        assert_eq!(c.events.ticket_ttl.0, Duration::from_secs(60));
+        let c = load(
+            None,
+            env(&[
+                ("ARCA_EVENTS__RETENTION", "1h"),
+                ("ARCA_EVENTS__KEEPALIVE", "500ms"),
+                ("ARCA_EVENTS__MAX_SUBSCRIBERS", "3"),
+                ("ARCA_EVENTS__ENABLED", "false"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.events.retention.0, Duration::from_secs(3600));
+        assert_eq!(c.events.keepalive.0, Duration::from_millis(500));
+        assert_eq!(c.events.max_subscribers, 3);
+        assert!(!c.events.enabled);
+        for (var, value, message) in [
+            (
+                "ARCA_EVENTS__RETENTION",
+                "0s",
+                "`events.retention`: expected 1s to 7d",
+            ),
+            ("ARCA_EVENTS__KEEPALIVE", "2h", "`events.keepalive`"),
+            ("ARCA_EVENTS__POLL", "1ms", "`events.poll`"),
+            ("ARCA_EVENTS__TICKET_TTL", "0s", "`events.ticket_ttl`"),
+            (
+                "ARCA_EVENTS__MAX_SUBSCRIBERS",
+                "0",
+                "`events.max_subscribers`",
+            ),
+            ("ARCA_EVENTS__BUFFER", "1", "`events.buffer`"),
+            ("ARCA_EVENTS__BUFFR", "1", "buffr"),
+        ] {
+            let e = load(None, env(&[(var, value)])).expect_err(var);
+            assert!(e.0.contains(message), "{var}={value}: {e}");
+        }
     }
 
     #[test]

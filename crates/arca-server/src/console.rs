@@ -70,6 +70,7 @@ const ASSETS: &[Asset] = &[
     asset!("js/pages/documents.js", JS),
     asset!("js/pages/document.js", JS),
     asset!("js/pages/access.js", JS),
+    asset!("js/pages/events.js", JS),
 ];
 
 /// An asset as sent: plain and gzip-compressed, with its strong `ETag`.
@@ -208,9 +209,9 @@ fn client_config(state: &AppState) -> serde_json::Value {
         "oidc": oidc,
         "claims": {"roles": cfg.auth.roles_claim, "tenant": cfg.auth.tenant_claim},
         "roles": {"admin": cfg.auth.admin_role, "schema_admin": cfg.auth.schema_admin()},
-        // Pages for APIs that this server does not have yet stay out of
-        // the navigation; each turns true when its API lands.
-        "features": {"files": false, "events": false},
+        // Pages for APIs that this server does not have (yet, or turned
+        // off) stay out of the navigation.
+        "features": {"files": false, "events": cfg.events.enabled},
     })
 }
 

@@ -252,7 +252,7 @@ fn parse_filter(raw: Option<&str>) -> Result<(Filter, String), ApiError> {
 /// name or value is not UTF-8: `form_urlencoded` would put U+FFFD in place
 /// of the bad bytes, and a filter value, sort or projection would silently
 /// mean something the client did not send.
-fn query_pairs(raw: Option<&str>) -> Result<form_urlencoded::Parse<'_>, ApiError> {
+pub(crate) fn query_pairs(raw: Option<&str>) -> Result<form_urlencoded::Parse<'_>, ApiError> {
     let raw = raw.unwrap_or_default();
     if percent_encoding::percent_decode_str(raw)
         .decode_utf8()

@@ -55,6 +55,9 @@ pub enum ProblemKind {
     InvalidFile,
     /// 429: the caller has too many heavy reads in flight.
     TooManyRequests,
+    /// 503: the process serves `events.max_subscribers` event streams
+    /// already.
+    TooManySubscribers,
     /// 500: an internal error (details only in the logs).
     Internal,
     /// 503: not ready, shutting down, or a dependency is unavailable.
@@ -142,6 +145,11 @@ impl ProblemKind {
                 "too-many-requests",
                 "Too many requests",
             ),
+            TooManySubscribers => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too-many-subscribers",
+                "Too many event streams",
+            ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -186,6 +194,7 @@ impl ProblemKind {
         ProblemKind::InvalidDocument,
         ProblemKind::InvalidFile,
         ProblemKind::TooManyRequests,
+        ProblemKind::TooManySubscribers,
         ProblemKind::Internal,
         ProblemKind::Unavailable,
         ProblemKind::Timeout,
@@ -353,7 +362,10 @@ impl IntoResponse for ApiError {
         }
         if matches!(
             self.kind,
-            ProblemKind::StoreUnavailable | ProblemKind::Timeout | ProblemKind::TooManyRequests
+            ProblemKind::StoreUnavailable
+                | ProblemKind::Timeout
+                | ProblemKind::TooManyRequests
+                | ProblemKind::TooManySubscribers
         ) {
             // Transient: the client may try again (RFC 9110 section 10.2.3).
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

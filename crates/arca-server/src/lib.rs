@@ -13,6 +13,8 @@
 //! - `middleware`: request id, tracing, metrics, timeout, CORS, compression;
 //! - `ops`, `collections`, `documents`, `explain`, `files`: the routes,
 //!   one module per resource;
+//! - `events`: change events over Server-Sent Events (the stream, its
+//!   tickets, and the one reader of each collection's log per process);
 //! - `wire`: request and response shapes the OpenAPI document describes;
 //! - `openapi`: the OpenAPI document and `/docs` (the only module that
 //!   lists the handlers);
@@ -29,6 +31,7 @@ mod conn;
 pub mod console;
 pub mod documents;
 pub mod error;
+pub mod events;
 pub mod explain;
 pub mod extract;
 pub mod files;
@@ -58,6 +61,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ops::router(state.config().metrics.listen.is_none()))
         .merge(collections::router())
         .merge(documents::router())
+        .merge(events::router())
         .merge(explain::router())
         .merge(files::router())
         .merge(openapi::router(state.config().docs.public));
@@ -115,6 +119,9 @@ pub async fn serve(
             }
         }
     });
+    if state.config().events.enabled {
+        tokio::spawn(prune_events(state.clone()));
+    }
     let delay = state.config().server.shutdown_delay.0;
     let grace = state.config().server.shutdown_timeout.0;
     let connections = Connections::new(&state.config().server);
@@ -153,4 +160,33 @@ pub async fn serve(
         tracing::warn!("shutdown timeout reached; remaining requests are cut");
     }
     Ok(())
+}
+
+/// Forgets events older than `events.retention`, and expired stream
+/// tickets, every tenth of the retention (1 s to 1 min). Every replica
+/// does it (it is idempotent); each round deletes a bounded number of
+/// entries, so one round never holds the store's writer long.
+async fn prune_events(state: AppState) {
+    const PER_ROUND: usize = 10_000;
+    let retention = state.config().events.retention.0;
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let log = state.gateway().event_log();
+    loop {
+        tick.tick().await;
+        if state.is_shutting_down() {
+            return;
+        }
+        let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = arca_store::now_ms().saturating_sub(retention_ms);
+        match log.prune(cutoff, PER_ROUND).await {
+            Ok(n) if n > 0 => tracing::debug!(pruned = n, "old events pruned"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "pruning old events failed"),
+        }
+        if let Err(e) = log.prune_tickets().await {
+            tracing::warn!(error = %e, "pruning expired stream tickets failed");
+        }
+    }
 }

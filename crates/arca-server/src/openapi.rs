@@ -22,9 +22,9 @@ use crate::extract::Caller;
 use crate::gateway::Collection;
 use crate::state::AppState;
 use crate::wire::{
-    AggregateInput, AggregateOutput, AnyDocument, CollectionInput, CollectionList,
+    AggregateInput, AggregateOutput, AnyDocument, ChangeEvent, CollectionInput, CollectionList,
     CollectionOutput, CountOutput, DocumentPage, ExplainInput, ExplainOutput, FieldErrorDoc,
-    Problem, Status,
+    Problem, Status, TicketOutput,
 };
 
 #[derive(OpenApi)]
@@ -51,6 +51,8 @@ use crate::wire::{
         crate::documents::remove,
         crate::documents::count,
         crate::documents::aggregate,
+        crate::events::events,
+        crate::events::ticket,
         crate::explain::explain,
         crate::files::upload,
         crate::files::download,
@@ -61,11 +63,13 @@ use crate::wire::{
     ),
     components(schemas(Problem, FieldErrorDoc, Status, CollectionInput, CollectionOutput, CollectionList,
         AnyDocument, DocumentPage, CountOutput, AggregateInput, AggregateOutput, ExplainInput, ExplainOutput,
-        crate::files::FileOutput, crate::files::ImageOutput, crate::files::LinkOutput, crate::wire::MultipartFile)),
+        TicketOutput, ChangeEvent, crate::files::FileOutput, crate::files::ImageOutput, crate::files::LinkOutput,
+        crate::wire::MultipartFile)),
     tags(
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "collections", description = "Collection definitions (schema admins)"),
         (name = "documents", description = "Documents of any collection"),
+        (name = "events", description = "Change events (Server-Sent Events) and stream tickets"),
         (name = "access", description = "Access rule debugging"),
         (name = "files", description = "Files and images: uploads, range downloads, thumbnails, signed links"),
     )
@@ -292,6 +296,7 @@ pub fn document(state: &AppState) -> Value {
                     if path.contains("/documents")
                         || path.ends_with("/count")
                         || path.ends_with("/explain")
+                        || path.contains("/events")
                     {
                         req.push(json!({}));
                     }
@@ -299,6 +304,20 @@ pub fn document(state: &AppState) -> Value {
                 }
             }
         }
+    }
+    // OpenAPI 3.1 has no way to say what each message of a
+    // `text/event-stream` is (3.2's `itemSchema` does): the extension
+    // `x-event-schema` names the schema of one event.
+    if let Some(stream) = doc
+        .pointer_mut(
+            "/paths/~1v1~1collections~1{name}~1events/get/responses/200/content/text~1event-stream",
+        )
+        .and_then(Value::as_object_mut)
+    {
+        stream.insert(
+            "x-event-schema".into(),
+            json!({"$ref": "#/components/schemas/ChangeEvent"}),
+        );
     }
     for c in state.gateway().collections() {
         add_collection(&mut doc, &c, &requirement);
@@ -505,23 +524,71 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
                 "responses": common(json!({"200": {"description": "The count",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountOutput"}}}}}))},
     });
+    let mut aggregate_responses = common(json!({"200": {"description": "The results",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AggregateOutput"}}}}}));
+    aggregate_responses["408"] = problem("The body did not arrive within server.request_timeout");
+    aggregate_responses["413"] = problem("Body over server.max_body_bytes");
+    aggregate_responses["415"] = problem("Body is not JSON, or compressed (Content-Encoding)");
     paths[format!("{base}/aggregate")] = json!({
         "post": {"tags": tag, "summary": format!("Aggregate {name} documents"), "operationId": format!("aggregate_{name}"),
                  "description": "A pipeline of the allowed stages (docs/aggregate.md); the caller's tenant and read rule apply before the first stage and to every $lookup.",
                  "security": security,
                  "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AggregateInput"}}}},
-                 "responses": {
-                    let mut r = common(json!({"200": {"description": "The results",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AggregateOutput"}}}}}));
-                    r["408"] = problem("The body did not arrive within server.request_timeout");
-                    r["413"] = problem("Body over server.max_body_bytes");
-                    r["415"] = problem("Body is not JSON, or compressed (Content-Encoding)");
-                    r
-                 }},
+                 "responses": aggregate_responses},
     });
+    add_events(doc, name, &t, &security, &common);
     if let Some(tags) = doc["tags"].as_array_mut() {
         tags.push(json!({"name": name, "description": format!("The {name} collection")}));
     }
+}
+
+/// The collection's typed change stream and tickets: `{T}Event`, one
+/// message of the stream, with the collection's document as its data.
+fn add_events(
+    doc: &mut Value,
+    name: &str,
+    t: &str,
+    security: &[Value],
+    common: &dyn Fn(Value) -> Value,
+) {
+    doc["components"]["schemas"][format!("{t}Event")] = json!({
+        "type": "object",
+        "description": format!("One message of the {name} change stream (its SSE fields as JSON): `created`/`updated` carry the document, `deleted` its `_id`, `reset` a reason (refetch, then follow)."),
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The position, for Last-Event-ID"},
+            "event": {"type": "string", "enum": ["created", "updated", "deleted", "reset"]},
+            "data": {"oneOf": [
+                {"$ref": format!("#/components/schemas/{t}Document")},
+                {"type": "object", "required": ["_id"], "properties": {"_id": {"type": "string"}}, "additionalProperties": false},
+                {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string", "enum": ["expired", "slow"]}}},
+            ]},
+        },
+    });
+    let tag = json!([name]);
+    let params = json!([
+        {"name": "ticket", "in": "query", "description": "A stream ticket (single use), for browsers' EventSource", "schema": {"type": "string"}},
+        {"name": "last_event_id", "in": "query", "description": "Resume after this event id (the header wins)", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+        {"name": "Last-Event-ID", "in": "header", "description": "Resume after this event id", "schema": {"type": "string"}},
+    ]);
+    let mut stream = common(json!({"200": {
+    "description": format!("The {name} change stream: events as the caller may read them"),
+    "content": {"text/event-stream": {
+        "schema": {"type": "string"},
+        "x-event-schema": {"$ref": format!("#/components/schemas/{t}Event")},
+    }}}}));
+    stream["503"] = problem("events.max_subscribers streams are open, or the store is unavailable");
+    doc["paths"][format!("/v1/collections/{name}/events")] = json!({
+        "get": {"tags": tag, "summary": format!("Follow changes to {name} documents (Server-Sent Events)"),
+                "operationId": format!("events_{name}"), "security": security, "parameters": params,
+                "responses": stream},
+    });
+    doc["paths"][format!("/v1/collections/{name}/events/tickets")] = json!({
+        "post": {"tags": tag, "summary": format!("A single-use ticket for the {name} stream (EventSource)"),
+                 "operationId": format!("events_ticket_{name}"), "security": security,
+                 "responses": common(json!({"201": {"description": "The ticket",
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TicketOutput"}}}}}))},
+    });
 }
 
 #[cfg(test)]

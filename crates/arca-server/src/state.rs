@@ -1,6 +1,7 @@
 //! Shared application state: configuration, the data gateway (the store
-//! and its catalogue), the authenticator, values derived from the
-//! catalogue (made once per version of it), and readiness.
+//! and its catalogue), the authenticator, the event log's readers, values
+//! derived from the catalogue (made once per version of it), readiness and
+//! the shutdown signal.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use arca_store::{Store, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::Config;
+use crate::events::hub::Hub;
 use crate::gateway::Gateway;
 
 /// State shared by every handler (cheap to clone).
@@ -31,6 +33,10 @@ struct Inner {
     /// OpenAPI document), each with the version it was made for.
     derived: Mutex<HashMap<TypeId, Derived>>,
     shutting_down: AtomicBool,
+    /// Turns true when shutdown begins: event streams end at once.
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// The readers of the event log in this process.
+    events: Hub,
     metrics: PrometheusHandle,
     started: Instant,
 }
@@ -54,12 +60,16 @@ impl AppState {
             },
         };
         let gateway = Gateway::open(store, config.auth.clone(), limits).await?;
+        let (shutdown, down) = tokio::sync::watch::channel(false);
+        let events = Hub::new(gateway.event_log(), gateway.wakeups(), &config.events, down);
         Ok(Self(Arc::new(Inner {
             config,
             gateway,
             auth,
             derived: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            shutdown,
+            events,
             metrics: crate::metrics::install(),
             started: Instant::now(),
         })))
@@ -90,9 +100,21 @@ impl AppState {
         self.0.started.elapsed()
     }
 
-    /// Marks the server as shutting down (`/readyz` -> 503 from now on).
+    /// Marks the server as shutting down (`/readyz` -> 503 from now on)
+    /// and ends the event streams, so they do not hold the shutdown.
     pub fn begin_shutdown(&self) {
         self.0.shutting_down.store(true, Ordering::Release);
+        self.0.shutdown.send_replace(true);
+    }
+
+    /// Turns true when shutdown begins.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.shutdown.subscribe()
+    }
+
+    /// The readers of the event log in this process.
+    pub fn events(&self) -> &Hub {
+        &self.0.events
     }
 
     /// Whether shutdown has begun.

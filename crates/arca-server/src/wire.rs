@@ -264,3 +264,35 @@ pub struct MultipartFile {
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
 }
+
+/// `POST /v1/collections/{name}/events/tickets`: a stream ticket.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ticket": "kQ3m0x1c9yW5Zr2L7aV8pE4tB6nD0sJ1hU3gF5kM7oA", "expires_in": 60}))]
+pub struct TicketOutput {
+    /// Pass as `?ticket=` to the collection's stream, once.
+    pub ticket: String,
+    /// Seconds it stays valid (`events.ticket_ttl`).
+    pub expires_in: u64,
+}
+
+/// One message of a change event stream (`text/event-stream`), its SSE
+/// fields shown as JSON: `id:` (the position, for `Last-Event-ID`),
+/// `event:` and `data:` (one line of JSON).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "42", "event": "updated", "data": {"_id": "a1", "_rev": 2, "_created_at": "2026-12-06T10:00:00.000Z",
+    "_updated_at": "2026-12-06T10:00:01.000Z", "_owner": "ana", "title": "Milk"}}))]
+pub struct ChangeEvent {
+    /// The event's position in the collection's log, decimal.
+    pub id: String,
+    /// `created` (a document the caller can read appeared: created, or
+    /// changed into its read scope), `updated`, `deleted` (deleted, or
+    /// changed out of its read scope), or `reset` (refetch, then follow:
+    /// the resume point is no longer kept, or the client was too slow and
+    /// the stream closes).
+    #[schema(pattern = "^(created|updated|deleted|reset)$")]
+    pub event: String,
+    /// `created`/`updated`: the document as `GET` returns it; `deleted`:
+    /// `{"_id"}`; `reset`: `{"reason": "expired" | "slow"}`.
+    #[schema(value_type = Object)]
+    pub data: Value,
+}

@@ -453,6 +453,61 @@ pub trait Store: Send + Sync + 'static {
         lookups: &LookupScopes,
         limits: &AggregateLimits,
     ) -> Result<Vec<Value>, StoreError>;
+
+    // --- Change events (issue 21): the event log and stream tickets. ---
+    //
+    // Every successful `insert`, `replace` and `delete` also appends one
+    // entry to the collection's event log, in the same transaction as the
+    // change (so a write that did not commit has no entry and one that did
+    // is never missing one), unless the engine was opened without an event
+    // log. Entries of one collection carry increasing positions (`seq`, 1,
+    // 2, ...) in commit order, the same on every engine; `delete_collection`
+    // ends the collection's log with a `Dropped` entry and forgets the rest.
+    // What is no longer kept is said by the collection's floor: entries at
+    // or below it are gone (pruned, or dropped with the collection).
+
+    /// The collection's latest position: the greater of its newest entry
+    /// and its floor (0 when it never had one). Positions never move back,
+    /// even when a collection is deleted and defined again.
+    /// MongoDB: the `seq` of the collection's counter in `_arca_event_seq`.
+    async fn event_head(&self, coll: &CollectionName) -> Result<u64, StoreError>;
+
+    /// At most `limit` entries of the collection after position `after`, in
+    /// order, and its floor read after them (so a floor above `after`
+    /// always tells of entries no longer there, never misses one).
+    /// MongoDB: `find({c, s: {$gt: after}}).sort({s: 1}).limit(n)` on
+    /// `_arca_events`, then the counter's `floor`.
+    async fn events(
+        &self,
+        coll: &CollectionName,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, StoreError>;
+
+    /// Forgets, per collection, the oldest entries written before
+    /// `older_than_ms` (milliseconds since the epoch), at most `max` in
+    /// all, raising the floors; how many went. Entries go oldest first and
+    /// none goes while an older one stays (clocks of several processes may
+    /// differ a little), so a floor never passes a kept entry. MongoDB: per counter, the floor is raised
+    /// (`$max`) before `deleteMany({c, s: {$lte: floor}})`.
+    async fn prune_events(&self, older_than_ms: u64, max: usize) -> Result<u64, StoreError>;
+
+    /// Keeps a stream ticket (by the hash of its secret) until it is taken
+    /// or expires. MongoDB: `insertOne` into `_arca_tickets`.
+    async fn put_ticket(&self, ticket: &TicketRecord) -> Result<(), StoreError>;
+
+    /// Takes the ticket with this hash, atomically: of several concurrent
+    /// attempts one gets it, the others `None`; an expired one (at
+    /// `now_ms`) is removed and `None` too. MongoDB: `findOneAndDelete`.
+    async fn take_ticket(
+        &self,
+        hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<TicketRecord>, StoreError>;
+
+    /// Removes the tickets expired at `now_ms`; how many.
+    /// MongoDB: `deleteMany({exp: {$lte: now}})`.
+    async fn prune_tickets(&self, now_ms: u64) -> Result<u64, StoreError>;
 }
 
 /// The scope of each collection an aggregation's `$lookup`s join, by name:
@@ -468,6 +523,106 @@ pub struct AggregateLimits {
     pub max_memory: u64,
     /// Most results.
     pub max_results: usize,
+}
+
+/// What a change did to a document (an event log entry's kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The document was inserted (`after` only).
+    Created,
+    /// The document was replaced (`before` and `after`).
+    Updated,
+    /// The document was deleted (`before` only).
+    Deleted,
+    /// The collection was deleted: the last entry of its log (no
+    /// document, no tenant).
+    Dropped,
+}
+
+impl ChangeKind {
+    /// The kind's stored code (the same on every engine).
+    pub fn code(self) -> i64 {
+        match self {
+            ChangeKind::Created => 1,
+            ChangeKind::Updated => 2,
+            ChangeKind::Deleted => 3,
+            ChangeKind::Dropped => 4,
+        }
+    }
+
+    /// The kind of a stored code.
+    pub fn of_code(code: i64) -> Result<Self, StoreError> {
+        match code {
+            1 => Ok(ChangeKind::Created),
+            2 => Ok(ChangeKind::Updated),
+            3 => Ok(ChangeKind::Deleted),
+            4 => Ok(ChangeKind::Dropped),
+            other => Err(StoreError::Unavailable(format!(
+                "an event log entry has the unknown kind {other}"
+            ))),
+        }
+    }
+}
+
+/// One entry of a collection's event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Its position in the collection's log.
+    pub seq: u64,
+    /// What happened.
+    pub kind: ChangeKind,
+    /// The tenant key of the document (`""`: the untenanted space).
+    pub tenant: String,
+    /// The document's id (`None` for `Dropped`).
+    pub id: Option<DocId>,
+    /// The document before the change, as clients see it (JSON text with
+    /// the system fields): for updates and deletes.
+    pub before: Option<String>,
+    /// The document after the change, likewise: for creates and updates.
+    pub after: Option<String>,
+}
+
+/// A page of a collection's event log (`Store::events`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventPage {
+    /// The entries after the position asked for, in order.
+    pub events: Vec<StoredEvent>,
+    /// Entries at or below this position are no longer kept: when it is
+    /// above the position asked for, some of those that followed it are
+    /// gone.
+    pub floor: u64,
+}
+
+/// A stream ticket as the store keeps it: by the SHA-256 of its secret
+/// (the secret itself is never stored), for one collection and one
+/// holder, until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketRecord {
+    /// SHA-256 of the ticket's secret.
+    pub hash: [u8; 32],
+    /// The collection it opens.
+    pub coll: CollectionName,
+    /// Who holds it, as the server serialized it (opaque here).
+    pub holder: String,
+    /// When it stops being accepted, in milliseconds since the epoch.
+    pub expires_at_ms: u64,
+}
+
+/// The current time in milliseconds since the epoch (event and ticket
+/// times).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The JSON text of a document as clients see it (system fields first),
+/// from its system fields and its stored body text: what the event log
+/// keeps as `before` and `after`.
+pub fn document_json(system: &arca_core::SystemFields, body: String) -> Option<String> {
+    let text = DocumentText::new(system.clone(), body)?;
+    String::from_utf8(text.to_json_bytes()).ok()
 }
 
 /// Turns a listing's documents into bytes (see `Store::find_written`).

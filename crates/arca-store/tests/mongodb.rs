@@ -127,7 +127,8 @@ impl Engine for Mongo {
             verify: standin(),
         })
         .await
-        .unwrap_or_else(|e| panic!("connect to {uri}: {e}"));
+        .unwrap_or_else(|e| panic!("connect to {uri}: {e}"))
+        .with_event_log(opts.event_log);
         assert_eq!(
             store.database_name(),
             name,

@@ -29,7 +29,7 @@ fn open_at(dir: &std::path::Path, opts: Opts) -> SqliteStore {
 impl Engine for Sqlite {
     async fn open(opts: Opts) -> Fresh {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = open_at(dir.path(), opts);
+        let store = open_at(dir.path(), opts).with_event_log(opts.event_log);
         Fresh {
             store: Arc::new(store),
             keep: Box::new(dir),

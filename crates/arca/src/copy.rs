@@ -33,10 +33,13 @@ struct Totals {
     files_already: u64,
 }
 
-/// Opens the store at `url` with the rest of `cfg`.
+/// Opens the store at `url` with the rest of `cfg`, without an event log:
+/// a copy is not a change anyone follows (and on MongoDB each logged write
+/// would be a transaction of its own).
 async fn open(cfg: &Config, url: &str) -> Result<Arc<dyn Store>, String> {
     let mut cfg = cfg.clone();
     cfg.store.url = url.to_owned();
+    cfg.events.enabled = false;
     if cfg.store.engine().is_none() {
         return Err(format!(
             "{}: expected sqlite://PATH or a mongodb:// URI",

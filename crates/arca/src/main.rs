@@ -483,7 +483,9 @@ fn healthcheck(listen: SocketAddr) -> Result<(), String> {
 }
 
 /// Opens the configured store: the embedded engine on its file, or the
-/// MongoDB engine at its URI (errors never show the URI's password).
+/// MongoDB engine at its URI (errors never show the URI's password); its
+/// event log on or off as `events.enabled` says (so `arca import` writes
+/// events a running server's streams deliver).
 pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     match cfg.store.engine() {
         Some(Engine::Sqlite(path)) => {
@@ -497,7 +499,8 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
             let store = tokio::task::spawn_blocking(move || SqliteStore::open(&opts))
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|e| format!("cannot open the store: {e}"))?;
+                .map_err(|e| format!("cannot open the store: {e}"))?
+                .with_event_log(cfg.events.enabled);
             Ok(Arc::new(store))
         }
         Some(Engine::Mongodb(uri)) => {
@@ -507,9 +510,10 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
                 read_timeout: cfg.query.max_time.0,
                 verify: cfg.store.mongodb.verify_matches,
             };
-            let store = MongoStore::connect(&opts).await.map_err(|e| {
-                format!("cannot open the store at {}: {e}", cfg.store.redacted_url())
-            })?;
+            let store = MongoStore::connect(&opts)
+                .await
+                .map_err(|e| format!("cannot open the store at {}: {e}", cfg.store.redacted_url()))?
+                .with_event_log(cfg.events.enabled);
             Ok(Arc::new(store))
         }
         None => Err("store.url: expected sqlite://PATH or a mongodb:// URI".into()),

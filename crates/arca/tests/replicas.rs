@@ -1,12 +1,16 @@
 //! Several `arca serve` processes on one store behave as one server:
 //! what they must agree on lives in the store. Each test starts two real
-//! processes on the same data directory (the same SQLite file and dev key).
+//! processes on the same data directory (the same SQLite file and dev key):
+//! collection definitions, and change events (a write through one replica
+//! reaches the other's subscribers, tickets and resume points work on
+//! either).
 
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::sse;
 use common::*;
 
 /// Two dev servers on one data directory.
@@ -127,4 +131,116 @@ async fn a_redefinition_and_a_deletion_reach_the_other_replica() {
     .await
     .expect("B forgets the collection");
     assert_eq!(post(&b, &t, "items", json!({"n": 3})).await.status(), 404);
+}
+
+/// The collection both replicas know (defined on A, seen by B).
+async fn shared_notes(a: &Server, b: &Server, t: &str) {
+    define(
+        a,
+        t,
+        "notes",
+        json!({"access": {"read": {"roles": ["*"], "filter": {"_owner": {"$claim": "sub"}}},
+                          "create": {"roles": ["*"]}}}),
+    )
+    .await;
+    eventually(Duration::from_secs(5), || async {
+        b.get("/v1/collections/notes/documents", t).await.status() == 200
+    })
+    .await
+    .expect("B sees the collection");
+}
+
+#[tokio::test]
+async fn a_write_through_one_replica_reaches_a_subscriber_of_the_other() {
+    let (a, b) = pair(&[]);
+    let t = a.admin();
+    shared_notes(&a, &b, &t).await;
+    let ana = a.token("ana", &["member"], None);
+    let bob = a.token("bob", &["member"], None);
+    let mut on_b = sse::Sse::subscribe(&b, "notes", &ana, None).await;
+    let mut on_a = sse::Sse::subscribe(&a, "notes", &ana, None).await;
+    assert_eq!(
+        post(&a, &bob, "notes", json!({"_id": "bobs"}))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        post(&a, &ana, "notes", json!({"_id": "one"}))
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        post(&b, &ana, "notes", json!({"_id": "two"}))
+            .await
+            .status(),
+        201
+    );
+    // Both replicas deliver both writes, in the one order of the log, with
+    // the same ids, filtered by the same rule (Bob's is not Ana's).
+    let from_b = [on_b.next().await, on_b.next().await];
+    let from_a = [on_a.next().await, on_a.next().await];
+    let names = |evs: &[sse::Event]| -> Vec<String> {
+        evs.iter()
+            .map(|e| e.json()["_id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&from_b), ["one", "two"]);
+    assert_eq!(from_a, from_b);
+}
+
+#[tokio::test]
+async fn a_ticket_minted_through_one_replica_opens_a_stream_on_the_other_once() {
+    let (a, b) = pair(&[]);
+    let t = a.admin();
+    shared_notes(&a, &b, &t).await;
+    let ana = a.token("ana", &["member"], None);
+    let r = client()
+        .post(a.url("/v1/collections/notes/events/tickets"))
+        .bearer_auth(&ana)
+        .send()
+        .await
+        .expect("ticket");
+    assert_eq!(r.status(), 201);
+    let ticket = r.json::<Value>().await.expect("json")["ticket"]
+        .as_str()
+        .expect("ticket")
+        .to_owned();
+    let path = format!("/v1/collections/notes/events?ticket={ticket}");
+    let mut on_b = sse::Sse::open(&b, &path, &[]).await;
+    assert_eq!(
+        post(&a, &ana, "notes", json!({"_id": "x"})).await.status(),
+        201
+    );
+    assert_eq!(on_b.next().await.json()["_id"], "x");
+    // Used on B: refused on A as well.
+    let again = sse::Sse::request(&a, &path, &[]).await;
+    problem(again, 401).await;
+}
+
+#[tokio::test]
+async fn a_stream_resumes_on_the_other_replica_exactly_where_it_stopped() {
+    let (a, b) = pair(&[]);
+    let t = a.admin();
+    shared_notes(&a, &b, &t).await;
+    let ana = a.token("ana", &["member"], None);
+    let mut on_a = sse::Sse::subscribe(&a, "notes", &ana, None).await;
+    for i in 0..3 {
+        let r = post(&a, &ana, "notes", json!({"_id": format!("d{i}")})).await;
+        assert_eq!(r.status(), 201);
+    }
+    on_a.next().await;
+    let second = on_a.next().await;
+    // A goes away (its load balancer sends the client to B).
+    drop(on_a);
+    drop(a);
+    let r = post(&b, &ana, "notes", json!({"_id": "d3"})).await;
+    assert_eq!(r.status(), 201);
+    let mut on_b = sse::Sse::subscribe(&b, "notes", &ana, second.id.as_deref()).await;
+    let ids: Vec<String> = [on_b.next().await, on_b.next().await]
+        .iter()
+        .map(|e| e.json()["_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, ["d2", "d3"]);
 }

@@ -15,6 +15,7 @@ import {definitionPage} from './pages/definition.js';
 import {documentsPage} from './pages/documents.js';
 import {documentPage} from './pages/document.js';
 import {accessPage} from './pages/access.js';
+import {eventsPage} from './pages/events.js';
 
 // First: a token in the fragment (the --dev link) leaves the URL at once.
 const fragmentToken = session.takeFragmentToken();
@@ -29,9 +30,9 @@ const NAME = '([a-z][a-z0-9_]{0,62})';
 /**
  * Pages by route (the path part of `#/...`). A page is `(view, ctx, match)`:
  * it appends to `view`, reads `ctx.config`, `ctx.params` (the address's
- * query), and uses `ctx.notify` and `ctx.go`. Files and Events get a route
- * here and a module in pages/ when their APIs exist; NAV shows their links
- * once config.json's `features` says the server has them.
+ * query), and uses `ctx.notify` and `ctx.go`. Files gets a route here and
+ * a module in pages/ when its API exists; NAV shows a feature's link once
+ * config.json's `features` says the server has it.
  */
 const ROUTES = [
   [new RegExp('^/collections$'), (view, ctx) => collectionsPage(view, ctx)],
@@ -41,6 +42,7 @@ const ROUTES = [
   [new RegExp(`^/collections/${NAME}/documents/new$`), (view, ctx, m) => documentPage(view, ctx, m[1], null)],
   [new RegExp(`^/collections/${NAME}/documents/([^/]+)$`), (view, ctx, m) => documentPage(view, ctx, m[1], decodeURIComponent(m[2]))],
   [new RegExp('^/access$'), (view, ctx) => accessPage(view, ctx)],
+  [new RegExp('^/events$'), (view, ctx) => eventsPage(view, ctx)],
 ];
 
 /** Main navigation: [label, route, feature (config.features key) or null]. */

@@ -152,6 +152,13 @@ impl<A: Act> Grant<A> {
             .acquire(self.key.clone(), self.shared.limits.heavy_per_caller)
     }
 
+    /// After a committed write: what follows every one (the collection's
+    /// event reader in this process is woken, so its streams get the
+    /// change at once).
+    fn committed(&self) {
+        self.shared.wakeups.wake(&self.coll.name);
+    }
+
     /// The stored document within the read scope, or 404.
     async fn current(&self, id: &DocId) -> Result<Document, ApiError> {
         self.store
@@ -274,6 +281,7 @@ impl Grant<Create> {
         self.store
             .insert(&self.coll.name, &self.scope, &doc)
             .await?;
+        self.committed();
         Ok(doc)
     }
 }
@@ -318,7 +326,10 @@ impl Grant<Update> {
                 .replace(&self.coll.name, &self.scope, &next, current.system.rev)
                 .await
             {
-                Ok(()) => return Ok(next),
+                Ok(()) => {
+                    self.committed();
+                    return Ok(next);
+                }
                 // Without If-Match, a lost race is retried: If-None-Match
                 // and the access rule are checked again on the new revision.
                 Err(StoreError::RevMismatch) if pre.if_match.is_none() => continue,
@@ -345,7 +356,10 @@ impl Grant<Delete> {
                 .delete(&self.coll.name, &self.scope, id, Some(current.system.rev))
                 .await
             {
-                Ok(removed) => return Ok(removed),
+                Ok(removed) => {
+                    self.committed();
+                    return Ok(removed);
+                }
                 Err(StoreError::RevMismatch) if pre.if_match.is_none() => continue,
                 Err(e) => return Err(e.into()),
             }

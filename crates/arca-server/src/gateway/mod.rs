@@ -12,9 +12,11 @@
 //! handle: tenant, owner and link checks, the image pool, thumbnails made
 //! once), `links` (signing and verifying file links), `stamp` (ids and
 //! times decided before any engine sees a write), `timed` (the measuring
-//! store).
+//! store), `events` (the event log, what a grant sees of a change, the
+//! wake-up after each committed write, stream tickets).
 
 mod catalog;
+mod events;
 mod files;
 mod grant;
 pub mod limits;
@@ -31,6 +33,7 @@ use arca_core::{Action, CollectionDef, CollectionName, Scope};
 use arca_store::{CollectionSpec, LookupScopes, PutOutcome, Store, StoreError};
 
 pub use catalog::Collection;
+pub use events::{Change, EventLog, LogPage, Seen, Wakeups, other_identity};
 pub use files::{FilesGrant, Received, Upload};
 pub use grant::{Act, Create, Delete, Grant, Read, Update};
 pub use links::LinkParams;
@@ -57,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     pub(crate) heavy: Arc<HeavyReads>,
     pub(crate) offload: Offload,
+    /// Told after each committed document write (the place events attach).
+    pub(crate) wakeups: Arc<Wakeups>,
 }
 
 /// The store, its catalogue, and the rules that say who reaches what.
@@ -90,6 +95,7 @@ impl Gateway {
                 limits,
                 heavy: Arc::default(),
                 offload: Offload::default(),
+                wakeups: Arc::default(),
             }),
             cursor_key: tokio::sync::OnceCell::new(),
             files: Arc::default(),
@@ -229,6 +235,8 @@ impl Gateway {
         name: &CollectionName,
     ) -> Result<bool, ApiError> {
         let existed = self.store.delete_collection(name).await?;
+        // Its log now ends with `Dropped`: its streams here close at once.
+        self.shared.wakeups.wake(name);
         self.catalog.reload(self.store.as_ref()).await?;
         Ok(existed)
     }

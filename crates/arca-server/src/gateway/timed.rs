@@ -10,8 +10,9 @@ use arca_core::pipeline::Pipeline;
 use arca_core::query::Filter;
 use arca_core::{CollectionName, DocId, Document, DocumentText, FileId, Scope, Tenant};
 use arca_store::{
-    AggregateLimits, ByteStream, CollectionSpec, ExportPosition, FileMeta, FileWriter,
+    AggregateLimits, ByteStream, CollectionSpec, EventPage, ExportPosition, FileMeta, FileWriter,
     LookupScopes, PageWriter, PutOutcome, Query, Store, StoreError, StoredCollection, ThumbKey,
+    TicketRecord,
 };
 
 /// A `Store` that times the engine it wraps.
@@ -222,6 +223,41 @@ impl Store for Timed {
             self.0.aggregate(coll, scope, pipeline, lookups, limits),
         )
         .await
+    }
+
+    // --- Change events (issue 21) ---
+
+    async fn event_head(&self, coll: &CollectionName) -> Result<u64, StoreError> {
+        time("event_head", self.0.event_head(coll)).await
+    }
+
+    async fn events(
+        &self,
+        coll: &CollectionName,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        time("events", self.0.events(coll, after, limit)).await
+    }
+
+    async fn prune_events(&self, older_than_ms: u64, max: usize) -> Result<u64, StoreError> {
+        time("prune_events", self.0.prune_events(older_than_ms, max)).await
+    }
+
+    async fn put_ticket(&self, ticket: &TicketRecord) -> Result<(), StoreError> {
+        time("put_ticket", self.0.put_ticket(ticket)).await
+    }
+
+    async fn take_ticket(
+        &self,
+        hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        time("take_ticket", self.0.take_ticket(hash, now_ms)).await
+    }
+
+    async fn prune_tickets(&self, now_ms: u64) -> Result<u64, StoreError> {
+        time("prune_tickets", self.0.prune_tickets(now_ms)).await
     }
 }
 

@@ -24,10 +24,24 @@
 //! catalogue generation is a hash of every definition's random nonce (set
 //! in the same single-document write as the definition), so replicas see
 //! a change without a transaction.
+//!
+//! Change events: a log collection, `_arca_events` (`{c, s, k, t, i, b, a,
+//! at}`, unique on `{c, s}`), written in the same multi-document
+//! transaction as each document write, with the collection's position
+//! counter and floor in `_arca_event_seq` (`{_id: name, seq, floor}`).
+//! Transactions need a replica set (a single-node one will do); change
+//! streams would too, and the test stand-in has none, so the log is a
+//! collection every replica reads. The counter is incremented inside the
+//! transaction, so two writes to one collection conflict on it and one is
+//! retried: positions follow commit order (the price: the writes of one
+//! collection commit one at a time). Stream tickets are in `_arca_tickets`.
 
 use std::collections::{BinaryHeap, HashSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+use mongodb::ClientSession;
+use mongodb::options::ReturnDocument;
 
 use arca_core::query::{Filter, Node, SortKey};
 use arca_core::{CollectionName, DocId, Document, FileId, IndexDef, Scope, Tenant};
@@ -46,8 +60,9 @@ use super::{filter, schema, value};
 mod aggregate;
 
 use crate::{
-    ByteStream, CollectionSpec, ExportPosition, FileMeta, FileWriter, PageBudget, PutOutcome,
-    Query, Store, StoreError, StoredCollection, ThumbKey, trim_to_budget,
+    ByteStream, ChangeKind, CollectionSpec, EventPage, ExportPosition, FileMeta, FileWriter,
+    PageBudget, PutOutcome, Query, Store, StoreError, StoredCollection, StoredEvent, ThumbKey,
+    TicketRecord, trim_to_budget,
 };
 
 /// The catalogue collection.
@@ -55,6 +70,15 @@ const CATALOG: &str = "_arca_collections";
 
 /// The internal index every collection has (listings in `_id` order).
 const TENANT_ID_INDEX: &str = "arca_tenant_id";
+
+/// The event log.
+const EVENTS: &str = "_arca_events";
+
+/// Each collection's event position counter and floor.
+const EVENT_SEQ: &str = "_arca_event_seq";
+
+/// Stream tickets.
+const TICKETS: &str = "_arca_tickets";
 
 /// How the MongoDB engine is opened.
 #[derive(Debug, Clone)]
@@ -84,11 +108,120 @@ pub struct MongoStore {
     /// The collections the catalogue held at the last look: writes to
     /// another are `CollectionMissing` (MongoDB would create it).
     known: RwLock<HashSet<String>>,
+    /// Whether document writes append to the event log (in a transaction).
+    event_log: bool,
+    /// Set once the event log's collections and index exist (collections
+    /// are not created inside transactions).
+    events_ready: tokio::sync::OnceCell<()>,
+    /// One logged write per collection at a time in this process: they
+    /// would conflict on the collection's counter anyway, and waiting in
+    /// line costs less than failing and retrying (a retry storm when many
+    /// requests write one collection). Writes through other processes
+    /// still conflict, and are retried. One entry per collection written.
+    write_lines: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Places for aggregations the engine evaluates itself, one per CPU
     /// (see `aggregate`).
     evaluators: std::sync::Arc<tokio::sync::Semaphore>,
     /// The GridFS bucket's indexes were made (once per process).
     file_indexes: tokio::sync::OnceCell<()>,
+}
+
+/// Why one attempt at a transaction did not commit.
+enum TxError {
+    /// The server's error (retried when it is transient).
+    Driver(mongodb::error::Error),
+    /// A final answer (not found, a conflict named).
+    Store(StoreError),
+    /// Lost a race the retry resolves (the collection's counter was made
+    /// by a concurrent write).
+    Retry,
+}
+
+impl From<mongodb::error::Error> for TxError {
+    fn from(e: mongodb::error::Error) -> Self {
+        TxError::Driver(e)
+    }
+}
+
+/// An entry to append to the event log inside a transaction.
+struct Entry {
+    kind: ChangeKind,
+    tenant: String,
+    id: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+/// Whether a transaction's failure is worth a new attempt: MongoDB's
+/// transient label and write conflicts (112), and the stand-in's write
+/// conflict at commit (code 8 with that message, and no label).
+fn transient(e: &mongodb::error::Error) -> bool {
+    e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+        || server_code(e) == Some(112)
+        || (server_code(e) == Some(8) && server_message(e).contains("Write conflict"))
+}
+
+/// A driver error met in a transaction, as a store error: a server that
+/// cannot run transactions (a standalone, code 20) is told plainly.
+fn map_tx_err(e: mongodb::error::Error) -> StoreError {
+    if server_code(&e) == Some(20) || server_message(&e).contains("replica set member") {
+        return unavailable(
+            "MongoDB refused a transaction: the event log needs a replica set (a single-node \
+             replica set will do), or set events.enabled = false",
+        );
+    }
+    map_err(e)
+}
+
+/// An integer field (`Int32` or `Int64`) as a position.
+fn position(d: &BsonDoc, key: &str) -> u64 {
+    match d.get(key) {
+        Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A position as BSON.
+fn pos_bson(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// An optional string field.
+fn opt_str(d: &BsonDoc, key: &str) -> Option<String> {
+    match d.get(key) {
+        Some(Bson::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A stored event log entry read back.
+fn stored_event(d: &BsonDoc) -> Result<StoredEvent, StoreError> {
+    let kind = match d.get("k") {
+        Some(Bson::Int32(k)) => i64::from(*k),
+        Some(Bson::Int64(k)) => *k,
+        _ => return Err(unavailable("an event log entry has no kind")),
+    };
+    let id = match opt_str(d, "i") {
+        Some(raw) => Some(
+            DocId::parse(&raw)
+                .map_err(|_| unavailable(format!("an event log entry names the id {raw:?}")))?,
+        ),
+        None => None,
+    };
+    Ok(StoredEvent {
+        seq: position(d, "s"),
+        kind: ChangeKind::of_code(kind)?,
+        tenant: opt_str(d, "t").unwrap_or_default(),
+        id,
+        before: opt_str(d, "b"),
+        after: opt_str(d, "a"),
+    })
+}
+
+/// A document's JSON as clients see it (the event log's `before`/`after`).
+fn client_json(doc: &Document) -> Result<String, StoreError> {
+    serde_json::to_string(doc).map_err(|e| unavailable(format!("a document as JSON: {e}")))
 }
 
 /// What `_arca_collections.def` holds (the same record as the embedded
@@ -284,6 +417,9 @@ impl MongoStore {
             read_timeout: opts.read_timeout,
             verify: opts.verify,
             known: RwLock::new(HashSet::new()),
+            event_log: true,
+            events_ready: tokio::sync::OnceCell::new(),
+            write_lines: std::sync::Mutex::default(),
             evaluators: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
@@ -311,6 +447,163 @@ impl MongoStore {
                 .map_err(map_err)
         })
         .await
+    }
+
+    /// Turns the event log on (the default) or off: off, document writes
+    /// run without a transaction (a standalone server will do) and append
+    /// nothing to the log. Every process on one database should agree.
+    pub fn with_event_log(mut self, on: bool) -> Self {
+        self.event_log = on;
+        self
+    }
+
+    /// Creates the event log's collections and index once per process.
+    async fn ensure_event_log(&self) -> Result<(), StoreError> {
+        self.events_ready
+            .get_or_try_init(|| async {
+                for name in [EVENTS, EVENT_SEQ] {
+                    match self.db.create_collection(name).await {
+                        Ok(()) => {}
+                        // NamespaceExists.
+                        Err(e) if server_code(&e) == Some(48) => {}
+                        Err(e) if server_message(&e).contains("already exists") => {}
+                        Err(e) => return Err(map_err(e)),
+                    }
+                }
+                self.db
+                    .collection::<BsonDoc>(EVENTS)
+                    .create_index(
+                        IndexModel::builder()
+                            .keys(doc! {"c": 1, "s": 1})
+                            .options(
+                                IndexOptions::builder()
+                                    .name("arca_events_cs".to_owned())
+                                    .unique(true)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs `attempt` in a transaction until it commits, fails for good,
+    /// or `store.timeout` passes: transient failures (write conflicts, a
+    /// lost counter race) are retried with a growing pause. `attempt` gets
+    /// the session and gives it back with its result.
+    async fn transact<T, F, Fut>(&self, coll: &str, mut attempt: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: FnMut(ClientSession) -> Fut + Send,
+        Fut: Future<Output = (ClientSession, Result<T, TxError>)> + Send,
+    {
+        self.ensure_event_log().await?;
+        let line = self
+            .write_lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(coll.to_owned())
+            .or_default()
+            .clone();
+        self.bounded(async {
+            let _turn = line.lock().await;
+            self.transact_unbounded(&mut attempt).await
+        })
+        .await
+    }
+
+    async fn transact_unbounded<T, F, Fut>(&self, attempt: &mut F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: FnMut(ClientSession) -> Fut + Send,
+        Fut: Future<Output = (ClientSession, Result<T, TxError>)> + Send,
+    {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let mut session = self.db.client().start_session().await.map_err(map_tx_err)?;
+            session.start_transaction().await.map_err(map_tx_err)?;
+            let (mut session, result) = attempt(session).await;
+            match result {
+                Ok(value) => match commit(&mut session).await {
+                    Ok(()) => return Ok(value),
+                    Err(e) if transient(&e) => {
+                        tracing::debug!(error = %e, "a transaction's commit conflicted; retrying");
+                    }
+                    Err(e) => return Err(map_tx_err(e)),
+                },
+                Err(failure) => {
+                    let _ = session.abort_transaction().await;
+                    match failure {
+                        TxError::Retry => {}
+                        TxError::Driver(e) if transient(&e) => {
+                            tracing::debug!(error = %e, "a transaction conflicted; retrying");
+                        }
+                        TxError::Driver(e) => return Err(map_tx_err(e)),
+                        TxError::Store(e) => return Err(e),
+                    }
+                }
+            }
+            if started.elapsed() + pause > self.timeout {
+                return Err(unavailable(
+                    "a write kept conflicting with concurrent writes to its collection",
+                ));
+            }
+            // Full jitter: writers that collided spread out.
+            let cap = u64::try_from(pause.as_micros()).unwrap_or(u64::MAX).max(1);
+            tokio::time::sleep(Duration::from_micros(rand::random::<u64>() % cap)).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Appends `entry` at the collection's next position, in `session`'s
+    /// transaction; the position.
+    async fn append(
+        &self,
+        session: &mut ClientSession,
+        coll: &str,
+        entry: Entry,
+    ) -> Result<u64, TxError> {
+        let counter = self
+            .db
+            .collection::<BsonDoc>(EVENT_SEQ)
+            .find_one_and_update(doc! {"_id": coll}, doc! {"$inc": {"seq": 1_i64}})
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .session(&mut *session)
+            .await;
+        let counter = match counter {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                return Err(TxError::Store(unavailable(
+                    "the event counter was not kept",
+                )));
+            }
+            // Two first writes made the counter at once: the loser retries.
+            Err(e) if server_code(&e) == Some(11000) => return Err(TxError::Retry),
+            Err(e) => return Err(TxError::Driver(e)),
+        };
+        let seq = position(&counter, "seq");
+        let opt = |v: Option<String>| v.map_or(Bson::Null, Bson::String);
+        self.db
+            .collection::<BsonDoc>(EVENTS)
+            .insert_one(doc! {
+                "c": coll,
+                "s": pos_bson(seq),
+                "k": entry.kind.code(),
+                "t": entry.tenant,
+                "i": opt(entry.id),
+                "b": opt(entry.before),
+                "a": opt(entry.after),
+                "at": pos_bson(crate::now_ms()),
+            })
+            .session(&mut *session)
+            .await?;
+        Ok(seq)
     }
 
     /// The database in use.
@@ -874,6 +1167,44 @@ impl Store for MongoStore {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name.as_str());
+        if existed && self.event_log {
+            // The log ends with `Dropped`, the floor on it, the rest gone
+            // (after the transaction: it can be large, and the floor
+            // already hides it).
+            let seq = self
+                .transact(name.as_str(), |mut s| async move {
+                    let r = async {
+                        let entry = Entry {
+                            kind: ChangeKind::Dropped,
+                            tenant: String::new(),
+                            id: None,
+                            before: None,
+                            after: None,
+                        };
+                        let seq = self.append(&mut s, name.as_str(), entry).await?;
+                        self.db
+                            .collection::<BsonDoc>(EVENT_SEQ)
+                            .update_one(
+                                doc! {"_id": name.as_str()},
+                                doc! {"$max": {"floor": pos_bson(seq)}},
+                            )
+                            .session(&mut s)
+                            .await?;
+                        Ok(seq)
+                    }
+                    .await;
+                    (s, r)
+                })
+                .await?;
+            self.bounded(async {
+                self.db
+                    .collection::<BsonDoc>(EVENTS)
+                    .delete_many(doc! {"c": name.as_str(), "s": {"$lt": pos_bson(seq)}})
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        }
         Ok(existed)
     }
 
@@ -886,15 +1217,48 @@ impl Store for MongoStore {
         self.known(coll).await?;
         let stored = value::to_stored(doc, scope.tenant())
             .map_err(|e| unavailable(format!("a document BSON cannot hold: {e:?}")))?;
-        let result = self
-            .bounded(async {
+        let result = if self.event_log {
+            let after = client_json(doc)?;
+            let (tenant, id) = (
+                scope.tenant_key().to_owned(),
+                doc.system.id.as_str().to_owned(),
+            );
+            self.transact(coll.as_str(), |mut s| {
+                let (stored, after, tenant, id) =
+                    (stored.clone(), after.clone(), tenant.clone(), id.clone());
+                async move {
+                    let r = async {
+                        match self.coll(coll).insert_one(stored).session(&mut s).await {
+                            Ok(_) => {}
+                            Err(e) if server_code(&e) == Some(11000) => {
+                                return Err(TxError::Store(map_err(e)));
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                        let entry = Entry {
+                            kind: ChangeKind::Created,
+                            tenant,
+                            id: Some(id),
+                            before: None,
+                            after: Some(after),
+                        };
+                        self.append(&mut s, coll.as_str(), entry).await.map(|_| ())
+                    }
+                    .await;
+                    (s, r)
+                }
+            })
+            .await
+        } else {
+            self.bounded(async {
                 self.coll(coll)
                     .insert_one(stored)
                     .await
                     .map(|_| ())
                     .map_err(map_err)
             })
-            .await;
+            .await
+        };
         match result {
             Err(e @ StoreError::Conflict(_)) => Err(self.name_conflict(coll, e).await),
             other => other,
@@ -935,6 +1299,57 @@ impl Store for MongoStore {
             .map_err(|e| unavailable(format!("a document BSON cannot hold: {e:?}")))?;
         let rev = i64::try_from(expected_rev).unwrap_or(i64::MAX);
         let id = &doc.system.id;
+        if self.event_log {
+            let after = client_json(doc)?;
+            let filter = doc! {"_id": value::stored_id(scope.tenant(), id), "_rev": rev};
+            let tenant = scope.tenant_key().to_owned();
+            let result = self
+                .transact(coll.as_str(), |mut s| {
+                    let (stored, after, tenant, filter) = (
+                        stored.clone(),
+                        after.clone(),
+                        tenant.clone(),
+                        filter.clone(),
+                    );
+                    async move {
+                        let r = async {
+                            let replaced = self
+                                .coll(coll)
+                                .find_one_and_replace(filter, stored)
+                                .return_document(ReturnDocument::Before)
+                                .session(&mut s)
+                                .await;
+                            let before = match replaced {
+                                Ok(Some(raw)) => value::from_stored(&raw)
+                                    .map_err(|e| TxError::Store(unavailable(format!("{e:?}"))))?,
+                                // Told apart outside the transaction.
+                                Ok(None) => return Err(TxError::Store(StoreError::NotFound)),
+                                Err(e) if server_code(&e) == Some(11000) => {
+                                    return Err(TxError::Store(map_err(e)));
+                                }
+                                Err(e) => return Err(e.into()),
+                            };
+                            let entry = Entry {
+                                kind: ChangeKind::Updated,
+                                tenant,
+                                id: Some(id.as_str().to_owned()),
+                                before: Some(client_json(&before).map_err(TxError::Store)?),
+                                after: Some(after),
+                            };
+                            self.append(&mut s, coll.as_str(), entry).await.map(|_| ())
+                        }
+                        .await;
+                        (s, r)
+                    }
+                })
+                .await;
+            return match result {
+                Ok(()) => Ok(()),
+                Err(StoreError::NotFound) => Err(self.missing_or_moved(coll, scope, id).await),
+                Err(e @ StoreError::Conflict(_)) => Err(self.name_conflict(coll, e).await),
+                Err(e) => Err(e),
+            };
+        }
         let result = self
             .bounded(async {
                 self.coll(coll)
@@ -965,6 +1380,43 @@ impl Store for MongoStore {
         let mut filter = doc! {"_id": value::stored_id(scope.tenant(), id)};
         if let Some(rev) = expected_rev {
             filter.insert("_rev", i64::try_from(rev).unwrap_or(i64::MAX));
+        }
+        if self.event_log {
+            let tenant = scope.tenant_key().to_owned();
+            let result = self
+                .transact(coll.as_str(), |mut s| {
+                    let (filter, tenant) = (filter.clone(), tenant.clone());
+                    async move {
+                        let r = async {
+                            let removed = self
+                                .coll(coll)
+                                .find_one_and_delete(filter)
+                                .session(&mut s)
+                                .await?;
+                            let Some(raw) = removed else {
+                                return Err(TxError::Store(StoreError::NotFound));
+                            };
+                            let doc = value::from_stored(&raw)
+                                .map_err(|e| TxError::Store(unavailable(format!("{e:?}"))))?;
+                            let entry = Entry {
+                                kind: ChangeKind::Deleted,
+                                tenant,
+                                id: Some(id.as_str().to_owned()),
+                                before: Some(client_json(&doc).map_err(TxError::Store)?),
+                                after: None,
+                            };
+                            self.append(&mut s, coll.as_str(), entry).await?;
+                            Ok(doc)
+                        }
+                        .await;
+                        (s, r)
+                    }
+                })
+                .await;
+            return match result {
+                Err(StoreError::NotFound) => Err(self.missing_or_moved(coll, scope, id).await),
+                other => other,
+            };
         }
         let removed = self
             .bounded(async {
@@ -1281,5 +1733,193 @@ impl Store for MongoStore {
     ) -> Result<Vec<Value>, StoreError> {
         self.aggregate_docs(coll, scope, pipeline, lookups, limits)
             .await
+    }
+
+    async fn event_head(&self, coll: &CollectionName) -> Result<u64, StoreError> {
+        let counter = self
+            .bounded(async {
+                self.db
+                    .collection::<BsonDoc>(EVENT_SEQ)
+                    .find_one(doc! {"_id": coll.as_str()})
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        Ok(counter.map_or(0, |c| position(&c, "seq").max(position(&c, "floor"))))
+    }
+
+    async fn events(
+        &self,
+        coll: &CollectionName,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        self.bounded_read(async {
+            let mut cursor = self
+                .db
+                .collection::<BsonDoc>(EVENTS)
+                .find(doc! {"c": coll.as_str(), "s": {"$gt": pos_bson(after)}})
+                .sort(doc! {"s": 1})
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .max_time(self.read_timeout)
+                .await
+                .map_err(map_err)?;
+            let mut events = Vec::new();
+            while let Some(d) = cursor.try_next().await.map_err(map_err)? {
+                events.push(stored_event(&d)?);
+            }
+            // Read after the entries (see the trait).
+            let floor = self
+                .db
+                .collection::<BsonDoc>(EVENT_SEQ)
+                .find_one(doc! {"_id": coll.as_str()})
+                .await
+                .map_err(map_err)?
+                .map_or(0, |c| position(&c, "floor"));
+            Ok(EventPage { events, floor })
+        })
+        .await
+    }
+
+    async fn prune_events(&self, older_than_ms: u64, max: usize) -> Result<u64, StoreError> {
+        self.bounded(async {
+            let counters: Vec<BsonDoc> = self
+                .db
+                .collection::<BsonDoc>(EVENT_SEQ)
+                .find(doc! {})
+                .await
+                .map_err(map_err)?
+                .try_collect()
+                .await
+                .map_err(map_err)?;
+            let log = self.db.collection::<BsonDoc>(EVENTS);
+            let mut pruned = 0u64;
+            for counter in counters {
+                let room = max.saturating_sub(usize::try_from(pruned).unwrap_or(usize::MAX));
+                if room == 0 {
+                    break;
+                }
+                let Some(coll) = opt_str(&counter, "_id") else {
+                    continue;
+                };
+                let mut cursor = log
+                    .find(doc! {"c": &coll, "s": {"$gt": pos_bson(position(&counter, "floor"))}})
+                    .sort(doc! {"s": 1})
+                    .limit(i64::try_from(room).unwrap_or(i64::MAX))
+                    .projection(doc! {"s": 1, "at": 1})
+                    .await
+                    .map_err(map_err)?;
+                let mut last = None;
+                while let Some(d) = cursor.try_next().await.map_err(map_err)? {
+                    if position(&d, "at") >= older_than_ms {
+                        break;
+                    }
+                    last = Some(position(&d, "s"));
+                }
+                let Some(last) = last else { continue };
+                // The floor first: a reader between the two steps sees a
+                // reset, never a silent gap.
+                self.db
+                    .collection::<BsonDoc>(EVENT_SEQ)
+                    .update_one(
+                        doc! {"_id": &coll},
+                        doc! {"$max": {"floor": pos_bson(last)}},
+                    )
+                    .await
+                    .map_err(map_err)?;
+                let gone = log
+                    .delete_many(doc! {"c": &coll, "s": {"$lte": pos_bson(last)}})
+                    .await
+                    .map_err(map_err)?;
+                pruned += gone.deleted_count;
+            }
+            Ok(pruned)
+        })
+        .await
+    }
+
+    async fn put_ticket(&self, ticket: &TicketRecord) -> Result<(), StoreError> {
+        let hash = mongodb::bson::Binary {
+            subtype: mongodb::bson::spec::BinarySubtype::Generic,
+            bytes: ticket.hash.to_vec(),
+        };
+        self.bounded(async {
+            self.db
+                .collection::<BsonDoc>(TICKETS)
+                .insert_one(doc! {
+                    "_id": hash,
+                    "c": ticket.coll.as_str(),
+                    "h": &ticket.holder,
+                    "exp": pos_bson(ticket.expires_at_ms),
+                })
+                .await
+                .map(|_| ())
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn take_ticket(
+        &self,
+        hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        let key = mongodb::bson::Binary {
+            subtype: mongodb::bson::spec::BinarySubtype::Generic,
+            bytes: hash.to_vec(),
+        };
+        let taken = self
+            .bounded(async {
+                self.db
+                    .collection::<BsonDoc>(TICKETS)
+                    .find_one_and_delete(doc! {"_id": key})
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        let Some(t) = taken else { return Ok(None) };
+        let expires_at_ms = position(&t, "exp");
+        if expires_at_ms <= now_ms {
+            return Ok(None);
+        }
+        let coll = opt_str(&t, "c")
+            .and_then(|c| CollectionName::parse(&c).ok())
+            .ok_or_else(|| unavailable("a stored ticket names no collection"))?;
+        Ok(Some(TicketRecord {
+            hash: *hash,
+            coll,
+            holder: opt_str(&t, "h").unwrap_or_default(),
+            expires_at_ms,
+        }))
+    }
+
+    async fn prune_tickets(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.bounded(async {
+            self.db
+                .collection::<BsonDoc>(TICKETS)
+                .delete_many(doc! {"exp": {"$lte": pos_bson(now_ms)}})
+                .await
+                .map(|r| r.deleted_count)
+                .map_err(map_err)
+        })
+        .await
+    }
+}
+
+/// Commits `session`'s transaction, trying the commit again while its
+/// outcome is unknown (a network error during the commit).
+async fn commit(session: &mut ClientSession) -> Result<(), mongodb::error::Error> {
+    let mut tries = 0;
+    loop {
+        match session.commit_transaction().await {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if tries < 3
+                    && e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT) =>
+            {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }

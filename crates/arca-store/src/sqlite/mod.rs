@@ -7,7 +7,9 @@
 //! catalogue generation; each collection is a table `c_<name>(tenant, id,
 //! rev, created_at, updated_at, owner, doc JSONB)` with primary key
 //! `(tenant, id)`; declared indexes are expression indexes leading with
-//! `tenant`. Queries: `plan` narrows candidates with SQL through an index
+//! `tenant`. The event log is `_arca_events(coll, seq, ...)`, written by
+//! the writer in the savepoint of each change (see `writer`), with
+//! `_arca_event_floors` and `_arca_tickets` beside it. Queries: `plan` narrows candidates with SQL through an index
 //! where it can (`scan`), and arca-core's evaluator decides every match.
 //!
 //! Files: `setup` (opening connections, the engine's tables), `readers`
@@ -40,8 +42,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    AggregateLimits, ByteStream, CollectionSpec, ExportPosition, FileMeta, FileWriter,
-    LookupScopes, PageWriter, PutOutcome, Query, Store, StoreError, StoredCollection, ThumbKey,
+    AggregateLimits, ByteStream, ChangeKind, CollectionSpec, EventPage, ExportPosition, FileMeta,
+    FileWriter, LookupScopes, PageWriter, PutOutcome, Query, Store, StoreError, StoredCollection,
+    StoredEvent, ThumbKey, TicketRecord,
 };
 use readers::Readers;
 use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
@@ -90,6 +93,9 @@ pub struct SqliteStore {
     /// the two statements was ~1.5% of a list request. Bounded by the
     /// indexed paths ever declared; the text depends on nothing else.
     ordered: RwLock<HashMap<(CollectionName, String), OrderedSql>>,
+    /// Whether document writes append to the event log (on unless
+    /// `with_event_log(false)`).
+    event_log: bool,
 }
 
 impl SqliteStore {
@@ -130,7 +136,16 @@ impl SqliteStore {
             files_root,
             indexed: RwLock::new(HashMap::new()),
             ordered: RwLock::new(HashMap::new()),
+            event_log: true,
         })
+    }
+
+    /// Turns the event log on (the default) or off: off, document writes
+    /// append nothing to it (streams then see no changes). Every process
+    /// on one file should agree.
+    pub fn with_event_log(mut self, on: bool) -> Self {
+        self.event_log = on;
+        self
     }
 
     /// The database file.
@@ -344,11 +359,18 @@ impl Store for SqliteStore {
             doc.system.clone(),
             arca_core::body_text(&doc.body),
         );
+        // The event's text is made here, not on the writer thread (the
+        // one every write waits for).
+        let event = self
+            .event_log
+            .then(|| crate::document_json(&system, body.clone()))
+            .flatten();
         self.write(|reply| WriteOp::Insert {
             coll,
             tenant,
             system,
             body,
+            event,
             reply,
         })
         .await
@@ -398,12 +420,17 @@ impl Store for SqliteStore {
             doc.system.clone(),
             arca_core::body_text(&doc.body),
         );
+        let event = self
+            .event_log
+            .then(|| crate::document_json(&system, body.clone()))
+            .flatten();
         self.write(|reply| WriteOp::Replace {
             coll,
             tenant,
             system,
             expected_rev,
             body,
+            event,
             reply,
         })
         .await
@@ -417,11 +444,13 @@ impl Store for SqliteStore {
         expected_rev: Option<u64>,
     ) -> Result<Document, StoreError> {
         let (coll, tenant, id) = (coll.clone(), scope.tenant_key().to_owned(), id.clone());
+        let log = self.event_log;
         self.write(|reply| WriteOp::Delete {
             coll,
             tenant,
             id,
             expected_rev,
+            log,
             reply,
         })
         .await
@@ -728,6 +757,108 @@ impl Store for SqliteStore {
         self.aggregate_docs(coll, scope, pipeline, lookups, limits)
             .await
     }
+
+    async fn event_head(&self, coll: &CollectionName) -> Result<u64, StoreError> {
+        let coll = coll.as_str().to_owned();
+        self.read_point(move |c| {
+            let newest: Option<i64> = c
+                .prepare_cached("SELECT max(seq) FROM _arca_events WHERE coll = ?1")
+                .and_then(|mut st| st.query_row(params![coll], |r| r.get(0)))
+                .map_err(map_err)?;
+            Ok(newest.unwrap_or(0).max(floor_of(c, &coll)?))
+        })
+        .await
+        .map(|n| u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn events(
+        &self,
+        coll: &CollectionName,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let coll = coll.as_str().to_owned();
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT seq, kind, tenant, id, before, after FROM _arca_events
+                     WHERE coll = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )
+                .map_err(map_err)?;
+            let mut rows = st.query(params![coll, after, limit]).map_err(map_err)?;
+            let mut events = Vec::new();
+            while let Some(row) = rows.next().map_err(map_err)? {
+                let seq: i64 = row.get(0).map_err(map_err)?;
+                let id: Option<String> = row.get(3).map_err(map_err)?;
+                let id = match id {
+                    Some(raw) => Some(DocId::parse(&raw).map_err(|_| {
+                        StoreError::Unavailable(format!("an event log entry names the id {raw:?}"))
+                    })?),
+                    None => None,
+                };
+                events.push(StoredEvent {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    kind: ChangeKind::of_code(row.get(1).map_err(map_err)?)?,
+                    tenant: row.get(2).map_err(map_err)?,
+                    id,
+                    before: row.get(4).map_err(map_err)?,
+                    after: row.get(5).map_err(map_err)?,
+                });
+            }
+            // Read after the rows: a prune between the two reads shows as
+            // a floor above `after` (a reset), never as a silent gap.
+            let floor = u64::try_from(floor_of(c, &coll)?).unwrap_or(0);
+            Ok(EventPage { events, floor })
+        })
+        .await
+    }
+
+    async fn prune_events(&self, older_than_ms: u64, max: usize) -> Result<u64, StoreError> {
+        self.write(|reply| WriteOp::PruneEvents {
+            older_than_ms,
+            max,
+            reply,
+        })
+        .await
+    }
+
+    async fn put_ticket(&self, ticket: &TicketRecord) -> Result<(), StoreError> {
+        let ticket = ticket.clone();
+        self.write(|reply| WriteOp::PutTicket { ticket, reply })
+            .await
+    }
+
+    async fn take_ticket(
+        &self,
+        hash: &[u8; 32],
+        now_ms: u64,
+    ) -> Result<Option<TicketRecord>, StoreError> {
+        let hash = *hash;
+        self.write(|reply| WriteOp::TakeTicket {
+            hash,
+            now_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn prune_tickets(&self, now_ms: u64) -> Result<u64, StoreError> {
+        self.write(|reply| WriteOp::PruneTickets { now_ms, reply })
+            .await
+    }
+}
+
+/// The collection's event log floor (0 when it has none).
+fn floor_of(c: &Connection, coll: &str) -> Result<i64, StoreError> {
+    let floor: Option<i64> = c
+        .prepare_cached("SELECT seq FROM _arca_event_floors WHERE coll = ?1")
+        .and_then(|mut st| {
+            rusqlite::OptionalExtension::optional(st.query_row(params![coll], |r| r.get(0)))
+        })
+        .map_err(map_err)?;
+    Ok(floor.unwrap_or(0))
 }
 
 #[cfg(test)]

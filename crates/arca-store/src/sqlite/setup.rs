@@ -12,10 +12,13 @@ use crate::StoreError;
 
 /// The engine's own tables: the catalogue of collection definitions,
 /// small shared values (the catalogue generation, which every process on
-/// the file polls to learn that definitions changed), the secrets
-/// every process must share (signing keys), the metadata of stored files
-/// (their bytes live in the `files` folder beside the database) and their
-/// cached thumbnails.
+/// the file polls to learn that definitions changed), the secrets every
+/// process must share (signing keys), the metadata of stored files (their
+/// bytes live in the `files` folder beside the database) and their cached
+/// thumbnails, and the change events: the log (one row per change, keyed
+/// by collection and position; the documents as clients see them, JSON
+/// text), each collection's floor (positions at or below it are no longer
+/// kept), and stream tickets (by hash).
 const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_collections (
         name TEXT PRIMARY KEY,
@@ -44,6 +47,27 @@ const ENGINE_TABLES: &str = "
         format TEXT NOT NULL,
         bytes BLOB NOT NULL,
         PRIMARY KEY (tenant, file_id, size, format)
+    );
+    CREATE TABLE IF NOT EXISTS _arca_events (
+        coll TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        id TEXT,
+        before TEXT,
+        after TEXT,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (coll, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS _arca_event_floors (
+        coll TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS _arca_tickets (
+        hash BLOB PRIMARY KEY,
+        coll TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
     );";
 
 /// Opens a connection to `path` with the engine's settings. The writer's

@@ -4,39 +4,57 @@
 //! (group commit), each inside its own savepoint so one failure does not
 //! undo its neighbours, and each caller is answered only after the commit
 //! that holds its write has returned.
+//!
+//! A document write that carries its event (the store's event log is on)
+//! appends the collection's next event log row last in its savepoint, so
+//! the row commits exactly when the change does. Positions are per
+//! collection: the writer holds the write lock for the whole batch, so the
+//! latest position is read once per collection per batch (another process
+//! on the file may have written between batches) and counted on from
+//! there, which makes positions follow commit order.
+
+use std::collections::HashMap;
 
 use arca_core::{CollectionName, DocId, Document, IndexDef, SystemFields};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql;
-use crate::{PutOutcome, StoreError};
+use crate::{ChangeKind, PutOutcome, StoreError, TicketRecord};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
 
 /// A write and where to send its result.
 pub enum WriteOp {
+    /// `event`: the document's JSON as clients see it, when the event log
+    /// is on.
     Insert {
         coll: CollectionName,
         tenant: String,
         system: SystemFields,
         body: String,
+        event: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// `event`: the new document's JSON as clients see it, when the event
+    /// log is on (the old one is read here, in the same savepoint).
     Replace {
         coll: CollectionName,
         tenant: String,
         system: SystemFields,
         expected_rev: u64,
         body: String,
+        event: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// `log`: whether the event log is on.
     Delete {
         coll: CollectionName,
         tenant: String,
         id: DocId,
         expected_rev: Option<u64>,
+        log: bool,
         reply: oneshot::Sender<Result<Document, StoreError>>,
     },
     PutCollection {
@@ -60,6 +78,26 @@ pub enum WriteOp {
         name: String,
         candidate: [u8; 32],
         reply: oneshot::Sender<Result<[u8; 32], StoreError>>,
+    },
+    /// Forgets event log rows written before `older_than_ms`, oldest
+    /// first, at most `max`.
+    PruneEvents {
+        older_than_ms: u64,
+        max: usize,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    PutTicket {
+        ticket: TicketRecord,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    TakeTicket {
+        hash: [u8; 32],
+        now_ms: u64,
+        reply: oneshot::Sender<Result<Option<TicketRecord>, StoreError>>,
+    },
+    PruneTickets {
+        now_ms: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
 }
 
@@ -104,6 +142,10 @@ where
 /// How a `Job` answers once its batch's commit is known (the commit's
 /// error, if it failed).
 pub type Answer = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// The latest event log position of each collection written in this
+/// batch (see the module comment).
+#[derive(Default)]
+struct Positions(HashMap<String, u64>);
 
 /// A finished operation waiting for its batch's commit.
 pub enum Done {
@@ -129,6 +171,14 @@ pub enum Done {
         oneshot::Sender<Result<[u8; 32], StoreError>>,
         Result<[u8; 32], StoreError>,
     ),
+    Count(
+        oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
+    Ticket(
+        oneshot::Sender<Result<Option<TicketRecord>, StoreError>>,
+        Result<Option<TicketRecord>, StoreError>,
+    ),
 }
 
 impl Done {
@@ -141,6 +191,8 @@ impl Done {
             Done::Bool(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Key(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Any(answer) => answer(commit_failed),
+            Done::Count(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
+            Done::Ticket(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
         }
     }
 }
@@ -208,8 +260,9 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
         }
         return;
     }
+    let mut positions = Positions::default();
     for op in batch.drain(..) {
-        done.push(apply_in_savepoint(conn, op));
+        done.push(apply_in_savepoint(conn, &mut positions, op));
     }
     let commit = conn.execute_batch("COMMIT").map_err(map_err).err();
     if commit.is_some() {
@@ -222,22 +275,26 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
 
 fn fail(op: WriteOp, err: &StoreError) -> Done {
     match op {
-        WriteOp::Insert { reply, .. } | WriteOp::Replace { reply, .. } => {
-            Done::Unit(reply, Err(err.clone()))
-        }
+        WriteOp::Insert { reply, .. }
+        | WriteOp::Replace { reply, .. }
+        | WriteOp::PutTicket { reply, .. } => Done::Unit(reply, Err(err.clone())),
         WriteOp::Delete { reply, .. } => Done::Doc(reply, Err(err.clone())),
         WriteOp::PutCollection { reply, .. } => Done::Put(reply, Err(err.clone())),
         WriteOp::DeleteCollection { reply, .. } => Done::Bool(reply, Err(err.clone())),
         WriteOp::Secret { reply, .. } => Done::Key(reply, Err(err.clone())),
         WriteOp::Job(job) => job.fail(err),
+        WriteOp::PruneEvents { reply, .. } | WriteOp::PruneTickets { reply, .. } => {
+            Done::Count(reply, Err(err.clone()))
+        }
+        WriteOp::TakeTicket { reply, .. } => Done::Ticket(reply, Err(err.clone())),
     }
 }
 
-fn apply_in_savepoint(conn: &Connection, op: WriteOp) -> Done {
+fn apply_in_savepoint(conn: &Connection, positions: &mut Positions, op: WriteOp) -> Done {
     if let Err(e) = conn.execute_batch("SAVEPOINT op") {
         return fail(op, &map_err(e));
     }
-    let (done, ok) = apply(conn, op);
+    let (done, ok) = apply(conn, positions, op);
     if !ok {
         let _ = conn.execute_batch("ROLLBACK TO op");
     }
@@ -247,16 +304,31 @@ fn apply_in_savepoint(conn: &Connection, op: WriteOp) -> Done {
 
 /// Applies one operation; the flag says whether it succeeded (else its
 /// savepoint is rolled back).
-fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
+fn apply(conn: &Connection, positions: &mut Positions, op: WriteOp) -> (Done, bool) {
     match op {
         WriteOp::Insert {
             coll,
             tenant,
             system,
             body,
+            event,
             reply,
         } => {
-            let r = insert(conn, &coll, &tenant, &system, &body);
+            let r = insert(conn, &coll, &tenant, &system, &body).and_then(|()| match event {
+                Some(after) => log_event(
+                    conn,
+                    positions,
+                    &coll,
+                    Entry {
+                        kind: ChangeKind::Created,
+                        tenant: &tenant,
+                        id: Some(&system.id),
+                        before: None,
+                        after: Some(&after),
+                    },
+                ),
+                None => Ok(()),
+            });
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
@@ -266,9 +338,21 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
             system,
             expected_rev,
             body,
+            event,
             reply,
         } => {
-            let r = replace(conn, &coll, &tenant, &system, expected_rev, &body);
+            let r = match event {
+                None => replace(conn, &coll, &tenant, &system, expected_rev, &body),
+                Some(after) => replace_logged(
+                    conn,
+                    positions,
+                    (&coll, &tenant),
+                    &system,
+                    expected_rev,
+                    &body,
+                    &after,
+                ),
+            };
             let ok = r.is_ok();
             (Done::Unit(reply, r), ok)
         }
@@ -277,9 +361,27 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
             tenant,
             id,
             expected_rev,
+            log,
             reply,
         } => {
-            let r = delete(conn, &coll, &tenant, &id, expected_rev);
+            let r =
+                delete(conn, &coll, &tenant, &id, expected_rev, log).and_then(|(doc, before)| {
+                    if let Some(before) = before {
+                        log_event(
+                            conn,
+                            positions,
+                            &coll,
+                            Entry {
+                                kind: ChangeKind::Deleted,
+                                tenant: &tenant,
+                                id: Some(&id),
+                                before: Some(&before),
+                                after: None,
+                            },
+                        )?;
+                    }
+                    Ok(doc)
+                });
             let ok = r.is_ok();
             (Done::Doc(reply, r), ok)
         }
@@ -296,11 +398,43 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
             (Done::Put(reply, r), ok)
         }
         WriteOp::DeleteCollection { name, reply } => {
-            let r = delete_collection(conn, &name);
+            let r = delete_collection(conn, positions, &name);
             let ok = r.is_ok();
             (Done::Bool(reply, r), ok)
         }
         WriteOp::Job(job) => job.run(conn),
+        WriteOp::PruneEvents {
+            older_than_ms,
+            max,
+            reply,
+        } => {
+            let r = prune_events(conn, older_than_ms, max);
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
+        }
+        WriteOp::PutTicket { ticket, reply } => {
+            let r = put_ticket(conn, &ticket);
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        WriteOp::TakeTicket {
+            hash,
+            now_ms,
+            reply,
+        } => {
+            let r = take_ticket(conn, &hash, now_ms);
+            let ok = r.is_ok();
+            (Done::Ticket(reply, r), ok)
+        }
+        WriteOp::PruneTickets { now_ms, reply } => {
+            let r = conn
+                .prepare_cached("DELETE FROM _arca_tickets WHERE expires_at <= ?1")
+                .and_then(|mut st| st.execute(params![ms_param(now_ms)]))
+                .map(|n| n as u64)
+                .map_err(map_err);
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
+        }
         WriteOp::Secret {
             name,
             candidate,
@@ -440,13 +574,16 @@ fn missing_or_moved(
     })
 }
 
+/// Deletes the document; returns it, and when `log`, its JSON as clients
+/// see it (for the event log).
 fn delete(
     conn: &Connection,
     coll: &CollectionName,
     tenant: &str,
     id: &DocId,
     expected_rev: Option<u64>,
-) -> Result<Document, StoreError> {
+    log: bool,
+) -> Result<(Document, Option<String>), StoreError> {
     let sql = format!(
         "DELETE FROM {} WHERE tenant = ?1 AND id = ?2 AND (?3 IS NULL OR rev = ?3) RETURNING {}",
         sql::table(coll),
@@ -457,15 +594,253 @@ fn delete(
         .and_then(|mut st| {
             st.query_row(
                 params![tenant, id.as_str(), expected_rev.map(rev_param)],
-                sql::decode_document,
+                |row| Ok((sql::decode_system(row)?, row.get::<_, String>(5)?)),
             )
             .optional()
         })
         .map_err(map_err)?;
-    match removed {
-        Some(doc) => doc,
-        None => Err(missing_or_moved(conn, coll, tenant, id)?),
+    let Some((system, body)) = removed else {
+        return Err(missing_or_moved(conn, coll, tenant, id)?);
+    };
+    let system = system?;
+    let json = match log {
+        true => Some(crate::document_json(&system, body.clone()).ok_or_else(|| {
+            StoreError::Unavailable("a stored document is not a JSON object".into())
+        })?),
+        false => None,
+    };
+    let body = match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(m)) => m,
+        Ok(_) | Err(_) => serde_json::Map::new(),
+    };
+    Ok((Document { system, body }, json))
+}
+
+/// `replace` that also logs the change: the stored document (at
+/// `expected_rev`) is read first, in the same savepoint, as the entry's
+/// `before`.
+fn replace_logged(
+    conn: &Connection,
+    positions: &mut Positions,
+    (coll, tenant): (&CollectionName, &str),
+    system: &SystemFields,
+    expected_rev: u64,
+    body: &str,
+    after: &str,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE tenant = ?1 AND id = ?2 AND rev = ?3",
+        sql::DOC_COLUMNS,
+        sql::table(coll)
+    );
+    let stored = conn
+        .prepare_cached(&sql)
+        .and_then(|mut st| {
+            st.query_row(
+                params![tenant, system.id.as_str(), rev_param(expected_rev)],
+                |row| Ok((sql::decode_system(row)?, row.get::<_, String>(5)?)),
+            )
+            .optional()
+        })
+        .map_err(map_err)?;
+    let Some((old_system, old_body)) = stored else {
+        return Err(missing_or_moved(conn, coll, tenant, &system.id)?);
+    };
+    let before = crate::document_json(&old_system?, old_body)
+        .ok_or_else(|| StoreError::Unavailable("a stored document is not a JSON object".into()))?;
+    replace(conn, coll, tenant, system, expected_rev, body)?;
+    log_event(
+        conn,
+        positions,
+        coll,
+        Entry {
+            kind: ChangeKind::Updated,
+            tenant,
+            id: Some(&system.id),
+            before: Some(&before),
+            after: Some(after),
+        },
+    )
+}
+
+/// An event log row to append.
+struct Entry<'a> {
+    kind: ChangeKind,
+    tenant: &'a str,
+    id: Option<&'a DocId>,
+    before: Option<&'a str>,
+    after: Option<&'a str>,
+}
+
+/// A time or position as SQLite's signed integer.
+fn ms_param(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The collection's latest position (its newest row or its floor).
+fn latest_position(conn: &Connection, coll: &str) -> Result<u64, StoreError> {
+    let newest: Option<i64> = conn
+        .prepare_cached("SELECT max(seq) FROM _arca_events WHERE coll = ?1")
+        .and_then(|mut st| st.query_row(params![coll], |r| r.get(0)))
+        .map_err(map_err)?;
+    let floor: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM _arca_event_floors WHERE coll = ?1")
+        .and_then(|mut st| st.query_row(params![coll], |r| r.get(0)).optional())
+        .map_err(map_err)?;
+    let n = newest.unwrap_or(0).max(floor.unwrap_or(0));
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Appends `entry` at the collection's next position; its position. The
+/// last statement of its operation, so the batch's count moves only when
+/// the row is in.
+fn log_event(
+    conn: &Connection,
+    positions: &mut Positions,
+    coll: &CollectionName,
+    entry: Entry<'_>,
+) -> Result<(), StoreError> {
+    append(conn, positions, coll.as_str(), entry).map(|_| ())
+}
+
+fn append(
+    conn: &Connection,
+    positions: &mut Positions,
+    coll: &str,
+    entry: Entry<'_>,
+) -> Result<u64, StoreError> {
+    let latest = match positions.0.get(coll) {
+        Some(n) => *n,
+        None => latest_position(conn, coll)?,
+    };
+    let seq = latest + 1;
+    conn.prepare_cached(
+        "INSERT INTO _arca_events (coll, seq, kind, tenant, id, before, after, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            coll,
+            ms_param(seq),
+            entry.kind.code(),
+            entry.tenant,
+            entry.id.map(DocId::as_str),
+            entry.before,
+            entry.after,
+            ms_param(crate::now_ms()),
+        ])
+    })
+    .map_err(map_err)?;
+    positions.0.insert(coll.to_owned(), seq);
+    Ok(seq)
+}
+
+/// Raises the collection's floor to `seq` (never lowers it).
+fn raise_floor(conn: &Connection, coll: &str, seq: u64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO _arca_event_floors (coll, seq) VALUES (?1, ?2)
+         ON CONFLICT (coll) DO UPDATE SET seq = max(seq, excluded.seq)",
+    )
+    .and_then(|mut st| st.execute(params![coll, ms_param(seq)]))
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Per collection (every defined one, and every one with a floor: a
+/// deleted collection's `Dropped` row), the oldest rows written before
+/// `older_than_ms` while no younger row precedes them; at most `max` rows.
+fn prune_events(conn: &Connection, older_than_ms: u64, max: usize) -> Result<u64, StoreError> {
+    let colls: Vec<String> = conn
+        .prepare("SELECT name FROM _arca_collections UNION SELECT coll FROM _arca_event_floors")
+        .and_then(|mut st| st.query_map([], |r| r.get::<_, String>(0))?.collect())
+        .map_err(map_err)?;
+    let mut pruned = 0u64;
+    for coll in colls {
+        let room = max.saturating_sub(usize::try_from(pruned).unwrap_or(usize::MAX));
+        if room == 0 {
+            break;
+        }
+        let mut last = None;
+        {
+            let mut st = conn
+                .prepare_cached(
+                    "SELECT seq, at FROM _arca_events WHERE coll = ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(map_err)?;
+            let mut rows = st
+                .query(params![coll, ms_param(room as u64)])
+                .map_err(map_err)?;
+            while let Some(row) = rows.next().map_err(map_err)? {
+                let (seq, at): (i64, i64) =
+                    (row.get(0).map_err(map_err)?, row.get(1).map_err(map_err)?);
+                if at >= ms_param(older_than_ms) {
+                    break;
+                }
+                last = Some(seq);
+            }
+        }
+        let Some(last) = last else { continue };
+        raise_floor(conn, &coll, u64::try_from(last).unwrap_or(0))?;
+        let n = conn
+            .prepare_cached("DELETE FROM _arca_events WHERE coll = ?1 AND seq <= ?2")
+            .and_then(|mut st| st.execute(params![coll, last]))
+            .map_err(map_err)?;
+        pruned += n as u64;
     }
+    Ok(pruned)
+}
+
+fn put_ticket(conn: &Connection, t: &TicketRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO _arca_tickets (hash, coll, holder, expires_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            t.hash.as_slice(),
+            t.coll.as_str(),
+            t.holder,
+            ms_param(t.expires_at_ms)
+        ])
+    })
+    .map_err(map_err)?;
+    Ok(())
+}
+
+fn take_ticket(
+    conn: &Connection,
+    hash: &[u8; 32],
+    now_ms: u64,
+) -> Result<Option<TicketRecord>, StoreError> {
+    let taken = conn
+        .prepare_cached(
+            "DELETE FROM _arca_tickets WHERE hash = ?1 RETURNING coll, holder, expires_at",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![hash.as_slice()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(map_err)?;
+    let Some((coll, holder, expires_at)) = taken else {
+        return Ok(None);
+    };
+    let expires_at_ms = u64::try_from(expires_at).unwrap_or(0);
+    if expires_at_ms <= now_ms {
+        return Ok(None);
+    }
+    let coll = CollectionName::parse(&coll)
+        .map_err(|_| StoreError::Unavailable(format!("a stored ticket names {coll:?}")))?;
+    Ok(Some(TicketRecord {
+        hash: *hash,
+        coll,
+        holder,
+        expires_at_ms,
+    }))
 }
 
 /// Moves the catalogue generation on (in the transaction of the change),
@@ -554,7 +929,14 @@ fn put_collection(
     })
 }
 
-fn delete_collection(conn: &Connection, name: &CollectionName) -> Result<bool, StoreError> {
+/// Deletes the definition and the table; the collection's event log ends
+/// with a `Dropped` row, its floor raised to it and every row before it
+/// deleted (so a stream resuming from before the deletion gets a reset).
+fn delete_collection(
+    conn: &Connection,
+    positions: &mut Positions,
+    name: &CollectionName,
+) -> Result<bool, StoreError> {
     let n = conn
         .execute(
             "DELETE FROM _arca_collections WHERE name = ?1",
@@ -564,6 +946,24 @@ fn delete_collection(conn: &Connection, name: &CollectionName) -> Result<bool, S
     conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", sql::table(name)))
         .map_err(map_err)?;
     bump_catalog_generation(conn)?;
+    if n == 1 {
+        let seq = append(
+            conn,
+            positions,
+            name.as_str(),
+            Entry {
+                kind: ChangeKind::Dropped,
+                tenant: "",
+                id: None,
+                before: None,
+                after: None,
+            },
+        )?;
+        raise_floor(conn, name.as_str(), seq)?;
+        conn.prepare_cached("DELETE FROM _arca_events WHERE coll = ?1 AND seq < ?2")
+            .and_then(|mut st| st.execute(params![name.as_str(), ms_param(seq)]))
+            .map_err(map_err)?;
+    }
     Ok(n == 1)
 }
 

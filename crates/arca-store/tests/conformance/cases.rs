@@ -855,6 +855,7 @@ pub async fn a_missing_collection_is_collection_missing<E: Engine>() {
 pub async fn a_read_past_its_time_limit_is_a_timeout<E: Engine>() {
     let f = E::open(Opts {
         read_timeout: Duration::from_millis(1),
+        ..Opts::default()
     })
     .await;
     let store = f.store.as_ref();

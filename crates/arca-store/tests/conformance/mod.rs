@@ -4,11 +4,13 @@
 //! `conformance_suite!(ItsEngine)` in its test file, which makes one test
 //! per case. The cases cover every trait method, every error, tenancy, the
 //! cross-type sort order, cursors and numbers keeping their kind;
-//! `properties` holds the property tests against the reference evaluator.
+//! `properties` holds the property tests against the reference evaluator;
+//! `events` the event log and stream tickets.
 #![allow(dead_code)]
 
 pub mod aggregate;
 pub mod cases;
+pub mod events;
 pub mod files;
 pub mod properties;
 
@@ -26,12 +28,15 @@ use serde_json::{Map, Value, json};
 pub struct Opts {
     /// Reads running longer are stopped with `StoreError::Timeout`.
     pub read_timeout: Duration,
+    /// Document writes append to the event log (the default).
+    pub event_log: bool,
 }
 
 impl Default for Opts {
     fn default() -> Self {
         Self {
             read_timeout: Duration::from_secs(30),
+            event_log: true,
         }
     }
 }
@@ -92,6 +97,16 @@ macro_rules! conformance_suite {
             a_read_past_its_time_limit_is_a_timeout,
             reads_see_every_write_acknowledged_before_them,
         );
+        $crate::conformance_suite!(@events $engine;
+            every_write_appends_one_event_in_commit_order,
+            writes_that_fail_append_nothing,
+            pages_of_events_follow_a_position,
+            concurrent_writes_get_distinct_increasing_positions,
+            deleting_a_collection_ends_its_log,
+            pruning_forgets_the_oldest_entries_and_raises_the_floor,
+            a_store_without_an_event_log_appends_nothing,
+            tickets_are_taken_once_and_expire,
+        );
         $crate::conformance_suite!(@aggregate $engine;
             the_pipeline_table_gives_the_evaluators_results,
             aggregations_see_only_the_scope_at_every_depth,
@@ -117,6 +132,14 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 conformance::cases::$case::<$engine>().await
+            }
+        )*
+    };
+    (@events $engine:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                conformance::events::$case::<$engine>().await
             }
         )*
     };

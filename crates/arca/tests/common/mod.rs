@@ -3,6 +3,8 @@
 //! (`oidc-provider` on Node) when a test needs an IdP.
 #![allow(dead_code)]
 
+pub mod sse;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -59,10 +61,11 @@ pub fn capture_output(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
 /// Which engine the servers of this test run use: `ARCA_TEST_STORE` =
 /// `sqlite` (the default) or `mongodb`. With `mongodb`, each data
 /// directory gets its own database on the MongoDB at
-/// `ARCA_TEST_MONGODB_URI`, or else on the stand-in at
-/// `ARCA_TEST_STANDIN_URI` (started by `scripts/test`); on the stand-in
-/// the engine runs with `store.mongodb.verify_matches` (its comparisons
-/// cross type brackets, see docs/query.md).
+/// `ARCA_TEST_MONGODB_URI`, or else on a stand-in: this test process's
+/// own (`standin_uri`) when `ARCA_TEST_MONGO_PYTHON` names its Python,
+/// else the one at `ARCA_TEST_STANDIN_URI`. On the stand-in the engine
+/// runs with `store.mongodb.verify_matches` (its comparisons cross type
+/// brackets, see docs/query.md).
 pub fn mongodb() -> bool {
     match std::env::var("ARCA_TEST_STORE").as_deref() {
         Ok("mongodb") => true,
@@ -82,12 +85,7 @@ pub fn store_env(data: &Path) -> Vec<(String, String)> {
     }
     let (base, standin) = match std::env::var("ARCA_TEST_MONGODB_URI") {
         Ok(uri) => (uri, false),
-        Err(_) => (
-            std::env::var("ARCA_TEST_STANDIN_URI").expect(
-                "ARCA_TEST_STORE=mongodb needs ARCA_TEST_MONGODB_URI or ARCA_TEST_STANDIN_URI",
-            ),
-            true,
-        ),
+        Err(_) => (standin_uri(), true),
     };
     // The directory's name is unique (process id and time): so is this.
     let name = data
@@ -112,6 +110,51 @@ pub fn store_env(data: &Path) -> Vec<(String, String)> {
         ));
     }
     env
+}
+
+/// The stand-in's URI for this test process. The stand-in (mongoeco)
+/// fails a transaction's commit when any other commit happened on the
+/// whole server since it began, where MongoDB conflicts per document; with
+/// every document write in a transaction (the event log), tests sharing
+/// one stand-in would make each other retry. So with
+/// `ARCA_TEST_MONGO_PYTHON` each test process starts its own (under a
+/// second); it exits when this process does (its stdin closes). Without
+/// it, the shared one at `ARCA_TEST_STANDIN_URI`.
+pub fn standin_uri() -> String {
+    static OWN: std::sync::OnceLock<(String, Mutex<Option<std::process::ChildStdin>>)> =
+        std::sync::OnceLock::new();
+    let Ok(python) = std::env::var("ARCA_TEST_MONGO_PYTHON") else {
+        return std::env::var("ARCA_TEST_STANDIN_URI").expect(
+            "ARCA_TEST_STORE=mongodb needs ARCA_TEST_MONGODB_URI, ARCA_TEST_MONGO_PYTHON \
+             (the stand-in's Python) or ARCA_TEST_STANDIN_URI",
+        );
+    };
+    let (uri, _) = OWN.get_or_init(|| {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/mongo-standin/serve.py"
+        );
+        let mut child = Command::new(&python)
+            .args([script, "0", "memory"])
+            .env("STANDIN_EXIT_ON_EOF", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {python} {script}: {e}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the stand-in's first line");
+        let uri = line
+            .strip_prefix("READY ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("the stand-in did not start: {line:?}"))
+            .to_owned();
+        // The pipe's write end lives as long as this process.
+        (uri, Mutex::new(child.stdin.take()))
+    });
+    uri.clone()
 }
 
 /// A running `arca serve`.

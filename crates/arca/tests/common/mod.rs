@@ -121,8 +121,7 @@ pub fn store_env(data: &Path) -> Vec<(String, String)> {
 /// second); it exits when this process does (its stdin closes). Without
 /// it, the shared one at `ARCA_TEST_STANDIN_URI`.
 pub fn standin_uri() -> String {
-    static OWN: std::sync::OnceLock<(String, Mutex<Option<std::process::ChildStdin>>)> =
-        std::sync::OnceLock::new();
+    static OWN: std::sync::OnceLock<(String, Mutex<Child>)> = std::sync::OnceLock::new();
     let Ok(python) = std::env::var("ARCA_TEST_MONGO_PYTHON") else {
         return std::env::var("ARCA_TEST_STANDIN_URI").expect(
             "ARCA_TEST_STORE=mongodb needs ARCA_TEST_MONGODB_URI, ARCA_TEST_MONGO_PYTHON \
@@ -151,8 +150,8 @@ pub fn standin_uri() -> String {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("the stand-in did not start: {line:?}"))
             .to_owned();
-        // The pipe's write end lives as long as this process.
-        (uri, Mutex::new(child.stdin.take()))
+        // Kept, with its stdin's write end, as long as this process lives.
+        (uri, Mutex::new(child))
     });
     uri.clone()
 }

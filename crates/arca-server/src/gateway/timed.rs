@@ -9,8 +9,8 @@ use std::time::Instant;
 use arca_core::query::Filter;
 use arca_core::{CollectionName, DocId, Document, DocumentText, Scope, Tenant};
 use arca_store::{
-    CollectionSpec, ExportPosition, PageWriter, PutOutcome, Query, Store, StoreError,
-    StoredCollection,
+    CollectionSpec, ExportPosition, IdempotencyBegin, IdempotencyClaim, IdempotencyKey, PageWriter,
+    PutOutcome, Query, Store, StoreError, StoredCollection, StoredResponse,
 };
 
 /// A `Store` that times the engine it wraps.
@@ -141,5 +141,35 @@ impl Store for Timed {
         limit: usize,
     ) -> Result<Vec<(Tenant, Document)>, StoreError> {
         time("export", self.0.export(coll, after, limit)).await
+    }
+
+    // ---- Idempotency keys (issue 22) ----
+
+    async fn idempotency_begin(
+        &self,
+        claim: &IdempotencyClaim<'_>,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        time("idempotency_begin", self.0.idempotency_begin(claim)).await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        time(
+            "idempotency_finish",
+            self.0.idempotency_finish(key, run, response),
+        )
+        .await
+    }
+
+    async fn idempotency_release(&self, key: &IdempotencyKey, run: &str) -> Result<(), StoreError> {
+        time("idempotency_release", self.0.idempotency_release(key, run)).await
+    }
+
+    async fn idempotency_purge(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
+        time("idempotency_purge", self.0.idempotency_purge(now, limit)).await
     }
 }

@@ -3,9 +3,10 @@
 //! reader threads, each owning one read connection (`readers`), so no
 //! SQLite call ever runs on an async worker thread.
 //!
-//! Layout: `_arca_collections` holds definitions and `_arca_meta` the
-//! catalogue generation; each collection is a table `c_<name>(tenant, id,
-//! rev, created_at, updated_at, owner, doc JSONB)` with primary key
+//! Layout: `_arca_collections` holds definitions, `_arca_meta` the
+//! catalogue generation, `_arca_idempotency` callers' idempotency
+//! records; each collection is a table `c_<name>(tenant, id, rev,
+//! created_at, updated_at, owner, doc JSONB)` with primary key
 //! `(tenant, id)`; declared indexes are expression indexes leading with
 //! `tenant`. Queries: `plan` narrows candidates with SQL through an index
 //! where it can (`scan`), and arca-core's evaluator decides every match.
@@ -36,12 +37,12 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    CollectionSpec, ExportPosition, PageWriter, PutOutcome, Query, Store, StoreError,
-    StoredCollection,
+    CollectionSpec, ExportPosition, IdempotencyBegin, IdempotencyClaim, IdempotencyKey, PageWriter,
+    PutOutcome, Query, Store, StoreError, StoredCollection, StoredResponse,
 };
 use readers::Readers;
 use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
-use writer::{WriteOp, map_err};
+use writer::{OwnedClaim, WriteOp, map_err};
 
 /// How the embedded engine is opened.
 #[derive(Debug, Clone)]
@@ -516,6 +517,52 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    // ---- Idempotency keys (issue 22) ----
+
+    async fn idempotency_begin(
+        &self,
+        claim: &IdempotencyClaim<'_>,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let claim = OwnedClaim {
+            key: claim.key.clone(),
+            fingerprint: claim.fingerprint.to_owned(),
+            run: claim.run.to_owned(),
+            now: claim.now,
+            lease_until: claim.lease_until,
+            expires_at: claim.expires_at,
+        };
+        self.write(|reply| WriteOp::IdempotencyBegin { claim, reply })
+            .await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let (key, run, response) = (key.clone(), run.to_owned(), response.clone());
+        self.write(|reply| WriteOp::IdempotencyFinish {
+            key,
+            run,
+            response,
+            reply,
+        })
+        .await
+    }
+
+    async fn idempotency_release(&self, key: &IdempotencyKey, run: &str) -> Result<(), StoreError> {
+        let (key, run) = (key.clone(), run.to_owned());
+        self.write(|reply| WriteOp::IdempotencyRelease { key, run, reply })
+            .await
+    }
+
+    async fn idempotency_purge(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(|reply| WriteOp::IdempotencyPurge { now, limit, reply })
+            .await
     }
 }
 

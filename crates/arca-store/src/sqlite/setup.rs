@@ -12,8 +12,9 @@ use crate::StoreError;
 
 /// The engine's own tables: the catalogue of collection definitions,
 /// small shared values (the catalogue generation, which every process on
-/// the file polls to learn that definitions changed), and the secrets
-/// every process must share (signing keys).
+/// the file polls to learn that definitions changed), the secrets every
+/// process must share (signing keys), and the idempotency records of
+/// callers' retried requests (with the kept response of each).
 const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_collections (
         name TEXT PRIMARY KEY,
@@ -28,7 +29,21 @@ const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_secrets (
         name TEXT PRIMARY KEY,
         value BLOB NOT NULL
-    );";
+    );
+    CREATE TABLE IF NOT EXISTS _arca_idempotency (
+        tenant TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        run TEXT NOT NULL,
+        lease_until INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        status INTEGER,
+        headers TEXT,
+        body BLOB,
+        PRIMARY KEY (tenant, subject, key)
+    );
+    CREATE INDEX IF NOT EXISTS _arca_idempotency_expiry ON _arca_idempotency (expires_at);";
 
 /// Opens a connection to `path` with the engine's settings. The writer's
 /// (`read_only = false`) creates the file and switches it to WAL.

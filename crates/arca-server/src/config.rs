@@ -33,6 +33,26 @@ pub struct Config {
     pub query: QueryConfig,
     /// `[validation]`
     pub validation: ValidationConfig,
+    /// `[idempotency]`
+    pub idempotency: IdempotencyConfig,
+}
+
+/// `[idempotency]`: how long the result of a request sent with an
+/// `Idempotency-Key` is kept for its retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// A key's first result (status and body) is replayed to retries for
+    /// this long after the first request; then the key is free again.
+    pub retention: HumanDuration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            retention: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
 }
 
 /// `[query]`: what one read may cost, so one caller cannot starve others.
@@ -556,6 +576,12 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             10 * ms,
             hour,
         ),
+        (
+            "idempotency.retention",
+            cfg.idempotency.retention,
+            second,
+            30 * day,
+        ),
     ] {
         if value.0 < min || value.0 > max {
             return bad(
@@ -810,6 +836,7 @@ mod tests {
         assert_eq!(c.query.max_concurrent_per_caller, 2);
         assert_eq!(c.query.max_page_bytes, 4 << 20);
         assert_eq!(c.validation.max_errors, 100);
+        assert_eq!(c.idempotency.retention.0, Duration::from_secs(86_400));
         assert_eq!(c.store.sqlite.read_cache_mib, 16);
         assert_eq!(
             c.store.sqlite.reader_cache_kib(),
@@ -911,6 +938,16 @@ mod tests {
                 "ARCA_AUTH__JWKS_MIN_REFETCH",
                 "1d",
                 "`auth.jwks_min_refetch`",
+            ),
+            (
+                "ARCA_IDEMPOTENCY__RETENTION",
+                "500ms",
+                "`idempotency.retention`: expected 1s to 30d, got 500ms",
+            ),
+            (
+                "ARCA_IDEMPOTENCY__RETENTION",
+                "31d",
+                "`idempotency.retention`",
             ),
         ] {
             let e = load(None, env(&[(var, value)])).expect_err(var);

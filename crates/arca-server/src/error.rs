@@ -36,6 +36,9 @@ pub enum ProblemKind {
     RequestTimeout,
     /// 409: duplicate `_id` or unique index value.
     Conflict,
+    /// 409: a request with the same `Idempotency-Key` is still running
+    /// (retry shortly: `Retry-After`).
+    IdempotencyKeyInUse,
     /// 412: `If-Match` does not match the current revision, or
     /// `If-None-Match` does.
     PreconditionFailed,
@@ -45,6 +48,9 @@ pub enum ProblemKind {
     UnsupportedMediaType,
     /// 422: the document does not fit its collection.
     InvalidDocument,
+    /// 422: the `Idempotency-Key` was used for another request (another
+    /// body or target).
+    IdempotencyKeyReused,
     /// 429: the caller has too many heavy reads in flight.
     TooManyRequests,
     /// 500: an internal error (details only in the logs).
@@ -98,6 +104,11 @@ impl ProblemKind {
                 "Request body not received in time",
             ),
             Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            IdempotencyKeyInUse => (
+                StatusCode::CONFLICT,
+                "idempotency-key-in-use",
+                "A request with this Idempotency-Key is still running",
+            ),
             PreconditionFailed => (
                 StatusCode::PRECONDITION_FAILED,
                 "precondition-failed",
@@ -117,6 +128,11 @@ impl ProblemKind {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-document",
                 "Document does not fit the collection",
+            ),
+            IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key already used for another request",
             ),
             TooManyRequests => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -159,10 +175,12 @@ impl ProblemKind {
         ProblemKind::MethodNotAllowed,
         ProblemKind::RequestTimeout,
         ProblemKind::Conflict,
+        ProblemKind::IdempotencyKeyInUse,
         ProblemKind::PreconditionFailed,
         ProblemKind::PayloadTooLarge,
         ProblemKind::UnsupportedMediaType,
         ProblemKind::InvalidDocument,
+        ProblemKind::IdempotencyKeyReused,
         ProblemKind::TooManyRequests,
         ProblemKind::Internal,
         ProblemKind::Unavailable,
@@ -321,7 +339,10 @@ impl IntoResponse for ApiError {
         }
         if matches!(
             self.kind,
-            ProblemKind::StoreUnavailable | ProblemKind::Timeout | ProblemKind::TooManyRequests
+            ProblemKind::StoreUnavailable
+                | ProblemKind::Timeout
+                | ProblemKind::TooManyRequests
+                | ProblemKind::IdempotencyKeyInUse
         ) {
             // Transient: the client may try again (RFC 9110 section 10.2.3).
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

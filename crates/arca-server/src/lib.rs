@@ -10,6 +10,8 @@
 //! - `access`: the access rules applied to a caller (decisions only);
 //! - `gateway`: the one road to tenant data: the store, its catalogue, and
 //!   the per-action handles (`Grant`) that run the rule checks;
+//! - `idempotency`: `Idempotency-Key` on `POST`s: run once per caller and
+//!   key, replay the kept result to retries (records in the store);
 //! - `middleware`: request id, tracing, metrics, timeout, CORS, compression;
 //! - `ops`, `collections`, `documents`, `explain`: the routes, one module
 //!   per resource;
@@ -32,6 +34,7 @@ pub mod error;
 pub mod explain;
 pub mod extract;
 pub mod gateway;
+pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
@@ -110,6 +113,26 @@ pub async fn serve(
                 Ok(true) => tracing::info!("collection definitions changed elsewhere; reloaded"),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "checking the catalogue generation failed"),
+            }
+        }
+    });
+    // Expired idempotency records are ignored already; purging them frees
+    // their space. Every replica purges: the deletes are idempotent.
+    let records = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = idempotency::now_ms();
+            match records
+                .gateway()
+                .idempotency_purge(now, idempotency::PURGE_BATCH)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(records = n, "expired idempotency records purged"),
+                Err(e) => tracing::warn!(error = %e, "purging expired idempotency records failed"),
             }
         }
     });

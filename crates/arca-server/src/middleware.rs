@@ -248,9 +248,16 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::IF_MATCH,
                 header::IF_NONE_MATCH,
                 HeaderName::from_static("last-event-id"),
+                crate::idempotency::IDEMPOTENCY_KEY.clone(),
                 REQUEST_ID.clone(),
             ])
-            .expose_headers([header::ETAG, header::LOCATION, REQUEST_ID.clone()])
+            .expose_headers([
+                header::ETAG,
+                header::LOCATION,
+                header::RETRY_AFTER,
+                crate::idempotency::IDEMPOTENT_REPLAYED.clone(),
+                REQUEST_ID.clone(),
+            ])
             .max_age(Duration::from_secs(600)),
     )
 }

@@ -435,6 +435,17 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
         r["422"] = problem("The document does not fit the collection");
         r
     };
+    let mut create_responses = writes(json!({"201": {"description": "Created",
+        "headers": {"ETag": etag["ETag"], "Location": {"schema": {"type": "string"}},
+            "Idempotent-Replayed": {"description": "`true` on the replay of a request sent before with the same Idempotency-Key",
+                "schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": doc_ref}}}}));
+    create_responses["409"] = problem(
+        "Duplicate _id or unique index value; or the first request with the same Idempotency-Key is still running",
+    );
+    create_responses["422"] = problem(
+        "The document does not fit the collection; or the Idempotency-Key was used for another request",
+    );
     let id_param = json!({"name": "id", "in": "path", "required": true,
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}});
     let query_params = json!([
@@ -455,10 +466,10 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
                         "properties": {"items": {"type": "array", "items": listed_ref}, "next": {"type": ["string", "null"]}}}}}}}))},
         "post": {"tags": tag, "summary": format!("Create a {name} document"), "operationId": format!("create_{name}"),
                  "security": security,
+                 "parameters": [{"name": "Idempotency-Key", "in": "header",
+                     "description": crate::wire::IDEMPOTENCY_KEY_DOC, "schema": {"type": "string"}}],
                  "requestBody": {"required": true, "content": {"application/json": {"schema": input_ref}}},
-                 "responses": writes(json!({"201": {"description": "Created",
-                     "headers": {"ETag": etag["ETag"], "Location": {"schema": {"type": "string"}}},
-                     "content": {"application/json": {"schema": doc_ref}}}}))},
+                 "responses": create_responses},
     });
     let ok_doc = |d: &str| json!({"200": {"description": d, "headers": etag, "content": {"application/json": {"schema": doc_ref}}}});
     let conditions = json!([

@@ -373,6 +373,17 @@ pub trait Store: Send + Sync + 'static {
         response: &StoredResponse,
     ) -> Result<bool, StoreError>;
 
+    /// Extends the lease of the key's run `run` to `lease_until` (a run
+    /// still working renews it, so only a run whose process stopped lets
+    /// its lease pass); `false` when the record is no longer this run's or
+    /// is finished. MongoDB: `updateOne` conditional on the run.
+    async fn idempotency_renew(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError>;
+
     /// Drops the record of a run that kept no result (it failed in a way a
     /// retry should run again), if it is still this run's and unfinished.
     /// MongoDB: `deleteOne` conditional on the run.

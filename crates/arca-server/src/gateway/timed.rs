@@ -165,6 +165,19 @@ impl Store for Timed {
         .await
     }
 
+    async fn idempotency_renew(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        time(
+            "idempotency_renew",
+            self.0.idempotency_renew(key, run, lease_until),
+        )
+        .await
+    }
+
     async fn idempotency_release(&self, key: &IdempotencyKey, run: &str) -> Result<(), StoreError> {
         time("idempotency_release", self.0.idempotency_release(key, run)).await
     }

@@ -1229,6 +1229,26 @@ impl Store for MongoStore {
         Ok(updated.matched_count == 1)
     }
 
+    async fn idempotency_renew(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .bounded(async {
+                self.idempotency()
+                    .update_one(
+                        doc! {"_id": idempotency_id(key), "run": run, "done": false},
+                        doc! {"$set": {"lease": date(lease_until)}},
+                    )
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        Ok(updated.matched_count == 1)
+    }
+
     async fn idempotency_release(&self, key: &IdempotencyKey, run: &str) -> Result<(), StoreError> {
         self.bounded(async {
             self.idempotency()

@@ -553,6 +553,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn idempotency_renew(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let (key, run) = (key.clone(), run.to_owned());
+        self.write(|reply| WriteOp::IdempotencyRenew {
+            key,
+            run,
+            lease_until,
+            reply,
+        })
+        .await
+    }
+
     async fn idempotency_release(&self, key: &IdempotencyKey, run: &str) -> Result<(), StoreError> {
         let (key, run) = (key.clone(), run.to_owned());
         self.write(|reply| WriteOp::IdempotencyRelease { key, run, reply })

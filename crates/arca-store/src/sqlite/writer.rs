@@ -70,6 +70,13 @@ pub enum WriteOp {
         response: StoredResponse,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// `Store::idempotency_renew`.
+    IdempotencyRenew {
+        key: IdempotencyKey,
+        run: String,
+        lease_until: i64,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
     /// `Store::idempotency_release`.
     IdempotencyRelease {
         key: IdempotencyKey,
@@ -227,6 +234,7 @@ fn fail(op: WriteOp, err: &StoreError) -> Done {
         WriteOp::Secret { reply, .. } => Done::Key(reply, Err(err.clone())),
         WriteOp::IdempotencyBegin { reply, .. } => Done::Begin(reply, Err(err.clone())),
         WriteOp::IdempotencyFinish { reply, .. } => Done::Bool(reply, Err(err.clone())),
+        WriteOp::IdempotencyRenew { reply, .. } => Done::Bool(reply, Err(err.clone())),
         WriteOp::IdempotencyRelease { reply, .. } => Done::Unit(reply, Err(err.clone())),
         WriteOp::IdempotencyPurge { reply, .. } => Done::Count(reply, Err(err.clone())),
     }
@@ -320,6 +328,16 @@ fn apply(conn: &Connection, op: WriteOp) -> (Done, bool) {
             reply,
         } => {
             let r = idempotency::finish(conn, &key, &run, &response);
+            let ok = r.is_ok();
+            (Done::Bool(reply, r), ok)
+        }
+        WriteOp::IdempotencyRenew {
+            key,
+            run,
+            lease_until,
+            reply,
+        } => {
+            let r = idempotency::renew(conn, &key, &run, lease_until);
             let ok = r.is_ok();
             (Done::Bool(reply, r), ok)
         }
@@ -713,6 +731,24 @@ mod idempotency {
                     headers,
                     response.body
                 ])
+            })
+            .map_err(map_err)?;
+        Ok(n == 1)
+    }
+
+    pub fn renew(
+        conn: &Connection,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let n = conn
+            .prepare_cached(
+                "UPDATE _arca_idempotency SET lease_until = ?5
+                 WHERE tenant = ?1 AND subject = ?2 AND key = ?3 AND run = ?4 AND status IS NULL",
+            )
+            .and_then(|mut st| {
+                st.execute(params![key.tenant, key.subject, key.key, run, lease_until])
             })
             .map_err(map_err)?;
         Ok(n == 1)

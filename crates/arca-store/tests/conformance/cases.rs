@@ -1255,6 +1255,47 @@ pub async fn idempotency_a_passed_lease_is_taken_over_and_the_old_run_loses<E: E
     );
 }
 
+pub async fn idempotency_a_renewed_lease_keeps_the_key<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let k = idem_key("acme", "alice", "k");
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "fp", "r1", at(0))).await,
+        Ok(Started)
+    );
+    // The run still works at 80 and renews until 300.
+    assert_eq!(store.idempotency_renew(&k, "r1", at(300)).await, Ok(true));
+    assert_eq!(
+        store.idempotency_renew(&k, "r2", at(900)).await,
+        Ok(false),
+        "only the run that holds the key renews it"
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r2", at(200)))
+            .await,
+        Ok(Running)
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r2", at(300)))
+            .await,
+        Ok(Started),
+        "then it stops renewing"
+    );
+    assert_eq!(store.idempotency_renew(&k, "r1", at(600)).await, Ok(false));
+    store
+        .idempotency_finish(&k, "r2", &created("r2"))
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.idempotency_renew(&k, "r2", at(600)).await,
+        Ok(false),
+        "a finished record has no lease"
+    );
+}
+
 pub async fn idempotency_a_released_key_runs_again<E: Engine>() {
     use arca_store::IdempotencyBegin::*;
     let f = E::open(Opts::default()).await;

@@ -88,6 +88,7 @@ macro_rules! conformance_suite {
             idempotency_keys_are_per_tenant_and_subject,
             idempotency_records_expire,
             idempotency_a_passed_lease_is_taken_over_and_the_old_run_loses,
+            idempotency_a_renewed_lease_keeps_the_key,
             idempotency_a_released_key_runs_again,
             idempotency_concurrent_claims_start_exactly_one_run,
             idempotency_large_responses_are_kept_whole,

@@ -18,6 +18,8 @@
 //! - `wire`: request and response shapes the OpenAPI document describes;
 //! - `openapi`: the OpenAPI document and `/docs` (the only module that
 //!   lists the handlers);
+//! - `types`: `/v1/types.ts`, TypeScript declarations of the collections
+//!   (from the OpenAPI document's component schemas);
 //! - `console`: the web console at `/console`, embedded files served with
 //!   a strict Content-Security-Policy;
 //! - `state`: shared state;
@@ -41,6 +43,7 @@ pub mod openapi;
 pub mod ops;
 pub mod respond;
 pub mod state;
+pub mod types;
 pub mod wire;
 
 use std::future::Future;
@@ -61,7 +64,8 @@ pub fn app(state: AppState) -> Router {
         .merge(collections::router())
         .merge(documents::router())
         .merge(explain::router())
-        .merge(openapi::router(state.config().docs.public));
+        .merge(openapi::router(state.config().docs.public))
+        .merge(types::router());
     if state.config().console.enabled {
         routes = routes.merge(console::router(&state));
     }

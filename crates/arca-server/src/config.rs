@@ -35,6 +35,25 @@ pub struct Config {
     pub validation: ValidationConfig,
     /// `[idempotency]`
     pub idempotency: IdempotencyConfig,
+    /// `[web]`
+    pub web: WebConfig,
+}
+
+/// `[web]`: a front-end served at `/` from a folder (see `crate::web`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// The folder (a built web app) served at `/`; unset: nothing is.
+    /// The API, docs, console and operations routes always win.
+    pub root: Option<PathBuf>,
+    /// The `Content-Security-Policy` of everything served from `root`;
+    /// unset: `web::default_csp` (this origin only, plus the OIDC issuer
+    /// for connections); `""`: none.
+    pub csp: Option<String>,
+    /// Folders under `root` whose files the build names by content (Vite:
+    /// `["assets"]`): served `immutable`, like files whose names carry a
+    /// hash.
+    pub immutable: Vec<String>,
 }
 
 /// `[idempotency]`: how long the result of a request sent with an
@@ -679,6 +698,7 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         );
     }
     validate_console(&cfg)?;
+    validate_web(&cfg)?;
     for o in &cfg.server.cors_origins {
         if o != "*" && o.parse::<http::HeaderValue>().is_err() {
             return bad(
@@ -737,6 +757,41 @@ fn validate_console(cfg: &Config) -> Result<(), ConfigError> {
             "console.scope",
             "must include openid (the console checks the ID token's nonce)",
         );
+    }
+    Ok(())
+}
+
+/// `[web]`: a non-empty root; a policy that fits in one header line; the
+/// immutable folders relative to the root, never leaving it.
+fn validate_web(cfg: &Config) -> Result<(), ConfigError> {
+    let bad = |key: &str, msg: &str| Err(ConfigError(format!("configuration key `{key}`: {msg}")));
+    let w = &cfg.web;
+    if w.root.as_ref().is_some_and(|r| r.as_os_str().is_empty()) {
+        return bad("web.root", "expected the path of a folder");
+    }
+    if let Some(csp) = &w.csp
+        && (csp.len() > 4096
+            || csp.bytes().any(|b| b.is_ascii_control())
+            || http::HeaderValue::from_str(csp).is_err())
+    {
+        return bad(
+            "web.csp",
+            "expected a Content-Security-Policy of at most 4096 characters on one line (\"\" for none)",
+        );
+    }
+    for p in &w.immutable {
+        let trimmed = p.trim_matches('/');
+        if trimmed.is_empty()
+            || trimmed
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..")
+            || trimmed.contains('\\')
+        {
+            return bad(
+                "web.immutable",
+                &format!("{p:?}: expected folders under web.root such as \"assets\""),
+            );
+        }
     }
     Ok(())
 }
@@ -1029,6 +1084,35 @@ mod tests {
         ] {
             let e = load(None, env(&vars)).expect_err(message);
             assert!(e.0.contains(message), "{vars:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn web_settings_are_checked() {
+        let c = load(None, env(&[])).expect("defaults");
+        assert_eq!(c.web.root, None);
+        assert_eq!(c.web.csp, None);
+        let c = load(
+            None,
+            env(&[
+                ("ARCA_WEB__ROOT", "/srv/app"),
+                ("ARCA_WEB__CSP", "default-src 'self'"),
+                ("ARCA_WEB__IMMUTABLE", "[\"assets\", \"/static/\"]"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.web.root.as_deref(), Some(Path::new("/srv/app")));
+        assert_eq!(c.web.immutable, ["assets", "/static/"]);
+        load(None, env(&[("ARCA_WEB__CSP", "")])).expect("no policy");
+        for (var, value, message) in [
+            ("ARCA_WEB__ROOT", "", "`web.root`"),
+            ("ARCA_WEB__CSP", "a\nb", "`web.csp`"),
+            ("ARCA_WEB__IMMUTABLE", "[\"../x\"]", "`web.immutable`"),
+            ("ARCA_WEB__IMMUTABLE", "[\"/\"]", "`web.immutable`"),
+            ("ARCA_WEB__ROOTS", "/x", "roots"),
+        ] {
+            let e = load(None, env(&[(var, value)])).expect_err(var);
+            assert!(e.0.contains(message), "{var}={value:?}: {e}");
         }
     }
 

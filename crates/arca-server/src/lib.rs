@@ -22,6 +22,8 @@
 //!   (from the OpenAPI document's component schemas);
 //! - `console`: the web console at `/console`, embedded files served with
 //!   a strict Content-Security-Policy;
+//! - `web`: the front-end folder of `web.root` at `/` (what no route
+//!   matched), with precompressed files, caching and containment;
 //! - `state`: shared state;
 //! - `metrics`, `respond`: small shared helpers.
 
@@ -44,6 +46,7 @@ pub mod ops;
 pub mod respond;
 pub mod state;
 pub mod types;
+pub mod web;
 pub mod wire;
 
 use std::future::Future;
@@ -69,9 +72,9 @@ pub fn app(state: AppState) -> Router {
     if state.config().console.enabled {
         routes = routes.merge(console::router(&state));
     }
-    let routes = routes
-        .fallback(middleware::route_not_found)
-        .with_state(state.clone());
+    // What no route matched: the front-end folder (`web.root`) when one is
+    // served, else 404 problems.
+    let routes = routes.fallback(web::fallback).with_state(state.clone());
     middleware::layers(routes, state.config())
 }
 

@@ -31,6 +31,11 @@ pub struct RequestId(pub HeaderValue);
 #[derive(Debug, Clone)]
 struct RouteTemplate(MatchedPath);
 
+/// The metrics label of a response served by no route (response
+/// extension): `web` for the files of `web.root`.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
 /// Wraps `router` in every cross-cutting layer, outermost first in reading
 /// order: request id, trace + metrics, panic recovery, CORS, compression,
 /// timeout, problem+json for bare framework errors.
@@ -153,7 +158,12 @@ async fn observe(req: Request, next: Next) -> Response {
     }
     let mut res = next.run(req).instrument(span.clone()).await;
     let route = res.extensions_mut().remove::<RouteTemplate>();
-    let route = route.as_ref().map_or("unmatched", |r| r.0.as_str());
+    let label = res.extensions_mut().remove::<RouteLabel>();
+    let route = match (&route, label) {
+        (Some(r), _) => r.0.as_str(),
+        (None, Some(RouteLabel(l))) => l,
+        (None, None) => "unmatched",
+    };
     let status = res.status().as_u16();
     let elapsed = start.elapsed();
     span.record("route", route);

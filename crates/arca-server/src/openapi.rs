@@ -245,7 +245,16 @@ impl Rendered {
 /// other response; this one is compressed ahead of time, so it decides
 /// here. No header at all means identity, as the layer does.)
 pub(crate) fn accepts_gzip<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> bool {
-    let mut gzip = None;
+    accepts_encoding(values, "gzip")
+}
+
+/// Whether `Accept-Encoding` admits the content coding `wanted` (named
+/// or `*` with a non-zero quality, and not refused by name).
+pub(crate) fn accepts_encoding<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+    wanted: &str,
+) -> bool {
+    let mut named = None;
     let mut any = false;
     for value in values.filter_map(|v| v.to_str().ok()) {
         for item in value.split(',') {
@@ -255,14 +264,14 @@ pub(crate) fn accepts_gzip<'a>(values: impl Iterator<Item = &'a HeaderValue>) ->
                 .filter_map(|p| p.trim().strip_prefix("q="))
                 .find_map(|q| q.trim().parse::<f32>().ok())
                 .unwrap_or(1.0);
-            if coding.eq_ignore_ascii_case("gzip") {
-                gzip = Some(q > 0.0);
+            if coding.eq_ignore_ascii_case(wanted) {
+                named = Some(q > 0.0);
             } else if coding == "*" {
                 any = q > 0.0;
             }
         }
     }
-    gzip.unwrap_or(any)
+    named.unwrap_or(any)
 }
 
 /// Builds the whole document for the current catalogue.

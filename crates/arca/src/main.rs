@@ -500,6 +500,9 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         }
         Authenticator::remote(cfg.auth.clone())?
     };
+    // A front-end folder that cannot be served stops the start, naming
+    // web.root, before anything else is opened.
+    let site = arca_server::web::Site::open(&cfg)?;
     let store = open_store(&cfg).await?;
     let db_path = match cfg.store.engine() {
         Some(Engine::Sqlite(path)) => path.display().to_string(),
@@ -508,6 +511,9 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
     let state = arca_server::AppState::new(cfg.clone(), store, auth.clone())
         .await
         .map_err(|e| format!("cannot load collections: {e}"))?;
+    if let Some(site) = site {
+        state.serve_site(site);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -70,7 +70,7 @@ fn set_etag(res: &mut Response, etag: &str) {
 }
 
 #[utoipa::path(post, operation_id = "create_document", path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"),
-        ("Idempotency-Key" = Option<String>, Header, description = crate::wire::IDEMPOTENCY_KEY_DOC)),
+        ("Idempotency-Key" = Option<String>, Header, description = crate::wire::IDEMPOTENCY_KEY_DOC, pattern = r#"^[!#-~][!-~]{0,254}$"#)),
     request_body(content = Object, content_type = "application/json", description = "The document (optionally with `_id`)"),
     responses((status = 201, description = "Created", body = crate::wire::AnyDocument,
                 headers(("ETag" = String, description = "\"<_rev>\""), ("Location" = String, description = "The document's URL"),

@@ -623,7 +623,8 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
         "post": {"tags": tag, "summary": format!("Create a {name} document"), "operationId": format!("create_{name}"),
                  "security": security,
                  "parameters": [{"name": "Idempotency-Key", "in": "header",
-                     "description": crate::wire::IDEMPOTENCY_KEY_DOC, "schema": {"type": "string"}}],
+                     "description": crate::wire::IDEMPOTENCY_KEY_DOC,
+                     "schema": {"type": "string", "pattern": crate::wire::IDEMPOTENCY_KEY_PATTERN}}],
                  "requestBody": {"required": true, "content": {"application/json": {"schema": input_ref}}},
                  "responses": create_responses},
     });

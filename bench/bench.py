@@ -211,6 +211,46 @@ def noisy_neighbour(url, quiet, attacker, args, pid, env, results, facts):
     facts["noisy_attacker"] = dict(sorted(seen.items()))
 
 
+FULL_GROUP = {"pipeline": [{"$group": {"_id": "$category", "total": {"$sum": "$price"}, "n": {"$sum": 1}}}]}
+
+
+def aggregations(url, token, args, pid, env, results, facts):
+    """The aggregation scenarios (issue 19): wrk on an indexed $match +
+    $group; a $group over the whole collection, timed one at a time; and
+    one caller's GETs (wrk, 4 connections) alone and while two other
+    clients run whole-collection $groups back to back."""
+    results[("arca", "aggregate")] = [wrk(url, "aggregate.lua", token, args, pid, env)]
+    took = []
+    for _ in range(5):
+        t = time.monotonic()
+        status, body = http("POST", f"{url}/v1/collections/items/aggregate", token, FULL_GROUP, timeout=60)[:2]
+        took.append((time.monotonic() - t) * 1000)
+        assert status == 200, body
+    facts["full_group_ms"] = sorted(took)
+    calm = argparse.Namespace(**dict(vars(args), connections=4, threads=1))
+    results[("arca, GET alone, before the $groups (4 conns)", "get")] = [wrk(url, "get.lua", token, calm, pid, env)]
+    stop, runs, lock = threading.Event(), {"ok": 0, "other": 0}, threading.Lock()
+
+    def loop():
+        while not stop.is_set():
+            status = http("POST", f"{url}/v1/collections/items/aggregate", token, FULL_GROUP, timeout=60)[0]
+            with lock:
+                runs["ok" if status == 200 else "other"] += 1
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    try:
+        results[("arca, GET during 2 whole-collection $groups (4 conns)", "get")] = [
+            wrk(url, "get.lua", token, calm, pid, env)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=65)
+    facts["groups_during_get"] = runs
+
+
 def ndjson(path, start, count):
     with open(path, "w") as f:
         for i in range(start, start + count):
@@ -237,6 +277,9 @@ def main():
     ap.add_argument("--noisy", action=argparse.BooleanOptionalAction, default=True,
                     help="also run the noisy-neighbour scenario: GET p99 of one caller, alone and while another "
                          "caller sends heavy counts (six at a time, half of them abandoned after 100 ms)")
+    ap.add_argument("--aggregate", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run the aggregation scenarios: an indexed $match + $group (wrk), a $group over the "
+                         "whole collection (timed), and GET p99 while two clients run whole-collection $groups")
     ap.add_argument("--store", metavar="URL",
                     help="run Arca on this store (e.g. a mongodb:// URI of a real MongoDB; its database is "
                          "dropped and filled) instead of a fresh SQLite file; implies --no-one-worker and "
@@ -277,8 +320,13 @@ def main():
                     # The container image's setting (deploy/Dockerfile).
                     "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
 
+        # wrk is one caller (one token) with many connections: the limit on
+        # one caller's listings in flight (default 2) is raised to them for
+        # the throughput scenarios; the noisy-neighbour one keeps it.
+        per_caller = {"ARCA_QUERY__MAX_CONCURRENT_PER_CALLER": str(max(args.connections, 2))}
+
         def start_arca(extra=None):
-            p = Proc([args.arca, "serve"], {**arca_env, **(extra or {})}, log=work / "arca.log")
+            p = Proc([args.arca, "serve"], {**arca_env, **per_caller, **(extra or {})}, log=work / "arca.log")
             wait_status(f"{arca_url}/readyz", step=0.001)
             return p, (time.monotonic() - p.t0) * 1000
 
@@ -312,7 +360,7 @@ def main():
         one_port = free_port()
         one = (f"http://127.0.0.1:{one_port}", Proc([args.arca, "serve"], {
             **arca_env, "ARCA_STORE__URL": f"sqlite://{work}/arca1.db", "ARCA_SERVER__LISTEN": f"127.0.0.1:{one_port}",
-            "ARCA_SERVER__WORKERS": "1"}, log=work / "arca1.log")) \
+            "ARCA_SERVER__WORKERS": "1", **per_caller}, log=work / "arca1.log")) \
             if args.one_worker else None
         if one:
             procs.append(one[1])
@@ -373,16 +421,26 @@ def main():
                     r = wrk(one[0], f"{name}.lua", token, args, one[1].p.pid, env)
                     results.setdefault((ONE, name), []).append(r)
         facts["arca_rss_peak_kib"] = rss_kib(arca.p.pid, "VmHWM")
+        for _, _, proc in servers:
+            proc.stop()
+        if one:
+            one[1].stop()
+
+        # Noisy neighbour: the default configuration (2 heavy reads per
+        # caller), nothing else running.
         if args.noisy:
             attacker = subprocess.run([args.python, str(peers / "mint.py"), "token", "--sub", "attacker", "--role",
                                        "member", "--aud", "api://arca", "--iss", issuer, "--ttl", "7200"],
                                       env={**os.environ, **mint_env}, capture_output=True, text=True,
                                       check=True).stdout.strip()
+            arca, _ = start_arca({"ARCA_QUERY__MAX_CONCURRENT_PER_CALLER": "2"})
             noisy_neighbour(arca_url, token, attacker, args, arca.p.pid, env, results, facts)
-        for _, _, proc in servers:
-            proc.stop()
-        if one:
-            one[1].stop()
+            arca.stop()
+
+        if args.aggregate:
+            arca, _ = start_arca()
+            aggregations(arca_url, token, args, arca.p.pid, env, results, facts)
+            arca.stop()
 
         # The verified-token cache: the same GET scenario without it.
         arca, _ = start_arca({"ARCA_AUTH__TOKEN_CACHE_SIZE": "0"})
@@ -501,6 +559,15 @@ def report(args, results, facts):
         lines.append(f"- noisy neighbour: one caller's GET p99 {alone['p99']:.2f} ms alone, {hit['p99']:.2f} ms while "
                      f"another caller's heavy counts run (p50 {alone['p50']:.2f} / {hit['p50']:.2f} ms); the "
                      f"attacker's outcomes: {facts['noisy_attacker']}")
+    if "full_group_ms" in facts:
+        g = facts["full_group_ms"]
+        during = rows.get(("arca, GET during 2 whole-collection $groups (4 conns)", "get"))
+        alone = rows.get(("arca, GET alone, before the $groups (4 conns)", "get"))
+        lines.append(f"- whole-collection $group over {args.n:,} documents: median {g[len(g) // 2]:.0f} ms "
+                     f"(runs: {', '.join(f'{x:.0f}' for x in g)})")
+        if alone and during:
+            lines.append(f"- GET p99 {alone['p99']:.2f} ms alone, {during['p99']:.2f} ms while two clients run "
+                         f"whole-collection $groups back to back ({facts['groups_during_get']})")
     if "drf_ready_ms" in facts:
         lines.append(f"- DRF time to ready {facts['drf_ready_ms']:.0f} ms")
     lines.append("")

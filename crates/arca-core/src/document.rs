@@ -82,6 +82,19 @@ impl Document {
         Value::Object(out)
     }
 
+    /// `to_json`, moving the document's values instead of copying them.
+    pub fn into_json(self) -> Value {
+        let Self { system, body } = self;
+        let mut out = Map::with_capacity(body.len() + 5);
+        out.insert("_id".into(), Value::String(system.id.as_str().to_owned()));
+        out.insert("_rev".into(), Value::from(system.rev));
+        out.insert("_created_at".into(), Value::String(system.created_at));
+        out.insert("_updated_at".into(), Value::String(system.updated_at));
+        out.insert("_owner".into(), Value::String(system.owner));
+        out.extend(body);
+        Value::Object(out)
+    }
+
     /// The strong ETag of this revision: `"<rev>"`.
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.system.rev)

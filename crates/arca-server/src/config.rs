@@ -37,6 +37,8 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     /// `[web]`
     pub web: WebConfig,
+    /// `[aggregate]`
+    pub aggregate: AggregateConfig,
 }
 
 /// `[web]`: a front-end served at `/` from a folder (see `crate::web`).
@@ -70,6 +72,30 @@ impl Default for IdempotencyConfig {
     fn default() -> Self {
         Self {
             retention: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// `[aggregate]`: what one aggregation may cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregateConfig {
+    /// An aggregation running longer is stopped: 503 `timeout`.
+    pub max_time: HumanDuration,
+    /// Most memory (bytes, estimated) one stage may hold (`$group`,
+    /// `$sort`, a `$lookup`'s joined collection, the results): 400 beyond.
+    /// MongoDB's own per-stage limit is the default, 100 MiB.
+    pub max_memory: u64,
+    /// Most results: 400 beyond (add a `$limit`).
+    pub max_results: usize,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        Self {
+            max_time: HumanDuration(Duration::from_secs(10)),
+            max_memory: 100 << 20,
+            max_results: 10_000,
         }
     }
 }
@@ -589,6 +615,7 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         ("auth.leeway", cfg.auth.leeway, Duration::ZERO, hour),
         ("store.timeout", cfg.store.timeout, 100 * ms, hour),
         ("query.max_time", cfg.query.max_time, 10 * ms, hour),
+        ("aggregate.max_time", cfg.aggregate.max_time, 10 * ms, hour),
         (
             "store.catalog_refresh",
             cfg.store.catalog_refresh,
@@ -668,6 +695,15 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
             "query.max_page_bytes",
             "expected 1024 to 1073741824 (1 GiB)",
         );
+    }
+    if !((1 << 20)..=(64 << 30)).contains(&cfg.aggregate.max_memory) {
+        return bad(
+            "aggregate.max_memory",
+            "expected 1048576 (1 MiB) to 68719476736 (64 GiB)",
+        );
+    }
+    if !(1..=10_000_000).contains(&cfg.aggregate.max_results) {
+        return bad("aggregate.max_results", "expected 1 to 10000000");
     }
     if !(1..=10_000).contains(&cfg.validation.max_errors) {
         return bad("validation.max_errors", "expected 1 to 10000");
@@ -888,6 +924,9 @@ mod tests {
         assert_eq!(c.server.header_timeout.0, Duration::from_secs(10));
         assert_eq!(c.server.max_connections_per_ip, 256);
         assert_eq!(c.query.max_time.0, Duration::from_secs(5));
+        assert_eq!(c.aggregate.max_time.0, Duration::from_secs(10));
+        assert_eq!(c.aggregate.max_memory, 100 << 20);
+        assert_eq!(c.aggregate.max_results, 10_000);
         assert_eq!(c.query.max_concurrent_per_caller, 2);
         assert_eq!(c.query.max_page_bytes, 4 << 20);
         assert_eq!(c.validation.max_errors, 100);

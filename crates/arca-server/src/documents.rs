@@ -1,11 +1,12 @@
-//! `/v1/collections/{name}/documents` and `/count`: create, read, replace,
-//! patch, delete and list documents. Each handler resolves the collection,
+//! `/v1/collections/{name}/documents`, `/count` and `/aggregate`: create,
+//! read, replace, patch, delete, list, count and aggregate documents. Each handler resolves the collection,
 //! asks `access::authorize` for the caller's `Scope`, validates the body
 //! against the schema, and lets the store apply the write atomically
 //! against the revision it read (`If-Match` and `If-None-Match` are
 //! checked against that revision).
 
 use arca_core::document::ClientBody;
+use arca_core::pipeline::Pipeline;
 use arca_core::query::{Cursor, Filter, Projection, Sort, cursor};
 use arca_core::{DocId, Document, DocumentError, DocumentText, merge_patch, split_client_body};
 use arca_store::{PageWriter, Query, StoreError};
@@ -14,12 +15,12 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use crate::conditions::Preconditions;
 use crate::error::ApiError;
-use crate::extract::{Caller, JsonBytes, PathParams, Target, parse_document_json};
+use crate::extract::{Caller, JsonBytes, PathParams, Target, parse_document_json, parse_json};
 use crate::gateway::{Collection, Create, Delete, Read, Update};
 use crate::idempotency::{self, Fingerprint};
 use crate::respond::json;
@@ -34,6 +35,7 @@ pub fn router() -> Router<AppState> {
             get(read).put(replace).patch(patch).delete(remove),
         )
         .route("/v1/collections/{name}/count", get(count))
+        .route("/v1/collections/{name}/aggregate", post(aggregate))
 }
 
 fn document_error(e: DocumentError) -> ApiError {
@@ -448,6 +450,32 @@ fn page_json(docs: &[DocumentText], next: &Value) -> Vec<u8> {
     let _ = serde_json::to_writer(&mut out, next);
     out.push(b'}');
     out
+}
+
+#[utoipa::path(post, operation_id = "aggregate_documents", path = "/v1/collections/{name}/aggregate", tag = "documents",
+    params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
+    request_body(content = crate::wire::AggregateInput, description = "The pipeline (docs/aggregate.md): the caller's tenant and read rule apply before the first stage and to every $lookup"),
+    responses((status = 200, description = "The results", body = crate::wire::AggregateOutput),
+              crate::wire::Guarded, crate::wire::Addressed))]
+pub(crate) async fn aggregate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Target(coll): Target,
+    JsonBytes(bytes): JsonBytes,
+) -> Result<Response, ApiError> {
+    let grant = state.gateway().authorize::<Read>(&caller, &coll)?;
+    let body = parse_json(&bytes)?;
+    if !body.is_object() {
+        return Err(bad(
+            "the body must be an object: {\"pipeline\": [stages...]}",
+        ));
+    }
+    let pipeline = Pipeline::parse(&body).map_err(|e| bad(e.to_string()))?;
+    // Every $lookup target: known (400) and readable by the caller (403),
+    // with its own scope.
+    let lookups = state.gateway().lookup_scopes(&caller, &pipeline)?;
+    let items = grant.aggregate(&pipeline, &lookups).await?;
+    Ok(json(StatusCode::OK, &json!({"items": items})))
 }
 
 #[utoipa::path(get, operation_id = "count_documents", path = "/v1/collections/{name}/count", tag = "documents",

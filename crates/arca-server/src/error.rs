@@ -5,6 +5,7 @@
 //! are logged with the request id and never shown.
 
 use arca_core::FieldError;
+use arca_core::pipeline::PipelineError;
 use arca_store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -225,6 +226,16 @@ impl ApiError {
         }
     }
 
+    /// The same problem with `prefix` before its detail (saying which part
+    /// of a request it is about).
+    pub fn with_detail_prefix(mut self, prefix: &str) -> Self {
+        self.detail = Some(match self.detail.take() {
+            Some(d) => format!("{prefix}{d}"),
+            None => prefix.trim_end_matches([':', ' ']).to_owned(),
+        });
+        self
+    }
+
     /// 400 for a malformed request.
     pub fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(ProblemKind::BadRequest, detail)
@@ -418,6 +429,11 @@ impl From<StoreError> for ApiError {
                 ProblemKind::Timeout,
                 "the query ran past the time limit; narrow the filter (an indexed field) or page with a smaller limit",
             ),
+            StoreError::Pipeline(PipelineError::TimedOut) => ApiError::new(
+                ProblemKind::Timeout,
+                "the aggregation ran past aggregate.max_time; start it with a $match on an indexed field, or group fewer documents",
+            ),
+            StoreError::Pipeline(e) => ApiError::bad_request(e.to_string()),
             StoreError::Unavailable(cause) => {
                 tracing::error!(error = %cause, "store unavailable");
                 ApiError::new(

@@ -22,8 +22,9 @@ use crate::extract::Caller;
 use crate::gateway::Collection;
 use crate::state::AppState;
 use crate::wire::{
-    AnyDocument, CollectionInput, CollectionList, CollectionOutput, CountOutput, DocumentPage,
-    ExplainInput, ExplainOutput, FieldErrorDoc, Problem, Status,
+    AggregateInput, AggregateOutput, AnyDocument, CollectionInput, CollectionList,
+    CollectionOutput, CountOutput, DocumentPage, ExplainInput, ExplainOutput, FieldErrorDoc,
+    Problem, Status,
 };
 
 #[derive(OpenApi)]
@@ -50,10 +51,11 @@ use crate::wire::{
         crate::documents::patch,
         crate::documents::remove,
         crate::documents::count,
+        crate::documents::aggregate,
         crate::explain::explain,
     ),
     components(schemas(Problem, FieldErrorDoc, Status, CollectionInput, CollectionOutput, CollectionList,
-        AnyDocument, DocumentPage, CountOutput, ExplainInput, ExplainOutput)),
+        AnyDocument, DocumentPage, CountOutput, AggregateInput, AggregateOutput, ExplainInput, ExplainOutput)),
     tags(
         (name = "operations", description = "Health, readiness, metrics, this document"),
         (name = "collections", description = "Collection definitions (schema admins)"),
@@ -662,6 +664,14 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
                 "parameters": [{"name": "filter", "in": "query", "schema": {"type": "string"}}],
                 "responses": common(json!({"200": {"description": "The count",
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CountOutput"}}}}}))},
+    });
+    paths[format!("{base}/aggregate")] = json!({
+        "post": {"tags": tag, "summary": format!("Aggregate {name} documents"), "operationId": format!("aggregate_{name}"),
+                 "description": "A pipeline of the allowed stages (docs/aggregate.md); the caller's tenant and read rule apply before the first stage and to every $lookup.",
+                 "security": security,
+                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AggregateInput"}}}},
+                 "responses": common(json!({"200": {"description": "The results",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AggregateOutput"}}}}}))},
     });
     if let Some(tags) = doc["tags"].as_array_mut() {
         tags.push(json!({"name": name, "description": format!("The {name} collection")}));

@@ -51,6 +51,11 @@ impl AppState {
             heavy_per_caller: config.query.max_concurrent_per_caller,
             max_page_bytes: config.query.max_page_bytes,
             max_time: config.query.max_time.0,
+            aggregate: arca_store::AggregateLimits {
+                max_time: config.aggregate.max_time.0,
+                max_memory: config.aggregate.max_memory,
+                max_results: config.aggregate.max_results,
+            },
         };
         let gateway = Gateway::open(store, config.auth.clone(), limits).await?;
         Ok(Self(Arc::new(Inner {

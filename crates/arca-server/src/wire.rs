@@ -198,6 +198,31 @@ pub struct CountOutput {
     pub count: u64,
 }
 
+/// `POST /v1/collections/{name}/aggregate`: a MongoDB aggregation
+/// pipeline of the allowed stages (docs/aggregate.md).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"pipeline": [
+    {"$match": {"status": {"$in": ["open", "late"]}}},
+    {"$group": {"_id": "$status", "count": {"$sum": 1}, "total": {"$sum": "$amount"}}},
+    {"$sort": {"count": -1}}
+]}))]
+pub struct AggregateInput {
+    /// The stages, in order: `$match $project $addFields $set $unset
+    /// $group $sort $limit $skip $unwind $count $lookup`.
+    #[schema(value_type = Vec<Object>)]
+    pub pipeline: Vec<Value>,
+}
+
+/// `{"items": [...]}`: the pipeline's results, in order.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"items": [{"_id": "open", "count": 12, "total": 1830.5}, {"_id": "late", "count": 3, "total": 410}]}))]
+pub struct AggregateOutput {
+    /// The results (any shape the stages give; at most
+    /// `aggregate.max_results`).
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<Value>,
+}
+
 /// `POST /v1/collections/{name}/access/explain`.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"action": "update"}))]

@@ -46,6 +46,11 @@ pub enum StoreError {
     /// A read ran past its time limit and was stopped.
     #[error("the query ran past its time limit")]
     Timeout,
+    /// An aggregation cannot run or failed on the data (`400`, with the
+    /// reference evaluator's reason; `PipelineError::TimedOut` is reported
+    /// as `Timeout` instead).
+    #[error("{0}")]
+    Pipeline(arca_core::pipeline::PipelineError),
     /// The engine is unavailable (disk full, I/O error, shutting down).
     #[error("store unavailable: {0}")]
     Unavailable(String),
@@ -341,6 +346,30 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Tenant, Document)>, StoreError>;
 
+    // --- Aggregation (issue 19) ---
+
+    /// Runs `pipeline` over the documents of `coll` within `scope` (the
+    /// scope applies before the first stage), with the meaning of the
+    /// reference evaluator (`arca_core::pipeline`). Every collection a
+    /// `$lookup` joins, at any depth, must be in `lookups` with the
+    /// caller's scope on it (same tenant, that collection's read filter);
+    /// one missing is `StoreError::Pipeline(Invalid)`. Runs within
+    /// `limits`: past `max_time` -> `Timeout`; a stage holding more than
+    /// `max_memory` bytes, more than `max_results` results, or an error
+    /// that depends on the data -> `Pipeline`.
+    /// MongoDB: `aggregate` of the scoped pipeline
+    /// (`mongodb::pipeline::pipeline_to_bson`) with `maxTimeMS` and
+    /// `allowDiskUse: false`; the engine evaluates the pipeline itself
+    /// where the server's meaning would differ (see there).
+    async fn aggregate(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        pipeline: &arca_core::pipeline::Pipeline,
+        lookups: &LookupScopes,
+        limits: &AggregateLimits,
+    ) -> Result<Vec<Value>, StoreError>;
+
     // ---- Idempotency keys (issue 22): every replica on the store sees
     // the same records, so a retry through another replica is answered
     // like one through the first. Times are milliseconds since the epoch,
@@ -450,6 +479,21 @@ pub struct StoredResponse {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
+}
+
+/// The scope of each collection an aggregation's `$lookup`s join, by name:
+/// the caller's tenant and that collection's own read filter.
+pub type LookupScopes = std::collections::HashMap<String, Scope>;
+
+/// What one aggregation may cost (`[aggregate]` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateLimits {
+    /// Past this, the aggregation stops: `StoreError::Timeout`.
+    pub max_time: std::time::Duration,
+    /// Most bytes (estimated) one stage may hold, the results included.
+    pub max_memory: u64,
+    /// Most results.
+    pub max_results: usize,
 }
 
 /// Turns a listing's documents into bytes (see `Store::find_written`).

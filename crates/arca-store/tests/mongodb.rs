@@ -141,6 +141,10 @@ impl Engine for Mongo {
 
     const SLOW_SCAN_DOCS: usize = 300;
     const PROPERTY_CASES: u32 = 24;
+
+    fn standin() -> bool {
+        standin()
+    }
 }
 
 conformance_suite!(Mongo);
@@ -335,5 +339,118 @@ async fn indexes_are_reconciled_and_lead_with_the_tenant() {
         after.iter().filter(|(n, _)| n.starts_with("arca_")).count(),
         1,
         "the unique index is gone: {names:?}"
+    );
+}
+
+/// Aggregations on the server (`verify` off, as in production): the scoped
+/// pipeline runs there; a refusal that depends on the data comes back
+/// with the evaluator's reason (the server's text is never shown); an
+/// inexact filter is evaluated by Arca; the result limit holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregations_run_on_the_server_and_fall_back_to_the_evaluator() {
+    use arca_core::pipeline::{Pipeline, PipelineError};
+    use arca_store::{AggregateLimits, LookupScopes, StoreError};
+    use serde_json::{Value, json};
+
+    let (fresh, _raw) = with_raw().await;
+    let name = fresh
+        .keep
+        .downcast_ref::<DropDatabase>()
+        .map(|d| d.uri.clone())
+        .expect("the database guard");
+    // The same database, with the production setting.
+    let store = MongoStore::connect(&MongoOptions {
+        uri: name,
+        timeout: Duration::from_secs(20),
+        read_timeout: Duration::from_secs(20),
+        verify: false,
+    })
+    .await
+    .expect("connect");
+    let store: &dyn arca_store::Store = &store;
+    conformance::define(store, &[]).await.expect("define");
+    let s = conformance::tenant_scope("t1");
+    for i in 0..20 {
+        store
+            .insert(
+                &conformance::people(),
+                &s,
+                &conformance::doc(
+                    &format!("d{i:02}"),
+                    json!({"k": i % 3, "name": format!("n{i}"), "zero": 0}),
+                ),
+            )
+            .await
+            .expect("insert");
+    }
+    store
+        .insert(
+            &conformance::people(),
+            &conformance::tenant_scope("t2"),
+            &conformance::doc("d00", json!({"k": 0, "name": "other"})),
+        )
+        .await
+        .expect("insert t2");
+    let limits = AggregateLimits {
+        max_time: Duration::from_secs(20),
+        max_memory: 100 << 20,
+        max_results: 100,
+    };
+    let run = |p: Value, limits: AggregateLimits| {
+        let s = s.clone();
+        async move {
+            store
+                .aggregate(
+                    &conformance::people(),
+                    &s,
+                    &Pipeline::parse(&p).expect("pipeline"),
+                    &LookupScopes::new(),
+                    &limits,
+                )
+                .await
+        }
+    };
+    let got = run(
+        json!([{"$group": {"_id": "$k", "n": {"$sum": 1}}}, {"$sort": {"_id": 1}}]),
+        limits,
+    )
+    .await
+    .expect("group");
+    assert_eq!(
+        Value::Array(got),
+        json!([{"_id": 0, "n": 7}, {"_id": 1, "n": 7}, {"_id": 2, "n": 6}])
+    );
+    let got = run(
+        json!([{"$match": {"name": {"$regex": "^n1"}}}, {"$count": "n"}]),
+        limits,
+    )
+    .await
+    .expect("regex");
+    assert_eq!(Value::Array(got), json!([{"n": 11}]));
+    let got = run(
+        json!([{"$project": {"q": {"$divide": ["$k", "$zero"]}}}]),
+        limits,
+    )
+    .await;
+    assert!(
+        matches!(&got, Err(StoreError::Pipeline(PipelineError::Runtime(m))) if m.contains("divide by zero")),
+        "{got:?}"
+    );
+    let got = run(
+        json!([{"$project": {"k": 1}}]),
+        AggregateLimits {
+            max_results: 5,
+            ..limits
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            got,
+            Err(StoreError::Pipeline(PipelineError::TooManyResults {
+                limit: 5
+            }))
+        ),
+        "{got:?}"
     );
 }

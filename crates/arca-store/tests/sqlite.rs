@@ -78,6 +78,55 @@ async fn load(docs: &[Map<String, Value>]) -> (tempfile::TempDir, SqliteStore) {
 }
 
 #[test]
+fn an_aggregations_leading_match_uses_the_declared_index() {
+    rt().block_on(async {
+        let docs: Vec<Map<String, Value>> = (0..50)
+            .map(|i| {
+                json!({"a": {"b": i}, "n": i})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let (_dir, store) = load(&docs).await;
+        let scope = conformance::tenant_scope("");
+        let pipeline = arca_core::pipeline::Pipeline::parse(&json!([
+            {"$match": {"n": {"$gte": 10, "$lt": 20}}},
+            {"$match": {"a.b": {"$ne": 12}}},
+            {"$group": {"_id": null, "total": {"$sum": "$n"}}}
+        ]))
+        .expect("pipeline");
+        let plan = store
+            .explain_aggregate(&coll(), &scope, &pipeline)
+            .await
+            .expect("explain")
+            .join("\n");
+        assert!(plan.contains("INDEX ix_things_"), "{plan}");
+        assert!(!plan.contains("SCAN c_things"), "no full scan: {plan}");
+        // And the result is the evaluator's.
+        let got = arca_store::Store::aggregate(
+            &store,
+            &coll(),
+            &scope,
+            &pipeline,
+            &Default::default(),
+            &conformance::aggregate::roomy(),
+        )
+        .await
+        .expect("aggregate");
+        assert_eq!(Value::Array(got), json!([{"_id": null, "total": 133}]));
+        // Without a leading $match, every document of the tenant is read.
+        let all = arca_core::pipeline::Pipeline::parse(&json!([{"$count": "n"}])).expect("p");
+        let plan = store
+            .explain_aggregate(&coll(), &scope, &all)
+            .await
+            .expect("explain")
+            .join("\n");
+        assert!(!plan.contains("INDEX ix_things_"), "{plan}");
+    });
+}
+
+#[test]
 fn the_planner_uses_the_declared_index_for_equality_and_ranges() {
     rt().block_on(async {
         let docs: Vec<Map<String, Value>> = (0..50)

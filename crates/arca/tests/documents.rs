@@ -1410,3 +1410,69 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
     let doc: Value = s.get_json(&format!("{PEOPLE}/s9"), &t).await;
     assert_eq!(doc["name"], "piped");
 }
+
+/// Unique indexes over arrays are multikey on every engine (a shared
+/// element is 409 naming the field); arrays on two fields of one compound
+/// index are 422 on every engine (MongoDB cannot index parallel arrays).
+#[tokio::test]
+async fn arrays_in_indexes_behave_as_in_mongodb() {
+    let s = Server::dev();
+    let admin = s.admin();
+    define(
+        &s,
+        &admin,
+        "tagged",
+        json!({"indexes": [{"fields": {"tags": 1}, "unique": true}, {"fields": {"a": 1, "b": 1}}],
+               "access": {"create": {"roles": ["*"]}, "read": {"roles": ["*"]}, "update": {"roles": ["*"]}}}),
+    )
+    .await;
+    let post = |body: Value| {
+        let (url, t) = (s.url("/v1/collections/tagged/documents"), admin.clone());
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(t)
+                .json(&body)
+                .send()
+                .await
+                .expect("post")
+        }
+    };
+    assert_eq!(
+        post(json!({"_id": "x1", "tags": ["red", "blue"]}))
+            .await
+            .status(),
+        201
+    );
+    let body = problem(
+        post(json!({"_id": "x2", "tags": ["green", "blue"]})).await,
+        409,
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.contains("tags")),
+        "{body}"
+    );
+    assert_eq!(
+        post(json!({"_id": "x3", "tags": ["green"]})).await.status(),
+        201
+    );
+    let body = problem(post(json!({"_id": "x4", "a": [1, 2], "b": [3]})).await, 422).await;
+    assert_eq!(body["errors"][0]["path"], "/b", "{body}");
+    assert_eq!(
+        post(json!({"_id": "x5", "a": [1, 2], "b": 3}))
+            .await
+            .status(),
+        201
+    );
+    // A PATCH that would make them parallel is refused too.
+    let r = client()
+        .patch(s.url("/v1/collections/tagged/documents/x5"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"b": [3, 4]}"#)
+        .send()
+        .await
+        .expect("patch");
+    problem(r, 422).await;
+}

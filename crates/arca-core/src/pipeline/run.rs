@@ -588,6 +588,28 @@ static NULL: Value = Value::Null;
 fn sort_key(doc: &Value, segs: &[String], desc: bool) -> Option<Value> {
     let mut offered: Vec<Option<&Value>> = Vec::new();
     sort_values(doc, segs, &mut offered);
+    best_sort_value(offered, desc)
+}
+
+/// `sort_key` of a filter root (a stored document seen as one), for the
+/// listings' `Sort`: the one rule of MongoDB's sort keys for both.
+pub(crate) fn sort_key_root<R: crate::query::eval::Root + ?Sized>(
+    root: &R,
+    segs: &[String],
+    desc: bool,
+) -> Option<Value> {
+    let mut offered: Vec<Option<&Value>> = Vec::new();
+    match segs.split_first() {
+        Some((first, rest)) => match root.field(first) {
+            Some(v) => sort_values(v, rest, &mut offered),
+            None => offered.push(Some(&NULL)),
+        },
+        None => offered.push(Some(&NULL)),
+    }
+    best_sort_value(offered, desc)
+}
+
+fn best_sort_value(offered: Vec<Option<&Value>>, desc: bool) -> Option<Value> {
     let mut best: Option<Option<&Value>> = None;
     for v in offered {
         let better = match best {

@@ -5,6 +5,7 @@
 pub mod cursor;
 pub mod eval;
 pub mod filter;
+pub mod index;
 pub mod order;
 pub mod projection;
 pub mod sort;

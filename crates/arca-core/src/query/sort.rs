@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use super::eval::{DocumentRoot, Root, resolve_root};
+use super::eval::{DocumentRoot, Root};
 use super::filter::{FieldPath, FilterError};
 use super::order::compare;
 
@@ -99,48 +99,50 @@ impl Sort {
         self.key_of(&DocumentRoot::new(doc))
     }
 
+    /// MongoDB's sort key (the same rule as the pipeline's `$sort`): the
+    /// smallest (ascending) or largest (descending) value the path offers,
+    /// an array offering its elements and a missing field `null`; an empty
+    /// array sorts below `null` and is kept as the key `[]`, which
+    /// `compare` places below every value.
     fn key_of<R: Root + ?Sized>(&self, doc: &R) -> SortKey {
         SortKey(
             self.fields
                 .iter()
                 .map(|(path, desc)| {
-                    let mut best: Option<&Value> = None;
-                    for v in resolve_root(doc, path).into_iter().flatten() {
-                        let candidates: Box<dyn Iterator<Item = &Value>> = match v {
-                            Value::Array(items) => Box::new(items.iter()),
-                            other => Box::new(std::iter::once(other)),
-                        };
-                        for c in candidates {
-                            let better = match best {
-                                None => true,
-                                Some(b) if *desc => compare(c, b) == Ordering::Greater,
-                                Some(b) => compare(c, b) == Ordering::Less,
-                            };
-                            if better {
-                                best = Some(c);
-                            }
-                        }
-                    }
-                    best.cloned().unwrap_or(Value::Null)
+                    crate::pipeline::sort_key_root(doc, path.segments(), *desc)
+                        .unwrap_or_else(|| Value::Array(Vec::new()))
                 })
                 .collect(),
         )
     }
 
     /// Orders two documents by key, then by `_id` ascending.
+    /// (The key `[]`, an empty array, is below every other.)
     pub fn compare(&self, a: &SortKey, a_id: &str, b: &SortKey, b_id: &str) -> Ordering {
         for (i, (_, desc)) in self.fields.iter().enumerate() {
             let (x, y) = (
                 a.0.get(i).unwrap_or(&Value::Null),
                 b.0.get(i).unwrap_or(&Value::Null),
             );
-            let o = compare(x, y);
+            let o = compare_keys(x, y);
             let o = if *desc { o.reverse() } else { o };
             if o != Ordering::Equal {
                 return o;
             }
         }
         a_id.cmp(b_id)
+    }
+}
+
+/// Two keys of one sort field: an empty array (`[]`) below everything,
+/// else the cross-type order.
+fn compare_keys(x: &Value, y: &Value) -> Ordering {
+    let empty = |v: &Value| matches!(v, Value::Array(a) if a.is_empty());
+    match (empty(x), empty(y)) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => compare(x, y),
     }
 }
 
@@ -157,6 +159,38 @@ mod tests {
         assert_eq!(asc.key(&doc), SortKey(vec![json!(1)]));
         assert_eq!(desc.key(&doc), SortKey(vec![json!(3)]));
         assert_eq!(asc.key(&json!({})), SortKey(vec![json!(null)]));
+    }
+
+    #[test]
+    fn an_empty_array_sorts_below_null_and_missing() {
+        // MongoDB's manual: "an empty array [is treated] as less than null
+        // or a missing field"; descending, it comes last.
+        let asc = Sort::parse("a").expect("sort");
+        let desc = Sort::parse("-a").expect("sort");
+        let (empty, missing, null) = (json!({"a": []}), json!({}), json!({"a": null}));
+        for s in [&asc, &desc] {
+            let order = |x: &Value, y: &Value| s.compare(&s.key(x), "x", &s.key(y), "y");
+            let below = if std::ptr::eq(s, &asc) {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
+            assert_eq!(order(&empty, &missing), below);
+            assert_eq!(order(&empty, &null), below);
+            assert_eq!(order(&empty, &json!({"a": [5]})), below);
+        }
+        // A missing field in one element of an array of objects is null.
+        assert_eq!(
+            asc.key(&json!({"a": [{"b": 1}, {"c": 2}]})),
+            Sort::parse("a")
+                .expect("s")
+                .key(&json!({"a": [{"b": 1}, {"c": 2}]}))
+        );
+        let ab = Sort::parse("a.b").expect("sort");
+        assert_eq!(
+            ab.key(&json!({"a": [{"b": 1}, {"c": 2}]})),
+            SortKey(vec![json!(null)])
+        );
     }
 
     #[test]

@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use arca_auth::Identity;
 use arca_core::document::ClientBody;
+use arca_core::pipeline::Pipeline;
 use arca_core::query::Filter;
 use arca_core::{Action, DocId, Document, DocumentText, FieldError, Scope, SystemFields};
-use arca_store::{PageWriter, Query, Store, StoreError};
+use arca_store::{LookupScopes, PageWriter, Query, Store, StoreError};
 use serde_json::{Map, Value};
 
 use super::catalog::Collection;
@@ -98,6 +99,26 @@ impl<A: Act> Grant<A> {
     /// The collection.
     pub fn collection(&self) -> &Arc<Collection> {
         &self.coll
+    }
+
+    /// 422 when `doc` holds arrays on two fields of one compound index:
+    /// MongoDB cannot index it ("cannot index parallel arrays"), so no
+    /// engine takes it.
+    fn indexable(&self, doc: &Document) -> Result<(), ApiError> {
+        for def in self.coll.def.indexes.iter().filter(|d| d.fields.len() > 1) {
+            if let Some((a, b)) = arca_core::query::index::parallel_arrays(doc, def) {
+                return Err(ApiError::invalid_document(vec![FieldError {
+                    path: b
+                        .split('.')
+                        .map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1")))
+                        .collect(),
+                    message: format!(
+                        "{a} and {b} are fields of one index and cannot both hold arrays (as in MongoDB: parallel arrays cannot be indexed)"
+                    ),
+                }]));
+            }
+        }
+        Ok(())
     }
 
     /// Whether `doc` passes the action's rule.
@@ -185,6 +206,28 @@ impl Grant<Read> {
             .await?)
     }
 
+    /// The results of `pipeline` over the readable documents (the scope
+    /// applies before the first stage), each `$lookup` target within its
+    /// scope in `lookups` (`Gateway::lookup_scopes`). A heavy read (429
+    /// beyond the caller's share), within `aggregate.*`.
+    pub async fn aggregate(
+        &self,
+        pipeline: &Pipeline,
+        lookups: &LookupScopes,
+    ) -> Result<Vec<Value>, ApiError> {
+        let _slot = self.heavy_slot()?;
+        Ok(self
+            .store
+            .aggregate(
+                &self.coll.name,
+                &self.scope,
+                pipeline,
+                lookups,
+                &self.shared.limits.aggregate,
+            )
+            .await?)
+    }
+
     /// How many readable documents match `filter`.
     pub async fn count(&self, filter: &Filter) -> Result<u64, ApiError> {
         let _slot = self.heavy_slot()?;
@@ -224,6 +267,7 @@ impl Grant<Create> {
             ),
             body: fields,
         };
+        self.indexable(&doc)?;
         if !self.admits(&doc) {
             return Err(outside_rule(Action::Create));
         }
@@ -265,6 +309,7 @@ impl Grant<Update> {
                 system: current.system.next(stamp::now()),
                 body,
             };
+            self.indexable(&next)?;
             if !self.admits(&next) {
                 return Err(outside_rule(Action::Update));
             }

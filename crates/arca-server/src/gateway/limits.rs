@@ -32,6 +32,8 @@ pub struct Limits {
     pub max_page_bytes: usize,
     /// `query.max_time`.
     pub max_time: Duration,
+    /// `aggregate.*`.
+    pub aggregate: arca_store::AggregateLimits,
 }
 
 /// Who a heavy read is counted against: the tenant and subject of a

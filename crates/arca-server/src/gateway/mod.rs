@@ -22,10 +22,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use arca_auth::{AuthSettings, Identity};
-use arca_core::{CollectionDef, CollectionName, Scope};
+use arca_core::pipeline::Pipeline;
+use arca_core::{Action, CollectionDef, CollectionName, Scope};
 use arca_store::{
-    CollectionSpec, IdempotencyBegin, IdempotencyClaim, IdempotencyKey, PutOutcome, Store,
-    StoreError, StoredResponse,
+    CollectionSpec, IdempotencyBegin, IdempotencyClaim, IdempotencyKey, LookupScopes, PutOutcome,
+    Store, StoreError, StoredResponse,
 };
 
 pub use catalog::Collection;
@@ -124,6 +125,32 @@ impl Gateway {
             shared: self.shared.clone(),
             act: PhantomData,
         })
+    }
+
+    /// The scope of every collection `pipeline`'s `$lookup`s join, at any
+    /// depth, for the caller: each checked as a read of that collection
+    /// (its roles: 403 or 401 as for a listing of it), confined to the
+    /// caller's tenant and that collection's own read filter. A collection
+    /// that does not exist is 400 (it is a part of the request body, not
+    /// the addressed resource).
+    pub fn lookup_scopes(
+        &self,
+        caller: &Caller,
+        pipeline: &Pipeline,
+    ) -> Result<LookupScopes, ApiError> {
+        let id = caller.identity.as_deref();
+        let mut out = LookupScopes::new();
+        for name in pipeline.lookup_targets() {
+            let coll = self.catalog.get(name).map_err(|_| {
+                ApiError::bad_request(format!("$lookup: unknown collection {name}"))
+            })?;
+            let decision = access::decide(&self.settings, id, &coll.name, &coll.def, Action::Read)
+                .map_err(|e| e.with_detail_prefix(&format!("$lookup into {name}: ")))?;
+            #[allow(clippy::disallowed_methods)]
+            let scope = Scope::authorized(decision.tenant, decision.read);
+            out.insert(name.as_str().to_owned(), scope);
+        }
+        Ok(out)
     }
 
     /// A collection by name, or 404.

@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use arca_core::pipeline::Pipeline;
 use arca_core::query::Filter;
 use arca_core::{CollectionName, DocId, Document, DocumentText, Scope, Tenant};
 use arca_store::{
-    CollectionSpec, ExportPosition, IdempotencyBegin, IdempotencyClaim, IdempotencyKey, PageWriter,
-    PutOutcome, Query, Store, StoreError, StoredCollection, StoredResponse,
+    AggregateLimits, CollectionSpec, ExportPosition, IdempotencyBegin, IdempotencyClaim,
+    IdempotencyKey, LookupScopes, PageWriter, PutOutcome, Query, Store, StoreError,
+    StoredCollection, StoredResponse,
 };
 
 /// A `Store` that times the engine it wraps.
@@ -141,6 +143,21 @@ impl Store for Timed {
         limit: usize,
     ) -> Result<Vec<(Tenant, Document)>, StoreError> {
         time("export", self.0.export(coll, after, limit)).await
+    }
+
+    async fn aggregate(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        pipeline: &Pipeline,
+        lookups: &LookupScopes,
+        limits: &AggregateLimits,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        time(
+            "aggregate",
+            self.0.aggregate(coll, scope, pipeline, lookups, limits),
+        )
+        .await
     }
 
     // ---- Idempotency keys (issue 22) ----

@@ -44,6 +44,9 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde_json::Value;
 
 use super::{filter, schema, value};
+
+mod aggregate;
+
 use crate::{
     CollectionSpec, ExportPosition, IdempotencyBegin, IdempotencyClaim, IdempotencyKey, PageBudget,
     PutOutcome, Query, Store, StoreError, StoredCollection, StoredResponse, trim_to_budget,
@@ -87,6 +90,9 @@ pub struct MongoStore {
     /// The collections the catalogue held at the last look: writes to
     /// another are `CollectionMissing` (MongoDB would create it).
     known: RwLock<HashSet<String>>,
+    /// Places for aggregations the engine evaluates itself, one per CPU
+    /// (see `aggregate`).
+    evaluators: std::sync::Arc<tokio::sync::Semaphore>,
     /// Whether the idempotency records' expiry index was made (once per
     /// process, at the first record).
     idempotency_index: tokio::sync::OnceCell<()>,
@@ -285,6 +291,9 @@ impl MongoStore {
             read_timeout: opts.read_timeout,
             verify: opts.verify,
             known: RwLock::new(HashSet::new()),
+            evaluators: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
             idempotency_index: tokio::sync::OnceCell::new(),
         })
     }
@@ -1183,6 +1192,18 @@ impl Store for MongoStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn aggregate(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        pipeline: &arca_core::pipeline::Pipeline,
+        lookups: &crate::LookupScopes,
+        limits: &crate::AggregateLimits,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.aggregate_docs(coll, scope, pipeline, lookups, limits)
+            .await
     }
 
     // ---- Idempotency keys (issue 22) ----

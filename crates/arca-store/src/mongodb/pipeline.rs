@@ -6,15 +6,17 @@
 //! 1. `{$match: {$and: [{_tenant: T}, <read filter>, <leading user
 //!    $match stages>]}}` against the stored layout (`filter::filter_to_bson`,
 //!    so `_id` is `_id.i` and an index leading with `_tenant` serves it);
-//! 2. the client view: `{$set: {_id: "$_id.i"}}` then `{$unset: [internal
+//! 2. `{$sort: {_id.i: 1}}`: documents enter the user's stages in `_id`
+//!    order on every engine (served by the `{_tenant, _id.i}` index);
+//! 3. the client view: `{$set: {_id: "$_id.i"}}` then `{$unset: [internal
 //!    fields]}` (every top-level name of the stored layout that clients do
 //!    not see, from `value::SYSTEM_FIELDS`: today `_tenant`), so that no
 //!    later stage can read, group on, project or return them, and a user
 //!    `$match` on `_tenant` finds nothing (the field is not there);
-//! 3. the user's other stages, rendered from the typed AST (never the
+//! 4. the user's other stages, rendered from the typed AST (never the
 //!    client's JSON), so only allow-listed stages, operators and variables
 //!    can reach the server; every literal is sent as `{$literal: ...}`;
-//! 4. `{$limit: max_results + 1}`, so the engine sees when there are too
+//! 5. `{$limit: max_results + 1}`, so the engine sees when there are too
 //!    many results without reading them all.
 //!
 //! Every `$lookup`, at any depth, becomes `{$lookup: {from, [localField,
@@ -152,7 +154,14 @@ impl Cx<'_> {
         } else {
             doc! {"$and": parts}
         };
-        let mut out = vec![doc! {"$match": first}, doc! {"$set": {"_id": "$_id.i"}}];
+        // The documents enter in `_id` order, as on the embedded engine
+        // (the arrival order the evaluator keeps where MongoDB leaves one
+        // unspecified); the `{_tenant, _id.i}` index gives it without a sort.
+        let mut out = vec![
+            doc! {"$match": first},
+            doc! {"$sort": {"_id.i": 1}},
+            doc! {"$set": {"_id": "$_id.i"}},
+        ];
         let internal = internal_fields();
         if !internal.is_empty() {
             out.push(doc! {"$unset": internal});
@@ -350,6 +359,7 @@ mod tests {
                     {"_id.i": {"$eq": "a"}},
                     {"n": {"$eq": 1}},
                 ]}},
+                doc! {"$sort": {"_id.i": 1}},
                 doc! {"$set": {"_id": "$_id.i"}},
                 doc! {"$unset": ["_tenant"]},
                 doc! {"$skip": 1},
@@ -398,6 +408,7 @@ mod tests {
         };
         let out = pipeline_to_bson(&p, &scope("t9", json!({})), &read, 5).expect("bson");
         let client_view = [
+            doc! {"$sort": {"_id.i": 1}},
             doc! {"$set": {"_id": "$_id.i"}},
             doc! {"$unset": ["_tenant"]},
         ];
@@ -405,7 +416,7 @@ mod tests {
             "from": "c",
             "pipeline": [
                 {"$match": {"$and": [{"_tenant": "t9"}, {"_owner": {"$eq": "me"}}]}},
-                client_view[0].clone(), client_view[1].clone(),
+                client_view[0].clone(), client_view[1].clone(), client_view[2].clone(),
                 {"$addFields": {"w": "$$v"}},
             ],
             "as": "cs",
@@ -417,7 +428,7 @@ mod tests {
             "let": {"v": "$y"},
             "pipeline": [
                 {"$match": {"$and": [{"_tenant": "t9"}, {"team": {"$eq": "x"}}, {"k": {"$eq": 1}}]}},
-                client_view[0].clone(), client_view[1].clone(),
+                client_view[0].clone(), client_view[1].clone(), client_view[2].clone(),
                 c,
             ],
             "as": "bs",
@@ -428,6 +439,7 @@ mod tests {
                 doc! {"$match": {"_tenant": "t9"}},
                 client_view[0].clone(),
                 client_view[1].clone(),
+                client_view[2].clone(),
                 b,
                 doc! {"$limit": 6},
             ]
@@ -443,7 +455,7 @@ mod tests {
     fn a_join_on_the_tenant_field_reaches_nothing_internal() {
         let out = translate(json!([{"$lookup": {"from": "b", "localField": "t", "foreignField": "_tenant", "as": "j"}}]))
             .expect("bson");
-        let lookup = out[3].get_document("$lookup").expect("lookup");
+        let lookup = out[4].get_document("$lookup").expect("lookup");
         assert_eq!(lookup.get_str("foreignField").ok(), Some("_id.i._tenant"));
     }
 
@@ -462,7 +474,7 @@ mod tests {
         ]))
         .expect("bson");
         assert_eq!(
-            &out[3..],
+            &out[4..],
             &[
                 doc! {"$project": {"a": 1, "b.c": "$x", "n": {"$literal": 5.5}, "t": 1, "s": {"$literal": "lit"}, "_id": 1}},
                 doc! {"$addFields": {"o.p": {"$add": ["$a", {"$literal": 1}]}}},

@@ -17,6 +17,7 @@
 //! (the reader queue's wake-up policy), `backup` (online copies); this file
 //! is the `Store` implementation over them.
 
+mod aggregate;
 pub mod backup;
 mod plan;
 mod queue;
@@ -24,6 +25,7 @@ mod readers;
 mod scan;
 mod setup;
 mod sql;
+mod unique;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -37,8 +39,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    CollectionSpec, ExportPosition, IdempotencyBegin, IdempotencyClaim, IdempotencyKey, PageWriter,
-    PutOutcome, Query, Store, StoreError, StoredCollection, StoredResponse,
+    AggregateLimits, CollectionSpec, ExportPosition, IdempotencyBegin, IdempotencyClaim,
+    IdempotencyKey, LookupScopes, PageWriter, PutOutcome, Query, Store, StoreError,
+    StoredCollection, StoredResponse,
 };
 use readers::Readers;
 use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
@@ -517,6 +520,18 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn aggregate(
+        &self,
+        coll: &CollectionName,
+        scope: &Scope,
+        pipeline: &arca_core::pipeline::Pipeline,
+        lookups: &LookupScopes,
+        limits: &AggregateLimits,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.aggregate_docs(coll, scope, pipeline, lookups, limits)
+            .await
     }
 
     // ---- Idempotency keys (issue 22) ----

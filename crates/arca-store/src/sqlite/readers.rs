@@ -23,9 +23,17 @@ use super::setup::open_conn;
 use super::writer::map_err;
 use crate::StoreError;
 
+/// A read's work: given the reader's connection and a check that says
+/// whether the read must stop now (its time is up or its request went
+/// away; it also paces the read, see `Pacer`), for reads that run Rust
+/// code between SQLite steps.
+type Work = Box<dyn FnOnce(&Connection, &dyn Fn() -> bool) + Send>;
+
 /// A read to run on a reader thread.
 pub struct ReadJob {
-    run: Box<dyn FnOnce(&Connection) + Send>,
+    run: Work,
+    /// Its own time limit (the pool's `read_timeout` otherwise).
+    timeout: Option<Duration>,
     /// A point read (by primary key): cheap and bounded, so several of
     /// them may share one read transaction (see `reader_loop`).
     point: bool,
@@ -71,6 +79,8 @@ struct Pacer {
     long: AtomicBool,
     /// It holds a place in the slow lane.
     in_lane: AtomicBool,
+    /// When it last yielded its core, in ms after `epoch`.
+    yielded: AtomicU64,
     /// Its `abandoned` flag (only this reader thread sets or reads it:
     /// the lock is never contended).
     abandoned: Mutex<Option<Arc<AtomicBool>>>,
@@ -86,6 +96,7 @@ impl Pacer {
             began: AtomicU64::new(0),
             long: AtomicBool::new(false),
             in_lane: AtomicBool::new(false),
+            yielded: AtomicU64::new(0),
             abandoned: Mutex::new(None),
             lane,
         }
@@ -134,8 +145,9 @@ impl Pacer {
             .is_ok()
     }
 
-    /// The progress handler: `true` interrupts the read.
-    fn check(&self, last_yield: &mut Instant) -> bool {
+    /// The progress handler (and the check of reads running Rust code):
+    /// `true` interrupts the read.
+    fn check(&self) -> bool {
         if !self.long.load(Ordering::Relaxed) {
             return self.must_stop();
         }
@@ -154,9 +166,10 @@ impl Pacer {
             }
             self.in_lane.store(true, Ordering::Relaxed);
         }
-        if last_yield.elapsed() > Duration::from_millis(1) {
+        let now = self.now_ms();
+        if now > self.yielded.load(Ordering::Relaxed) {
             std::thread::yield_now();
-            *last_yield = Instant::now();
+            self.yielded.store(now, Ordering::Relaxed);
         }
         self.must_stop()
     }
@@ -201,8 +214,7 @@ impl Readers {
             let pace = Arc::new(Pacer::new(slow_lane.clone()));
             let watched = pace.clone();
             // Checked every 1000 VM steps of the running read.
-            let mut last_yield = Instant::now();
-            conn.progress_handler(1000, Some(move || watched.check(&mut last_yield)))
+            conn.progress_handler(1000, Some(move || watched.check()))
                 .map_err(map_err)?;
             std::thread::Builder::new()
                 .name(format!("arca-sqlite-reader-{n}"))
@@ -212,8 +224,8 @@ impl Readers {
                             // Nobody waits for it: skip the work.
                             return;
                         }
-                        pace.begin(&job, read_timeout);
-                        (job.run)(&conn);
+                        pace.begin(&job, job.timeout.unwrap_or(read_timeout));
+                        (job.run)(&conn, &|| pace.check());
                         pace.end();
                     })
                 })
@@ -235,6 +247,24 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.run_checked(point, None, move |conn, _| f(conn)).await
+    }
+
+    /// `run` for a read that runs Rust code between SQLite's steps (an
+    /// aggregation's stages): `f` gets a check to call regularly, which
+    /// says when it must stop (its time is up, `timeout` when given, or
+    /// its request went away; it also paces the read like SQLite's
+    /// progress handler does).
+    pub async fn run_checked<T, F>(
+        &self,
+        point: bool,
+        timeout: Option<Duration>,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &dyn Fn() -> bool) -> Result<T, StoreError> + Send + 'static,
+    {
         // Waiting here holds no reader: cancelled, it leaves nothing behind.
         // The place is given back when the job ends on its reader (or is
         // skipped there), not when its request goes away: an abandoned
@@ -252,11 +282,11 @@ impl Readers {
         let (tx, rx) = oneshot::channel();
         let abandoned = Arc::new(AtomicBool::new(false));
         let mut guard = AbandonOnDrop(Some(abandoned.clone()));
-        let run = Box::new(move |conn: &Connection| {
+        let run: Work = Box::new(move |conn: &Connection, stop: &dyn Fn() -> bool| {
             let _long = long;
             // A panic in `f` drops `tx`: the caller sees "unavailable",
             // and the reader thread survives it.
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, stop)));
             if let Ok(out) = out {
                 let _ = tx.send(out);
             }
@@ -264,6 +294,7 @@ impl Readers {
         self.jobs
             .send(ReadJob {
                 run,
+                timeout,
                 point,
                 abandoned,
             })
@@ -284,9 +315,10 @@ impl Readers {
 /// cost on the reader side, and batching listings cut their `fcntl` and
 /// `fstat` calls by 70%. Each job was queued before that transaction
 /// began, so each still sees every write acknowledged before it was asked.
-/// Point reads never wait behind a listing: the kinds are not mixed, and a
-/// batch of listings (at most `LONG_BATCH`) runs inside `long`, so point
-/// reads queued meanwhile wake another reader.
+/// Point reads never wait behind a listing: the kinds are not mixed, a
+/// point read met while gathering listings runs first, and a batch of
+/// listings (at most `LONG_BATCH`) runs inside `long`, so point reads
+/// queued meanwhile wake another reader.
 fn reader_loop(conn: &Connection, jobs: &queue::Receiver<ReadJob>, mut run: impl FnMut(ReadJob)) {
     let mut batch: Vec<ReadJob> = Vec::with_capacity(POINT_BATCH);
     let mut next: Option<ReadJob> = None;
@@ -305,7 +337,17 @@ fn reader_loop(conn: &Connection, jobs: &queue::Receiver<ReadJob>, mut run: impl
         while batch.len() < cap {
             match jobs.try_recv() {
                 Some(job) if job.point == point => batch.push(job),
+                Some(job) if job.point => {
+                    // A read by id met while gathering listings runs now,
+                    // before them: kept for after, it waited out their
+                    // whole time (a GET took 1.2 s under a noisy
+                    // neighbour's counts).
+                    run(job);
+                    break;
+                }
                 Some(job) => {
+                    // A listing met while gathering reads by id: after
+                    // them (a short wait).
                     next = Some(job);
                     break;
                 }
@@ -342,5 +384,38 @@ fn run_batch(conn: &Connection, batch: &mut Vec<ReadJob>, run: &mut impl FnMut(R
             tracing::warn!(error = %e, "ending a batch of reads failed");
             let _ = conn.execute_batch("ROLLBACK");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(point: bool, name: &'static str, log: &Arc<Mutex<Vec<&'static str>>>) -> ReadJob {
+        let log = log.clone();
+        ReadJob {
+            run: Box::new(move |_, _| log.lock().unwrap().push(name)),
+            timeout: None,
+            point,
+            abandoned: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn a_read_by_id_queued_behind_listings_runs_before_them() {
+        let (tx, mut rxs) = queue::queue::<ReadJob>(1);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // Queued before the reader starts: it picks the listing first and
+        // meets the read by id while gathering listings.
+        for (point, name) in [(false, "list-1"), (true, "get"), (false, "list-2")] {
+            assert!(tx.send(job(point, name, &log)).is_ok());
+        }
+        drop(tx);
+        let rx = rxs.pop().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
+        reader_loop(&conn, &rx, |job| (job.run)(&conn, &|| false));
+        let order = log.lock().unwrap().clone();
+        assert_eq!(order[0], "get", "{order:?}");
+        assert_eq!(order.len(), 3, "{order:?}");
     }
 }

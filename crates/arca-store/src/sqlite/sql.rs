@@ -37,7 +37,7 @@ pub fn create_table(name: &CollectionName) -> String {
 /// A JSON path literal for `json_extract`: `$."a"."b"`, each segment quoted
 /// (a numeric segment is a key here; array positions are the query
 /// language's business).
-fn json_path(path: &str) -> String {
+pub fn json_path(path: &str) -> String {
     let mut out = String::from("'$");
     for seg in path.split('.') {
         out.push_str(".\"");
@@ -84,6 +84,31 @@ pub fn desired_indexes(coll: &CollectionName, defs: &[IndexDef]) -> Vec<(String,
         .iter()
         .map(|d| (index_name(coll, d), create_index(coll, d)))
         .collect();
+    // Every user field of a unique index gets its "array on this path"
+    // index (the multikey checks of `unique` find documents through it).
+    let leading: std::collections::HashSet<&str> = defs
+        .iter()
+        .filter_map(|d| d.fields.first().map(|(p, _)| p.as_str()))
+        .collect();
+    let mut others = std::collections::HashSet::new();
+    for d in defs.iter().filter(|d| d.unique) {
+        for (p, _) in d.fields.iter().skip(1) {
+            // A leading path gets its own below.
+            if p.starts_with('_') || leading.contains(p.as_str()) || !others.insert(p.clone()) {
+                continue;
+            }
+            let h = short_hash(&format!("v2:{p}"));
+            out.push((
+                format!("ixa_{}_{h}", coll.as_str()),
+                format!(
+                    "CREATE INDEX IF NOT EXISTS \"ixa_{c}_{h}\" ON {t} (tenant, id) WHERE {w}",
+                    c = coll.as_str(),
+                    t = table(coll),
+                    w = path_has_array(p)
+                ),
+            ));
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for d in defs {
         let Some((first, _)) = d.fields.first() else {
@@ -145,12 +170,21 @@ fn unique_exprs(path: &str) -> String {
     if path.starts_with('_') {
         return field_expr(path);
     }
+    let (bracket, value) = unique_key_exprs(path);
+    format!("{bracket}, {value}")
+}
+
+/// The two expressions of a user path in a unique index: its type bracket
+/// and its value (queries comparing with them use the index).
+pub fn unique_key_exprs(path: &str) -> (String, String) {
     let p = json_path(path);
-    format!(
-        "(CASE json_type(doc, {p}) WHEN 'integer' THEN 'n' WHEN 'real' THEN 'n' \
-         WHEN 'true' THEN 'b' WHEN 'false' THEN 'b' WHEN 'text' THEN 's' \
-         WHEN 'object' THEN 'o' WHEN 'array' THEN 'a' ELSE 'z' END), \
-         ifnull(json_extract(doc, {p}), x'00')"
+    (
+        format!(
+            "(CASE json_type(doc, {p}) WHEN 'integer' THEN 'n' WHEN 'real' THEN 'n' \
+             WHEN 'true' THEN 'b' WHEN 'false' THEN 'b' WHEN 'text' THEN 's' \
+             WHEN 'object' THEN 'o' WHEN 'array' THEN 'a' ELSE 'z' END)"
+        ),
+        format!("ifnull(json_extract(doc, {p}), x'00')"),
     )
 }
 

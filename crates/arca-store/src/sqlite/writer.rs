@@ -399,6 +399,7 @@ fn insert(
     system: &SystemFields,
     body: &str,
 ) -> Result<(), StoreError> {
+    super::unique::check(conn, coll, tenant, system, body)?;
     let sql = format!(
         "INSERT INTO {} (tenant, id, rev, created_at, updated_at, owner, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, jsonb(?7))",
         sql::table(coll)
@@ -432,6 +433,7 @@ fn replace(
     expected_rev: u64,
     body: &str,
 ) -> Result<(), StoreError> {
+    super::unique::check(conn, coll, tenant, system, body)?;
     let sql = format!(
         "UPDATE {} SET doc = jsonb(?1), rev = ?2, updated_at = ?3 WHERE tenant = ?4 AND id = ?5 AND rev = ?6",
         sql::table(coll)
@@ -571,6 +573,18 @@ fn put_collection(
                 ),
                 (other, _) => other,
             });
+        }
+    }
+    // What SQLite's unique indexes cannot see: keys shared through arrays.
+    for def in indexes.iter().filter(|d| d.unique) {
+        if super::unique::existing_conflict(conn, name, def)? {
+            return Err(StoreError::DuplicatesForUniqueIndex(
+                def.fields
+                    .iter()
+                    .map(|(p, _)| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
         }
     }
     bump_catalog_generation(conn)?;

@@ -8,6 +8,7 @@
 //! `properties` holds the property tests against the reference evaluator.
 #![allow(dead_code)]
 
+pub mod aggregate;
 pub mod cases;
 pub mod properties;
 
@@ -54,6 +55,12 @@ pub trait Engine: 'static {
     /// Property-test cases per property (an engine far slower than SQLite,
     /// such as a stand-in, runs fewer).
     const PROPERTY_CASES: u32;
+
+    /// The server is a test stand-in whose recorded quirks (README, "What
+    /// ran against what") a case must not assert against.
+    fn standin() -> bool {
+        false
+    }
 }
 
 /// One test per case of the suite, for the engine `$engine`.
@@ -66,6 +73,7 @@ macro_rules! conformance_suite {
             a_duplicate_id_is_a_conflict_named_id,
             tenants_never_see_each_other,
             unique_indexes_follow_mongodb_equality_per_tenant,
+            unique_indexes_over_arrays_are_multikey,
             sparse_unique_indexes_skip_documents_without_the_field,
             a_unique_index_over_duplicates_changes_nothing,
             numbers_keep_their_kind,
@@ -93,10 +101,16 @@ macro_rules! conformance_suite {
             idempotency_concurrent_claims_start_exactly_one_run,
             idempotency_large_responses_are_kept_whole,
         );
+        $crate::conformance_suite!(@aggregate $engine;
+            the_pipeline_table_gives_the_evaluators_results,
+            aggregations_see_only_the_scope_at_every_depth,
+            aggregation_limits_are_enforced,
+        );
         $crate::conformance_suite!(@sync $engine;
             listings_return_exactly_the_evaluators_matches,
             cursor_walks_visit_every_document_once,
             equality_pages_find_documents_through_arrays,
+            random_pipelines_give_the_evaluators_results,
         );
     };
     (@async $engine:ty; $($case:ident),* $(,)?) => {
@@ -104,6 +118,14 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
                 conformance::cases::$case::<$engine>().await
+            }
+        )*
+    };
+    (@aggregate $engine:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                conformance::aggregate::$case::<$engine>().await
             }
         )*
     };

@@ -21,6 +21,12 @@
 //! and the result is kept for the retry. A run holds its key under a
 //! lease it renews while it works (`LEASE`): only a run whose process
 //! stopped lets it pass, and the next retry then runs the request again.
+//! A process that stops after the work wrote and before its answer was
+//! kept (a crash between two store operations) leaves the effect without
+//! its record: that retry does it again (a create with a client-chosen
+//! `_id` then meets 409). Closing that window would take one transaction
+//! over the document and the record, which not every MongoDB deployment
+//! offers.
 //!
 //! What is kept: every response below 500 except 408 and 429 (the
 //! request's answer, errors included: a 403, a 409 duplicate, a 422). A

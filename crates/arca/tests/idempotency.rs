@@ -573,5 +573,14 @@ async fn the_key_of_a_run_whose_process_died_is_free_after_its_lease() {
             started.elapsed()
         );
     }
-    assert_eq!(count(&b, &t, "notes").await, 1);
+    // A died while validating (the embedded engine: a long validation),
+    // or after the store had its document and before the answer was kept
+    // (the stand-in: a slow insert finished after A's death). In that
+    // window a create without a client `_id` is made again: the limit
+    // docs/errors.md states (a retry with `_id` gets 409 instead).
+    let n = count(&b, &t, "notes").await;
+    assert!(n == 1 || n == 2, "{n}");
+    if !mongodb() {
+        assert_eq!(n, 1, "A died validating");
+    }
 }

@@ -175,10 +175,10 @@ async fn a_noisy_tenant_cannot_slow_another_tenants_reads() {
     // with `--release`; the bench's noisy-neighbour scenario records it).
     // An unoptimised build spends ~10x longer on parsing each attacking
     // request (a 28 KB filter) on the same two HTTP workers, so it is held
-    // to 300 ms: still two orders of magnitude below the 28 s a GET waited
-    // before, and below query.max_time, so a GET queued behind an attack
-    // read fails it.
-    let bound = if cfg!(debug_assertions) { 300.0 } else { 50.0 };
+    // to 600 ms (a machine busy with other work adds its own delays): still
+    // far below the 28 s a GET waited before, and below query.max_time
+    // (1 s here), so a GET queued behind an attack read fails it.
+    let bound = if cfg!(debug_assertions) { 600.0 } else { 50.0 };
     assert!(
         p < bound,
         "the other tenant's GET p99 was {p:.1} ms, above {bound} ms ({seen:?}): {all:?}"

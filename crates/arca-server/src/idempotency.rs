@@ -200,7 +200,13 @@ fn kept(status: StatusCode) -> bool {
 /// without): records are kept per caller.
 ///
 /// `work` is what the route would do without a key, errors included: an
-/// `Err` is answered (and kept) as its problem response.
+/// `Err` is answered (and kept) as its problem response. It is polled
+/// only when this request runs; when the key answers instead (a replay,
+/// 409, 422) it is dropped unpolled, so what it owns must clean up on
+/// drop. A body that is streamed rather than held (an upload) is received
+/// first, then `run` is called with a fingerprint over its digest and a
+/// `work` that commits it: a retry's bytes are received again and, when
+/// replayed, discarded.
 pub async fn run<W>(
     state: &AppState,
     caller: &Caller,

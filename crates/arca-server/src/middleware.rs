@@ -370,5 +370,51 @@ mod tests {
             res.headers()["access-control-allow-origin"],
             "https://app.example.com"
         );
+        // What the app clients send and read (docs/clients.md).
+        let mut req = preflight();
+        req.headers_mut().insert(
+            "access-control-request-headers",
+            HeaderValue::from_static("authorization,content-type,idempotency-key,if-match"),
+        );
+        let res = layers(Router::new().route("/slow", get(|| async { "x" })), &config)
+            .oneshot(req)
+            .await
+            .expect("response");
+        let allowed = res.headers()["access-control-allow-headers"]
+            .to_str()
+            .expect("text")
+            .to_owned();
+        for h in [
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "if-match",
+            "last-event-id",
+        ] {
+            assert!(allowed.contains(h), "{h} in {allowed}");
+        }
+        let res = layers(Router::new().route("/slow", get(|| async { "x" })), &config)
+            .oneshot(
+                Request::builder()
+                    .uri("/slow")
+                    .header("origin", "https://app.example.com")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("response");
+        let exposed = res.headers()["access-control-expose-headers"]
+            .to_str()
+            .expect("text")
+            .to_owned();
+        for h in [
+            "etag",
+            "location",
+            "retry-after",
+            "idempotent-replayed",
+            "x-request-id",
+        ] {
+            assert!(exposed.contains(h), "{h} in {exposed}");
+        }
     }
 }

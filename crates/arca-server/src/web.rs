@@ -277,6 +277,18 @@ impl Site {
                     }
                     res
                 }
+                // Gone since it was found (a deploy replacing the folder),
+                // or not readable by this process: as if absent.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "a web.root file could not be read");
+                    return ApiError::new(ProblemKind::RouteNotFound, "no such file")
+                        .into_response();
+                }
                 Err(e) => {
                     return ApiError::internal(format!("reading {}: {e}", path.display()))
                         .into_response();

@@ -35,6 +35,10 @@ pub struct Config {
     pub validation: ValidationConfig,
     /// `[events]`
     pub events: EventsConfig,
+    /// `[idempotency]`
+    pub idempotency: IdempotencyConfig,
+    /// `[web]`
+    pub web: WebConfig,
     /// `[aggregate]`
     pub aggregate: AggregateConfig,
     /// `[files]`
@@ -82,6 +86,41 @@ impl Default for EventsConfig {
             buffer: 1024,
             poll: HumanDuration(Duration::from_millis(100)),
             ticket_ttl: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// `[web]`: a front-end served at `/` from a folder (see `crate::web`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// The folder (a built web app) served at `/`; unset: nothing is.
+    /// The API, docs, console and operations routes always win.
+    pub root: Option<PathBuf>,
+    /// The `Content-Security-Policy` of everything served from `root`;
+    /// unset: `web::default_csp` (this origin only, plus the OIDC issuer
+    /// for connections); `""`: none.
+    pub csp: Option<String>,
+    /// Folders under `root` whose files the build names by content (Vite:
+    /// `["assets"]`): served `immutable`, like files whose names carry a
+    /// hash.
+    pub immutable: Vec<String>,
+}
+
+/// `[idempotency]`: how long the result of a request sent with an
+/// `Idempotency-Key` is kept for its retries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// A key's first result (status and body) is replayed to retries for
+    /// this long after the first request; then the key is free again.
+    pub retention: HumanDuration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            retention: HumanDuration(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -673,6 +712,12 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         ("events.retry", cfg.events.retry, Duration::ZERO, hour),
         ("events.poll", cfg.events.poll, 10 * ms, 60 * second),
         ("events.ticket_ttl", cfg.events.ticket_ttl, second, hour),
+        (
+            "idempotency.retention",
+            cfg.idempotency.retention,
+            second,
+            30 * day,
+        ),
     ] {
         if value.0 < min || value.0 > max {
             return bad(
@@ -791,6 +836,7 @@ fn validate(cfg: Config) -> Result<Config, ConfigError> {
         );
     }
     validate_console(&cfg)?;
+    validate_web(&cfg)?;
     for o in &cfg.server.cors_origins {
         if o != "*" && o.parse::<http::HeaderValue>().is_err() {
             return bad(
@@ -849,6 +895,41 @@ fn validate_console(cfg: &Config) -> Result<(), ConfigError> {
             "console.scope",
             "must include openid (the console checks the ID token's nonce)",
         );
+    }
+    Ok(())
+}
+
+/// `[web]`: a non-empty root; a policy that fits in one header line; the
+/// immutable folders relative to the root, never leaving it.
+fn validate_web(cfg: &Config) -> Result<(), ConfigError> {
+    let bad = |key: &str, msg: &str| Err(ConfigError(format!("configuration key `{key}`: {msg}")));
+    let w = &cfg.web;
+    if w.root.as_ref().is_some_and(|r| r.as_os_str().is_empty()) {
+        return bad("web.root", "expected the path of a folder");
+    }
+    if let Some(csp) = &w.csp
+        && (csp.len() > 4096
+            || csp.bytes().any(|b| b.is_ascii_control())
+            || http::HeaderValue::from_str(csp).is_err())
+    {
+        return bad(
+            "web.csp",
+            "expected a Content-Security-Policy of at most 4096 characters on one line (\"\" for none)",
+        );
+    }
+    for p in &w.immutable {
+        let trimmed = p.trim_matches('/');
+        if trimmed.is_empty()
+            || trimmed
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..")
+            || trimmed.contains('\\')
+        {
+            return bad(
+                "web.immutable",
+                &format!("{p:?}: expected folders under web.root such as \"assets\""),
+            );
+        }
     }
     Ok(())
 }
@@ -951,6 +1032,7 @@ mod tests {
         assert_eq!(c.query.max_concurrent_per_caller, 2);
         assert_eq!(c.query.max_page_bytes, 4 << 20);
         assert_eq!(c.validation.max_errors, 100);
+        assert_eq!(c.idempotency.retention.0, Duration::from_secs(86_400));
         assert_eq!(c.store.sqlite.read_cache_mib, 16);
         assert_eq!(c.files.max_bytes, 26_214_400);
         assert_eq!(c.files.upload_timeout.0, Duration::from_secs(600));
@@ -1056,6 +1138,16 @@ mod tests {
                 "ARCA_AUTH__JWKS_MIN_REFETCH",
                 "1d",
                 "`auth.jwks_min_refetch`",
+            ),
+            (
+                "ARCA_IDEMPOTENCY__RETENTION",
+                "500ms",
+                "`idempotency.retention`: expected 1s to 30d, got 500ms",
+            ),
+            (
+                "ARCA_IDEMPOTENCY__RETENTION",
+                "31d",
+                "`idempotency.retention`",
             ),
         ] {
             let e = load(None, env(&[(var, value)])).expect_err(var);
@@ -1199,6 +1291,35 @@ mod tests {
         ] {
             let e = load(None, env(&vars)).expect_err(message);
             assert!(e.0.contains(message), "{vars:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn web_settings_are_checked() {
+        let c = load(None, env(&[])).expect("defaults");
+        assert_eq!(c.web.root, None);
+        assert_eq!(c.web.csp, None);
+        let c = load(
+            None,
+            env(&[
+                ("ARCA_WEB__ROOT", "/srv/app"),
+                ("ARCA_WEB__CSP", "default-src 'self'"),
+                ("ARCA_WEB__IMMUTABLE", "[\"assets\", \"/static/\"]"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.web.root.as_deref(), Some(Path::new("/srv/app")));
+        assert_eq!(c.web.immutable, ["assets", "/static/"]);
+        load(None, env(&[("ARCA_WEB__CSP", "")])).expect("no policy");
+        for (var, value, message) in [
+            ("ARCA_WEB__ROOT", "", "`web.root`"),
+            ("ARCA_WEB__CSP", "a\nb", "`web.csp`"),
+            ("ARCA_WEB__IMMUTABLE", "[\"../x\"]", "`web.immutable`"),
+            ("ARCA_WEB__IMMUTABLE", "[\"/\"]", "`web.immutable`"),
+            ("ARCA_WEB__ROOTS", "/x", "roots"),
+        ] {
+            let e = load(None, env(&[(var, value)])).expect_err(var);
+            assert!(e.0.contains(message), "{var}={value:?}: {e}");
         }
     }
 

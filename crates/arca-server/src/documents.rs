@@ -11,8 +11,9 @@ use arca_core::query::{Cursor, Filter, Projection, Sort, cursor};
 use arca_core::{DocId, Document, DocumentError, DocumentText, merge_patch, split_client_body};
 use arca_store::{PageWriter, Query, StoreError};
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
@@ -21,6 +22,7 @@ use crate::conditions::Preconditions;
 use crate::error::ApiError;
 use crate::extract::{Caller, JsonBytes, PathParams, Target, parse_document_json, parse_json};
 use crate::gateway::{Collection, Create, Delete, Read, Update};
+use crate::idempotency::{self, Fingerprint};
 use crate::respond::json;
 use crate::state::AppState;
 
@@ -69,17 +71,33 @@ fn set_etag(res: &mut Response, etag: &str) {
     }
 }
 
-#[utoipa::path(post, operation_id = "create_document", path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$")),
+#[utoipa::path(post, operation_id = "create_document", path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path, description = "Collection name", pattern = r"^[a-z][a-z0-9_]{0,62}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = crate::wire::IDEMPOTENCY_KEY_DOC, pattern = r#"^[!#-~][!-~]{0,254}$"#)),
     request_body(content = Object, content_type = "application/json", description = "The document (optionally with `_id`)"),
     responses((status = 201, description = "Created", body = crate::wire::AnyDocument,
-                headers(("ETag" = String, description = "\"<_rev>\""), ("Location" = String, description = "The document's URL"))),
-              (status = 409, description = "Duplicate _id or unique index value", body = crate::wire::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "The document does not fit the collection", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed, crate::wire::WithBody))]
+                headers(("ETag" = String, description = "\"<_rev>\""), ("Location" = String, description = "The document's URL"),
+                        ("Idempotent-Replayed" = String, description = "`true` on the replay of a request sent before with the same Idempotency-Key"))),
+              (status = 409, description = "Duplicate _id or unique index value; or the first request with the same Idempotency-Key is still running", body = crate::wire::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "The document does not fit the collection; or the Idempotency-Key was used for another request", body = crate::wire::Problem, content_type = "application/problem+json"), crate::wire::Guarded, crate::wire::Addressed, crate::wire::WithBody))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     Target(coll): Target,
+    headers: HeaderMap,
+    uri: Uri,
     JsonBytes(bytes): JsonBytes,
+) -> Result<Response, ApiError> {
+    let work = create_document(state.clone(), caller.clone(), coll, bytes.clone());
+    let fingerprint = || Fingerprint::new(&Method::POST, &uri, &[&bytes]);
+    idempotency::run(&state, &caller, &headers, fingerprint, work).await
+}
+
+/// A create, whole: the access check, the body, the insert, the answer.
+async fn create_document(
+    state: AppState,
+    caller: Caller,
+    coll: std::sync::Arc<Collection>,
+    bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let grant = state.gateway().authorize::<Create>(&caller, &coll)?;
     let body = split_client_body(parse_document_json(&bytes)?, None).map_err(document_error)?;

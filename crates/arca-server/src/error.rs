@@ -39,6 +39,9 @@ pub enum ProblemKind {
     RequestTimeout,
     /// 409: duplicate `_id` or unique index value.
     Conflict,
+    /// 409: a request with the same `Idempotency-Key` is still running
+    /// (retry shortly: `Retry-After`).
+    IdempotencyKeyInUse,
     /// 412: `If-Match` does not match the current revision, or
     /// `If-None-Match` does.
     PreconditionFailed,
@@ -53,6 +56,9 @@ pub enum ProblemKind {
     /// 422: an empty upload, or an image that is too large or does not
     /// decode.
     InvalidFile,
+    /// 422: the `Idempotency-Key` was used for another request (another
+    /// body or target).
+    IdempotencyKeyReused,
     /// 429: the caller has too many heavy reads in flight.
     TooManyRequests,
     /// 503: the process serves `events.max_subscribers` event streams
@@ -120,6 +126,11 @@ impl ProblemKind {
                 "Request body not received in time",
             ),
             Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            IdempotencyKeyInUse => (
+                StatusCode::CONFLICT,
+                "idempotency-key-in-use",
+                "A request with this Idempotency-Key is still running",
+            ),
             PreconditionFailed => (
                 StatusCode::PRECONDITION_FAILED,
                 "precondition-failed",
@@ -139,6 +150,11 @@ impl ProblemKind {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid-document",
                 "Document does not fit the collection",
+            ),
+            IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key already used for another request",
             ),
             TooManyRequests => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -187,12 +203,14 @@ impl ProblemKind {
         ProblemKind::MethodNotAllowed,
         ProblemKind::RequestTimeout,
         ProblemKind::Conflict,
+        ProblemKind::IdempotencyKeyInUse,
         ProblemKind::PreconditionFailed,
         ProblemKind::PayloadTooLarge,
         ProblemKind::UnsupportedMediaType,
         ProblemKind::RangeNotSatisfiable,
         ProblemKind::InvalidDocument,
         ProblemKind::InvalidFile,
+        ProblemKind::IdempotencyKeyReused,
         ProblemKind::TooManyRequests,
         ProblemKind::TooManySubscribers,
         ProblemKind::Internal,
@@ -366,6 +384,7 @@ impl IntoResponse for ApiError {
                 | ProblemKind::Timeout
                 | ProblemKind::TooManyRequests
                 | ProblemKind::TooManySubscribers
+                | ProblemKind::IdempotencyKeyInUse
         ) {
             // Transient: the client may try again (RFC 9110 section 10.2.3).
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -10,6 +10,8 @@
 //! - `access`: the access rules applied to a caller (decisions only);
 //! - `gateway`: the one road to tenant data: the store, its catalogue, and
 //!   the per-action handles (`Grant`) that run the rule checks;
+//! - `idempotency`: `Idempotency-Key` on `POST`s: run once per caller and
+//!   key, replay the kept result to retries (records in the store);
 //! - `middleware`: request id, tracing, metrics, timeout, CORS, compression;
 //! - `ops`, `collections`, `documents`, `explain`, `files`: the routes,
 //!   one module per resource;
@@ -18,8 +20,12 @@
 //! - `wire`: request and response shapes the OpenAPI document describes;
 //! - `openapi`: the OpenAPI document and `/docs` (the only module that
 //!   lists the handlers);
+//! - `types`: `/v1/types.ts`, TypeScript declarations of the collections
+//!   (from the OpenAPI document's component schemas);
 //! - `console`: the web console at `/console`, embedded files served with
 //!   a strict Content-Security-Policy;
+//! - `web`: the front-end folder of `web.root` at `/` (what no route
+//!   matched), with precompressed files, caching and containment;
 //! - `state`: shared state;
 //! - `metrics`, `respond`: small shared helpers.
 
@@ -36,12 +42,15 @@ pub mod explain;
 pub mod extract;
 pub mod files;
 pub mod gateway;
+pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod ops;
 pub mod respond;
 pub mod state;
+pub mod types;
+pub mod web;
 pub mod wire;
 
 use std::future::Future;
@@ -64,13 +73,14 @@ pub fn app(state: AppState) -> Router {
         .merge(events::router())
         .merge(explain::router())
         .merge(files::router())
-        .merge(openapi::router(state.config().docs.public));
+        .merge(openapi::router(state.config().docs.public))
+        .merge(types::router());
     if state.config().console.enabled {
         routes = routes.merge(console::router(&state));
     }
-    let routes = routes
-        .fallback(middleware::route_not_found)
-        .with_state(state.clone());
+    // What no route matched: the front-end folder (`web.root`) when one is
+    // served, else 404 problems.
+    let routes = routes.fallback(web::fallback).with_state(state.clone());
     middleware::layers(routes, state.config())
 }
 
@@ -122,6 +132,26 @@ pub async fn serve(
     if state.config().events.enabled {
         tokio::spawn(prune_events(state.clone()));
     }
+    // Expired idempotency records are ignored already; purging them frees
+    // their space. Every replica purges: the deletes are idempotent.
+    let records = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = idempotency::now_ms();
+            match records
+                .gateway()
+                .idempotency_purge(now, idempotency::PURGE_BATCH)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(records = n, "expired idempotency records purged"),
+                Err(e) => tracing::warn!(error = %e, "purging expired idempotency records failed"),
+            }
+        }
+    });
     let delay = state.config().server.shutdown_delay.0;
     let grace = state.config().server.shutdown_timeout.0;
     let connections = Connections::new(&state.config().server);

@@ -62,6 +62,11 @@ impl tower_http::compression::Predicate for Compressible {
 #[derive(Debug, Clone)]
 struct RouteTemplate(MatchedPath);
 
+/// The metrics label of a response served by no route (response
+/// extension): `web` for the files of `web.root`.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
 /// Wraps `router` in every cross-cutting layer, outermost first in reading
 /// order: request id, trace + metrics, panic recovery, CORS, compression,
 /// timeout, problem+json for bare framework errors.
@@ -189,7 +194,12 @@ async fn observe(req: Request, next: Next) -> Response {
     }
     let mut res = next.run(req).instrument(span.clone()).await;
     let route = res.extensions_mut().remove::<RouteTemplate>();
-    let route = route.as_ref().map_or("unmatched", |r| r.0.as_str());
+    let label = res.extensions_mut().remove::<RouteLabel>();
+    let route = match (&route, label) {
+        (Some(r), _) => r.0.as_str(),
+        (None, Some(RouteLabel(l))) => l,
+        (None, None) => "unmatched",
+    };
     let status = res.status().as_u16();
     let elapsed = start.elapsed();
     span.record("route", route);
@@ -286,14 +296,17 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::RANGE,
                 header::IF_RANGE,
                 HeaderName::from_static("last-event-id"),
+                crate::idempotency::IDEMPOTENCY_KEY.clone(),
                 REQUEST_ID.clone(),
             ])
             .expose_headers([
                 header::ETAG,
                 header::LOCATION,
+                header::RETRY_AFTER,
                 header::CONTENT_RANGE,
                 header::CONTENT_DISPOSITION,
                 header::ACCEPT_RANGES,
+                crate::idempotency::IDEMPOTENT_REPLAYED.clone(),
                 REQUEST_ID.clone(),
             ])
             .max_age(Duration::from_secs(600)),
@@ -398,5 +411,51 @@ mod tests {
             res.headers()["access-control-allow-origin"],
             "https://app.example.com"
         );
+        // What the app clients send and read (docs/clients.md).
+        let mut req = preflight();
+        req.headers_mut().insert(
+            "access-control-request-headers",
+            HeaderValue::from_static("authorization,content-type,idempotency-key,if-match"),
+        );
+        let res = layers(Router::new().route("/slow", get(|| async { "x" })), &config)
+            .oneshot(req)
+            .await
+            .expect("response");
+        let allowed = res.headers()["access-control-allow-headers"]
+            .to_str()
+            .expect("text")
+            .to_owned();
+        for h in [
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "if-match",
+            "last-event-id",
+        ] {
+            assert!(allowed.contains(h), "{h} in {allowed}");
+        }
+        let res = layers(Router::new().route("/slow", get(|| async { "x" })), &config)
+            .oneshot(
+                Request::builder()
+                    .uri("/slow")
+                    .header("origin", "https://app.example.com")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("response");
+        let exposed = res.headers()["access-control-expose-headers"]
+            .to_str()
+            .expect("text")
+            .to_owned();
+        for h in [
+            "etag",
+            "location",
+            "retry-after",
+            "idempotent-replayed",
+            "x-request-id",
+        ] {
+            assert!(exposed.contains(h), "{h} in {exposed}");
+        }
     }
 }

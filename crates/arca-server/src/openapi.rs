@@ -11,7 +11,7 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
@@ -39,6 +39,7 @@ use crate::wire::{
         crate::ops::readyz,
         crate::ops::metrics,
         openapi_json,
+        crate::types::types_ts,
         crate::collections::list,
         crate::collections::read,
         crate::collections::put,
@@ -147,49 +148,33 @@ pub async fn openapi_json(
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, _) = request.into_parts();
-    // Public (the default): the contract has the route ignore any
-    // `Authorization` header, so a stale token in a client does not turn
-    // the document into a 401; no token is even verified.
-    if !state.config().docs.public {
-        let caller = Caller::from_request_parts(&mut parts, &state).await?;
-        if caller.identity.is_none() {
-            return Err(ApiError::missing_token());
-        }
-    }
+    visible(&state, &mut parts).await?;
     // Rendering the document costs ~0.5 ms of CPU with a few collections
     // and compressing it ~0.4 ms, and the route is public by default: both
     // are done once per catalogue generation, not once per request.
     let doc = state.derived(|| Rendered::of(&document(&state)));
-    if doc.matches(parts.headers.get_all(header::IF_NONE_MATCH).iter()) {
-        let mut res = StatusCode::NOT_MODIFIED.into_response();
-        res.headers_mut().insert(header::ETAG, doc.etag.clone());
-        res.headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-        return Ok(res);
-    }
-    let gzip = accepts_gzip(parts.headers.get_all(header::ACCEPT_ENCODING).iter());
-    let mut res = (
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::VARY, "accept-encoding"),
-        ],
-        if gzip {
-            doc.gzip.clone()
-        } else {
-            doc.plain.clone()
-        },
-    )
-        .into_response();
-    res.headers_mut().insert(header::ETAG, doc.etag.clone());
-    if gzip {
-        // Already compressed: the compression layer leaves it as it is.
-        res.headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
-    Ok(res)
+    Ok(doc.respond(&parts.headers, "application/json"))
 }
 
-/// `/openapi.json` as sent: plain and gzip-compressed.
+/// Whether the API description (`/openapi.json`, `/v1/types.ts`) may be
+/// sent: always when `docs.public` (the default: the contract has these
+/// routes ignore any `Authorization` header, so a stale token in a client
+/// does not turn them into a 401; no token is even verified), else to a
+/// caller with a valid token (401 otherwise).
+pub(crate) async fn visible(
+    state: &AppState,
+    parts: &mut axum::http::request::Parts,
+) -> Result<(), ApiError> {
+    if !state.config().docs.public {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.identity.is_none() {
+            return Err(ApiError::missing_token());
+        }
+    }
+    Ok(())
+}
+
+/// A generated text as sent: plain and gzip-compressed, with a weak ETag.
 pub(crate) struct Rendered {
     plain: Bytes,
     gzip: Bytes,
@@ -200,8 +185,12 @@ pub(crate) struct Rendered {
 
 impl Rendered {
     fn of(doc: &Value) -> Self {
+        Self::text(serde_json::to_vec(doc).unwrap_or_default())
+    }
+
+    /// `plain`, compressed once.
+    pub(crate) fn text(plain: Vec<u8>) -> Self {
         use std::io::Write;
-        let plain = serde_json::to_vec(doc).unwrap_or_default();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         // Writing to a Vec cannot fail.
         let gzip = gz
@@ -231,6 +220,38 @@ impl Rendered {
             .map(str::trim)
             .any(|t| t == "*" || opaque(t) == ours)
     }
+
+    /// The answer to a GET with `headers`: 304 when `If-None-Match` names
+    /// this rendering, else the text as `content_type`, gzip-encoded when
+    /// accepted (already compressed: the compression layer leaves it).
+    pub(crate) fn respond(&self, headers: &HeaderMap, content_type: &'static str) -> Response {
+        if self.matches(headers.get_all(header::IF_NONE_MATCH).iter()) {
+            let mut res = StatusCode::NOT_MODIFIED.into_response();
+            res.headers_mut().insert(header::ETAG, self.etag.clone());
+            res.headers_mut()
+                .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            return res;
+        }
+        let gzip = accepts_gzip(headers.get_all(header::ACCEPT_ENCODING).iter());
+        let mut res = (
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::VARY, "accept-encoding"),
+            ],
+            if gzip {
+                self.gzip.clone()
+            } else {
+                self.plain.clone()
+            },
+        )
+            .into_response();
+        res.headers_mut().insert(header::ETAG, self.etag.clone());
+        if gzip {
+            res.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        res
+    }
 }
 
 /// Whether `Accept-Encoding` admits gzip: `gzip` or `*` with a non-zero
@@ -238,7 +259,16 @@ impl Rendered {
 /// other response; this one is compressed ahead of time, so it decides
 /// here. No header at all means identity, as the layer does.)
 pub(crate) fn accepts_gzip<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> bool {
-    let mut gzip = None;
+    accepts_encoding(values, "gzip")
+}
+
+/// Whether `Accept-Encoding` admits the content coding `wanted` (named
+/// or `*` with a non-zero quality, and not refused by name).
+pub(crate) fn accepts_encoding<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+    wanted: &str,
+) -> bool {
+    let mut named = None;
     let mut any = false;
     for value in values.filter_map(|v| v.to_str().ok()) {
         for item in value.split(',') {
@@ -248,14 +278,14 @@ pub(crate) fn accepts_gzip<'a>(values: impl Iterator<Item = &'a HeaderValue>) ->
                 .filter_map(|p| p.trim().strip_prefix("q="))
                 .find_map(|q| q.trim().parse::<f32>().ok())
                 .unwrap_or(1.0);
-            if coding.eq_ignore_ascii_case("gzip") {
-                gzip = Some(q > 0.0);
+            if coding.eq_ignore_ascii_case(wanted) {
+                named = Some(q > 0.0);
             } else if coding == "*" {
                 any = q > 0.0;
             }
         }
     }
-    gzip.unwrap_or(any)
+    named.unwrap_or(any)
 }
 
 /// Builds the whole document for the current catalogue.
@@ -287,7 +317,8 @@ pub fn document(state: &AppState) -> Value {
     // the collection's rules: the empty requirement says so).
     if let Some(paths) = doc["paths"].as_object_mut() {
         for (path, item) in paths.iter_mut() {
-            if !path.starts_with("/v1/") {
+            // `/v1/types.ts` is visible like this document (`docs.public`).
+            if !path.starts_with("/v1/") || path == "/v1/types.ts" {
                 continue;
             }
             if let Some(ops) = item.as_object_mut() {
@@ -326,7 +357,7 @@ pub fn document(state: &AppState) -> Value {
 }
 
 /// `orders` -> `Orders`; `order_lines` -> `OrderLines`.
-fn type_name(name: &str) -> String {
+pub(crate) fn type_name(name: &str) -> String {
     name.split('_')
         .filter(|p| !p.is_empty())
         .map(|p| {
@@ -408,31 +439,156 @@ fn problem(description: &str) -> Value {
            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
 }
 
-fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
-    let name = c.name.as_str();
-    let t = type_name(name);
-    let source = c.def.schema.source();
-    let mut input = source.clone();
-    if let Some(o) = input.as_object_mut() {
-        o.remove("$schema");
-        // System fields a client may send back (ignored) or use (`_id`).
-        if let Some(p) = o
+/// The component schemas of a collection, named `<T>Input`,
+/// `<T>Document`, `<T>Listed` and `<T>Patch` (`T` = `type_name`): what
+/// `/openapi.json` lists and `/v1/types.ts` declares, made in one place.
+pub(crate) struct CollectionSchemas {
+    /// `T` of the names.
+    pub type_name: String,
+    /// A create's or a replace's body: the schema, and `_id` optional.
+    pub input: Value,
+    /// A stored document: the schema and the (required) system fields.
+    pub document: Value,
+    /// A listed document, which a projection may have cut.
+    pub listed: Value,
+    /// A PATCH body (`patch_schema`).
+    pub patch: Value,
+}
+
+impl CollectionSchemas {
+    /// The schemas of `c`.
+    pub(crate) fn of(c: &Collection) -> Self {
+        let name = c.name.as_str();
+        let t = type_name(name);
+        let source = c.def.schema.source();
+        let mut input = source.clone();
+        if let Some(o) = input.as_object_mut() {
+            o.remove("$schema");
+            // System fields a client may send back (ignored) or use (`_id`).
+            if let Some(p) = o
+                .entry("properties")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+            {
+                p.insert("_id".into(), client_id_schema());
+            }
+        }
+        let mut patch = patch_schema(source);
+        patch["description"] = json!(format!(
+            "JSON Merge Patch (RFC 7396) of a {name} document: every field optional, null deletes it, nested objects are patches themselves; the result is validated against {t}Document's schema."
+        ));
+        Self {
+            document: with_system_fields(source, true),
+            listed: with_system_fields(&relaxed(source), false),
+            input,
+            patch,
+            type_name: t,
+        }
+    }
+}
+
+/// `_id` as a client may send it.
+fn client_id_schema() -> Value {
+    json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"})
+}
+
+/// The schema of a JSON Merge Patch (RFC 7396) of documents of `schema`
+/// (an object schema): every field optional and nullable (`null` deletes
+/// it), keeping the field's own schema otherwise; a field that is an
+/// object is a patch itself (a patch merges into it), while any other
+/// value, an array included, is replaced whole and so keeps its schema
+/// whole. Keywords that constrain an object as a whole (`required`,
+/// property counts, `allOf`/`anyOf`/`oneOf`/`not`) are left out: the
+/// server validates the patched document against the full schema.
+pub(crate) fn patch_schema(schema: &Value) -> Value {
+    let mut patch = patch_object(schema);
+    if let Some(p) = patch.as_object_mut() {
+        p.insert("type".into(), json!("object"));
+        if let Some(props) = p
             .entry("properties")
             .or_insert_with(|| json!({}))
             .as_object_mut()
         {
-            p.insert(
-                "_id".into(),
-                json!({"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}),
-            );
+            props.insert("_id".into(), client_id_schema());
         }
     }
+    patch
+}
+
+/// Whether a subschema describes objects (a `type` naming `object`, or
+/// object keywords without a `type`).
+fn is_object_schema(schema: &Value) -> bool {
+    let Some(o) = schema.as_object() else {
+        return false;
+    };
+    match o.get("type") {
+        Some(Value::String(t)) => t == "object",
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+        _ => o.contains_key("properties") || o.contains_key("additionalProperties"),
+    }
+}
+
+/// An object subschema as a patch (see `patch_schema`).
+fn patch_object(schema: &Value) -> Value {
+    let Some(o) = schema.as_object() else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for k in ["type", "title", "description"] {
+        if let Some(v) = o.get(k) {
+            out.insert(k.into(), v.clone());
+        }
+    }
+    for k in ["properties", "patternProperties"] {
+        if let Some(Value::Object(props)) = o.get(k) {
+            let patched: Map<String, Value> = props
+                .iter()
+                .map(|(name, sub)| (name.clone(), nullable(patch_value(sub))))
+                .collect();
+            out.insert(k.into(), Value::Object(patched));
+        }
+    }
+    match o.get("additionalProperties") {
+        Some(Value::Bool(false)) => {
+            out.insert("additionalProperties".into(), json!(false));
+        }
+        Some(sub @ Value::Object(_)) => {
+            out.insert("additionalProperties".into(), nullable(patch_value(sub)));
+        }
+        _ => {}
+    }
+    Value::Object(out)
+}
+
+/// A field's value in a patch: a patch itself if it is an object, else
+/// its own schema.
+fn patch_value(schema: &Value) -> Value {
+    if is_object_schema(schema) {
+        patch_object(schema)
+    } else {
+        schema.clone()
+    }
+}
+
+/// `schema`, or `null`.
+fn nullable(schema: Value) -> Value {
+    json!({"anyOf": [schema, {"type": "null"}]})
+}
+
+fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
+    let name = c.name.as_str();
+    let CollectionSchemas {
+        type_name: t,
+        input,
+        document,
+        listed,
+        patch,
+    } = CollectionSchemas::of(c);
     let schemas = &mut doc["components"]["schemas"];
-    schemas[format!("{t}Document")] = with_system_fields(source, true);
-    schemas[format!("{t}Listed")] = with_system_fields(&relaxed(source), false);
+    schemas[format!("{t}Document")] = document;
+    schemas[format!("{t}Listed")] = listed;
     schemas[format!("{t}Input")] = input;
-    schemas[format!("{t}Patch")] = json!({"type": "object",
-        "description": format!("JSON Merge Patch (RFC 7396) of a {name} document; the result is validated against {t}Document's schema.")});
+    schemas[format!("{t}Patch")] = patch;
     let doc_ref = json!({"$ref": format!("#/components/schemas/{t}Document")});
     let listed_ref = json!({"$ref": format!("#/components/schemas/{t}Listed")});
     let input_ref = json!({"$ref": format!("#/components/schemas/{t}Input")});
@@ -464,6 +620,17 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
         r["422"] = problem("The document does not fit the collection");
         r
     };
+    let mut create_responses = writes(json!({"201": {"description": "Created",
+        "headers": {"ETag": etag["ETag"], "Location": {"schema": {"type": "string"}},
+            "Idempotent-Replayed": {"description": "`true` on the replay of a request sent before with the same Idempotency-Key",
+                "schema": {"type": "string"}}},
+        "content": {"application/json": {"schema": doc_ref}}}}));
+    create_responses["409"] = problem(
+        "Duplicate _id or unique index value; or the first request with the same Idempotency-Key is still running",
+    );
+    create_responses["422"] = problem(
+        "The document does not fit the collection; or the Idempotency-Key was used for another request",
+    );
     let id_param = json!({"name": "id", "in": "path", "required": true,
         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}});
     let query_params = json!([
@@ -484,10 +651,11 @@ fn add_collection(doc: &mut Value, c: &Collection, requirement: &[Value]) {
                         "properties": {"items": {"type": "array", "items": listed_ref}, "next": {"type": ["string", "null"]}}}}}}}))},
         "post": {"tags": tag, "summary": format!("Create a {name} document"), "operationId": format!("create_{name}"),
                  "security": security,
+                 "parameters": [{"name": "Idempotency-Key", "in": "header",
+                     "description": crate::wire::IDEMPOTENCY_KEY_DOC,
+                     "schema": {"type": "string", "pattern": crate::wire::IDEMPOTENCY_KEY_PATTERN}}],
                  "requestBody": {"required": true, "content": {"application/json": {"schema": input_ref}}},
-                 "responses": writes(json!({"201": {"description": "Created",
-                     "headers": {"ETag": etag["ETag"], "Location": {"schema": {"type": "string"}}},
-                     "content": {"application/json": {"schema": doc_ref}}}}))},
+                 "responses": create_responses},
     });
     let ok_doc = |d: &str| json!({"200": {"description": d, "headers": etag, "content": {"application/json": {"schema": doc_ref}}}});
     let conditions = json!([
@@ -608,6 +776,33 @@ mod tests {
         assert_eq!(
             relaxed(&s),
             json!({"type": "object", "properties": {"a": {"type": "object"}}})
+        );
+    }
+
+    #[test]
+    fn patches_make_every_field_optional_and_nullable_and_keep_its_type() {
+        let s = json!({"type": "object", "required": ["a", "o"], "additionalProperties": false,
+            "minProperties": 1, "anyOf": [{"required": ["a"]}],
+            "properties": {
+                "a": {"type": "string", "minLength": 1},
+                "o": {"type": "object", "required": ["x"], "properties": {"x": {"type": "integer"}}},
+                "l": {"type": "array", "items": {"type": "object", "required": ["y"]}}}});
+        let p = patch_schema(&s);
+        let nothing = json!({"type": "null"});
+        assert_eq!(
+            p,
+            json!({"type": "object", "additionalProperties": false, "properties": {
+                "a": {"anyOf": [{"type": "string", "minLength": 1}, nothing]},
+                "o": {"anyOf": [{"type": "object", "properties": {"x": {"anyOf": [{"type": "integer"}, nothing]}}}, nothing]},
+                "l": {"anyOf": [{"type": "array", "items": {"type": "object", "required": ["y"]}}, nothing]},
+                "_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}}})
+        );
+        // Open objects stay open: extra fields nullable too.
+        let open =
+            patch_schema(&json!({"type": "object", "additionalProperties": {"type": "number"}}));
+        assert_eq!(
+            open["additionalProperties"],
+            json!({"anyOf": [{"type": "number"}, nothing]})
         );
     }
 

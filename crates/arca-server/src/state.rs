@@ -1,12 +1,12 @@
 //! Shared application state: configuration, the data gateway (the store
 //! and its catalogue), the authenticator, the event log's readers, values
-//! derived from the catalogue (made once per version of it), readiness and
-//! the shutdown signal.
+//! derived from the catalogue (made once per version of it), the served
+//! front-end folder, readiness and the shutdown signal.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arca_auth::Authenticator;
@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::config::Config;
 use crate::events::hub::Hub;
 use crate::gateway::Gateway;
+use crate::web::Site;
 
 /// State shared by every handler (cheap to clone).
 #[derive(Clone)]
@@ -39,6 +40,8 @@ struct Inner {
     events: Hub,
     metrics: PrometheusHandle,
     started: Instant,
+    /// The folder served at `/` (`web.root`), set once before serving.
+    site: OnceLock<Arc<Site>>,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
             events,
             metrics: crate::metrics::install(),
             started: Instant::now(),
+            site: OnceLock::new(),
         })))
     }
 
@@ -120,6 +124,17 @@ impl AppState {
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.0.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Serves `site` at `/` (`web.root`, opened by `web::Site::open`);
+    /// call it before serving. `false` when a site was set already.
+    pub fn serve_site(&self, site: Site) -> bool {
+        self.0.site.set(Arc::new(site)).is_ok()
+    }
+
+    /// The folder served at `/`, if any.
+    pub fn site(&self) -> Option<&Arc<Site>> {
+        self.0.site.get()
     }
 
     /// The value of type `T` derived from the current catalogue: made by

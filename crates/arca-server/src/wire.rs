@@ -8,6 +8,13 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+/// The `Idempotency-Key` request header, as the OpenAPI document
+/// describes it (on every create).
+pub const IDEMPOTENCY_KEY_DOC: &str = "Makes the create safe to retry: the first result for this key (status and body, errors included) is kept per caller for idempotency.retention and replayed to retries; 1 to 255 printable ASCII characters, bare (as the pattern says) or as a quoted string (RFC 8941, e.g. \"k-1\"); needs a bearer token";
+
+/// The bare form of an `Idempotency-Key` (the quoted one is accepted too).
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!#-~][!-~]{0,254}$";
+
 /// The problem responses of every route behind the access rules (one
 /// place for their wording, listed in each `#[utoipa::path]`).
 #[derive(utoipa::IntoResponses)]

@@ -508,6 +508,116 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the tickets expired at `now_ms`; how many.
     /// MongoDB: `deleteMany({exp: {$lte: now}})`.
     async fn prune_tickets(&self, now_ms: u64) -> Result<u64, StoreError>;
+
+    // ---- Idempotency keys (issue 22): every replica on the store sees
+    // the same records, so a retry through another replica is answered
+    // like one through the first. Times are milliseconds since the epoch,
+    // decided by the caller (as ids and timestamps are). ----
+
+    /// Claims `claim.key` for a run of a request (atomically, whatever
+    /// process asks at the same time). A key with no record, or whose
+    /// record expired (`expires_at <= now`), is claimed: `Started`, with a
+    /// new record (this run, its lease, its expiry). Otherwise, with
+    /// another fingerprint: `Mismatch`; finished: `Done` with the kept
+    /// response; running under a lease that has not passed: `Running`;
+    /// running under a passed lease (its process stopped): claimed again
+    /// by this run, `Started` (the expiry stays the first run's).
+    /// MongoDB: `insertOne` on `_arca_idempotency` (`_id: {t, s, k}`),
+    /// else `findOne` and a takeover by `replaceOne` conditional on the
+    /// run seen.
+    async fn idempotency_begin(
+        &self,
+        claim: &IdempotencyClaim<'_>,
+    ) -> Result<IdempotencyBegin, StoreError>;
+
+    /// Keeps `response` as the result of the key's run `run`; `false` when
+    /// the record is no longer this run's (taken over after its lease,
+    /// expired and reclaimed, or already finished). MongoDB: `updateOne`
+    /// conditional on the run.
+    async fn idempotency_finish(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends the lease of the key's run `run` to `lease_until` (a run
+    /// still working renews it, so only a run whose process stopped lets
+    /// its lease pass); `false` when the record is no longer this run's or
+    /// is finished. MongoDB: `updateOne` conditional on the run.
+    async fn idempotency_renew(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Drops the record of a run that kept no result (it failed in a way a
+    /// retry should run again), if it is still this run's and unfinished.
+    /// MongoDB: `deleteOne` conditional on the run.
+    async fn idempotency_release(&self, key: &IdempotencyKey, run: &str) -> Result<(), StoreError>;
+
+    /// Deletes records expired at `now` (at most `limit` of them); how
+    /// many. Expired records are already ignored by `idempotency_begin`:
+    /// this only frees their space. MongoDB: `deleteMany` on `exp` (also
+    /// a TTL index, for servers that run TTL monitors).
+    async fn idempotency_purge(&self, now: i64, limit: usize) -> Result<u64, StoreError>;
+}
+
+/// Whose idempotency key a record is: the caller's tenant (its storage
+/// key, `""` for the untenanted space), its subject, and the key the
+/// client sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    /// The tenant's storage key.
+    pub tenant: String,
+    /// The caller's `sub`.
+    pub subject: String,
+    /// The `Idempotency-Key` value.
+    pub key: String,
+}
+
+/// A request's claim on an idempotency key (`Store::idempotency_begin`).
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyClaim<'a> {
+    /// The key.
+    pub key: &'a IdempotencyKey,
+    /// What identifies the request (a digest of its method, target and
+    /// body): the same key with another fingerprint is a misuse.
+    pub fingerprint: &'a str,
+    /// This run's id (random): finishing or releasing names it.
+    pub run: &'a str,
+    /// Now (ms since the epoch).
+    pub now: i64,
+    /// Until when this run holds the key while it runs (ms).
+    pub lease_until: i64,
+    /// When a new record expires (ms).
+    pub expires_at: i64,
+}
+
+/// What `Store::idempotency_begin` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// The key is this run's: run the request, then finish or release.
+    Started,
+    /// Another run of the same request holds the key and has not finished.
+    Running,
+    /// The key was used for another request (another fingerprint).
+    Mismatch,
+    /// The request ran already: its response, to replay.
+    Done(StoredResponse),
+}
+
+/// A response kept for replay: its status, the headers that describe it,
+/// and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// Header names (lowercase) and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
 /// The scope of each collection an aggregation's `$lookup`s join, by name:

@@ -72,6 +72,9 @@ enum Command {
     /// Print the OpenAPI document for the configured store (its
     /// collections included), for client generation in pipelines.
     Openapi,
+    /// Print TypeScript declarations for the collections of the configured
+    /// store (what `GET /v1/types.ts` serves), for front-end builds.
+    Types,
     /// Bulk-load documents from NDJSON (one JSON object per line) into an
     /// existing collection of the configured store: every line is checked
     /// like a POST (size, schema, reserved fields, numbers, unique values);
@@ -279,6 +282,21 @@ fn main() -> ExitCode {
             match rt.block_on(openapi(cfg)) {
                 Ok(doc) => {
                     println!("{doc}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("arca: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Types => {
+            let Some(rt) = runtime(None) else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(types(cfg)) {
+                Ok(text) => {
+                    print!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -520,14 +538,25 @@ pub(crate) async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, String> {
     }
 }
 
-/// The OpenAPI document of the configured store, pretty-printed.
-async fn openapi(cfg: Config) -> Result<String, String> {
+/// The server state for a command that only reads the catalogue.
+async fn offline_state(cfg: Config) -> Result<arca_server::AppState, String> {
     let store = open_store(&cfg).await?;
     let auth = Authenticator::inert(cfg.auth.clone());
-    let state = arca_server::AppState::new(cfg, store, auth)
+    arca_server::AppState::new(cfg, store, auth)
         .await
-        .map_err(|e| format!("cannot load collections: {e}"))?;
+        .map_err(|e| format!("cannot load collections: {e}"))
+}
+
+/// The OpenAPI document of the configured store, pretty-printed.
+async fn openapi(cfg: Config) -> Result<String, String> {
+    let state = offline_state(cfg).await?;
     serde_json::to_string_pretty(&arca_server::openapi::document(&state)).map_err(|e| e.to_string())
+}
+
+/// The TypeScript declarations of the configured store's collections.
+async fn types(cfg: Config) -> Result<String, String> {
+    let state = offline_state(cfg).await?;
+    Ok(arca_server::types::declarations(&state))
 }
 
 async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), String> {
@@ -552,6 +581,9 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
         }
         Authenticator::remote(cfg.auth.clone())?
     };
+    // A front-end folder that cannot be served stops the start, naming
+    // web.root, before anything else is opened.
+    let site = arca_server::web::Site::open(&cfg)?;
     let store = open_store(&cfg).await?;
     let db_path = match cfg.store.engine() {
         Some(Engine::Sqlite(path)) => path.display().to_string(),
@@ -560,6 +592,9 @@ async fn serve(cfg: Config, dev: bool, dev_allow_remote: bool) -> Result<(), Str
     let state = arca_server::AppState::new(cfg.clone(), store, auth.clone())
         .await
         .map_err(|e| format!("cannot load collections: {e}"))?;
+    if let Some(site) = site {
+        state.serve_site(site);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -4,7 +4,8 @@
 //! files, HTML and SVG declared as PNG), every `Range` form, 304,
 //! thumbnails and their bounds, signed links, tenancy and delete rights,
 //! 50 concurrent uploads, memory per upload, SIGTERM and SIGKILL mid-upload,
-//! upload time budgets, and backup and restore with files.
+//! upload time budgets, `Idempotency-Key` on uploads, and backup and
+//! restore with files.
 
 mod common;
 use common::*;
@@ -1079,22 +1080,6 @@ async fn a_kill_mid_upload_leaves_nothing_visible_or_half_written() {
     s.signal(libc::SIGKILL);
     s.wait_exit(Duration::from_secs(10));
     drop(c);
-    let placed = |root: &std::path::Path| -> Vec<u64> {
-        let mut sizes = Vec::new();
-        for shard in std::fs::read_dir(root).into_iter().flatten().flatten() {
-            if shard.file_name() == "tmp" {
-                continue;
-            }
-            for f in std::fs::read_dir(shard.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                sizes.push(f.metadata().expect("meta").len());
-            }
-        }
-        sizes
-    };
     if !common::mongodb() {
         // Only the committed file was placed; the half upload is a
         // temporary file at most.
@@ -1121,21 +1106,110 @@ async fn a_kill_mid_upload_leaves_nothing_visible_or_half_written() {
     let (status, _, body) = get_bytes(&s, &format!("/v1/files/{}", id_of(&done)), &t).await;
     assert_eq!((status, body), (200, b"committed before".to_vec()));
     if !common::mongodb() {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = std::fs::read_dir(data.0.join("files/tmp"))
-                .map(|d| d.count())
-                .unwrap_or(0);
-            if left == 0 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{left} temporary files left"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        tmp_drains(&data.0);
         assert_eq!(placed(&data.0.join("files")), vec![16]);
+    }
+}
+
+/// The sizes of the files placed under the embedded engine's `files`
+/// folder (temporary files aside).
+fn placed(root: &std::path::Path) -> Vec<u64> {
+    let mut sizes = Vec::new();
+    for shard in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if shard.file_name() == "tmp" {
+            continue;
+        }
+        for f in std::fs::read_dir(shard.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            sizes.push(f.metadata().expect("meta").len());
+        }
+    }
+    sizes.sort_unstable();
+    sizes
+}
+
+/// Waits until the embedded engine's temporary upload folder is empty.
+fn tmp_drains(data: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = std::fs::read_dir(data.join("files/tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if left == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} temporary files left"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_retried_with_its_idempotency_key_is_stored_once() {
+    let data = std::sync::Arc::new(TempDir::new("files-idem"));
+    let s = Server::start(Opts {
+        data: Some(data.clone()),
+        ..Opts::default()
+    });
+    let t = s.token("ana", &[], None);
+    let post = |key: &str, bytes: &[u8]| {
+        client()
+            .post(s.url("/v1/files?filename=notes.txt"))
+            .bearer_auth(&t)
+            .header("idempotency-key", key)
+            .header("content-type", "text/plain")
+            .body(bytes.to_vec())
+            .send()
+    };
+    let first = post("upload-1", b"the first bytes").await.expect("post");
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let location = header(first.headers(), "location");
+    let first: Value = first.json().await.expect("json");
+    // The retry is answered with the first upload's answer.
+    let again = post("upload-1", b"the first bytes").await.expect("post");
+    assert_eq!(again.status(), 201);
+    assert_eq!(header(again.headers(), "idempotent-replayed"), "true");
+    assert_eq!(header(again.headers(), "location"), location);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again, first);
+    // The same key for other bytes is another request.
+    let other = post("upload-1", b"other bytes").await.expect("post");
+    assert_eq!(other.status(), 422);
+    let other: Value = other.json().await.expect("json");
+    assert_eq!(other["type"], "urn:arca:problem:idempotency-key-reused");
+    // A malformed key is refused before the body counts.
+    let bad = post("two words", b"x").await.expect("post");
+    assert_eq!(bad.status(), 400);
+    // Retries at once: every 201 names one file; the others wait (409).
+    let tries = (0..6).map(|_| post("upload-2", b"sent six times at once"));
+    let mut ids = std::collections::BTreeSet::new();
+    for r in futures_util::future::join_all(tries).await {
+        let r = r.expect("post");
+        match r.status().as_u16() {
+            201 => {
+                let meta: Value = r.json().await.expect("json");
+                ids.insert(id_of(&meta));
+            }
+            409 => assert!(r.headers().get("retry-after").is_some()),
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let id = ids.into_iter().next().expect("one id");
+    let (status, _, body) = get_bytes(&s, &format!("/v1/files/{id}"), &t).await;
+    assert_eq!((status, body), (200, b"sent six times at once".to_vec()));
+    let (status, _, body) = get_bytes(&s, &location, &t).await;
+    assert_eq!((status, body), (200, b"the first bytes".to_vec()));
+    if !common::mongodb() {
+        // Two files placed; every retry's bytes were thrown away.
+        tmp_drains(&data.0);
+        assert_eq!(placed(&data.0.join("files")), vec![15, 22]);
     }
 }
 

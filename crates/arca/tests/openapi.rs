@@ -125,6 +125,7 @@ async fn the_spec_is_openapi_3_1_and_describes_every_route() {
         ("/readyz", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
+        ("/v1/types.ts", "get"),
         ("/v1/collections", "get"),
         ("/v1/collections/{name}", "put"),
         ("/v1/collections/{name}", "get"),

@@ -10,6 +10,11 @@
 //! size. An image (sniffed from its first bytes) is then read back and
 //! checked on the bounded image pool before the commit makes it visible.
 //!
+//! An upload with an `Idempotency-Key` is received and checked first, then
+//! committed through `idempotency::run` with a fingerprint over its digest,
+//! name and type: a retry's bytes are received again and, when the first
+//! upload's answer is replayed, thrown away (`Pending`).
+//!
 //! Submodules: `imaging` (sniffing, image checks, thumbnails), `serve`
 //! (ranges, ETags, content disposition).
 
@@ -23,7 +28,7 @@ use arca_store::{FileMeta, ImageFacts, ThumbFormat, ThumbKey};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::BytesMut;
@@ -34,6 +39,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{ApiError, ProblemKind};
 use crate::extract::{Caller, PathParams, content_coding};
 use crate::gateway::{FilesGrant, Received, Upload, links};
+use crate::idempotency::{self, Fingerprint};
 use crate::middleware::{RequestDeadline, UPLOAD_ROUTE};
 use crate::state::AppState;
 use imaging::{Format, ImageProblem};
@@ -327,19 +333,22 @@ async fn receive(
 }
 
 #[utoipa::path(post, operation_id = "upload_file", path = "/v1/files", tag = "files",
-    params(("filename" = Option<String>, Query, description = "The file name (raw bodies; a multipart part's own name is used otherwise)")),
+    params(("filename" = Option<String>, Query, description = "The file name (raw bodies; a multipart part's own name is used otherwise)"),
+        ("Idempotency-Key" = Option<String>, Header, description = crate::wire::IDEMPOTENCY_KEY_DOC, pattern = r#"^[!#-~][!-~]{0,254}$"#)),
     request_body(description = "The file: the raw bytes with their `Content-Type`, or `multipart/form-data` with one part named `file`. At most `files.max_bytes` (default 25 MiB).",
         content(
             (Vec<u8> = "application/octet-stream"),
             (Vec<u8> = "image/*"),
             (crate::wire::MultipartFile = "multipart/form-data"))),
     responses((status = 201, description = "Stored", body = FileOutput,
-                headers(("Location" = String, description = "The file's URL"), ("ETag" = String, description = "The quoted SHA-256"))),
+                headers(("Location" = String, description = "The file's URL"), ("ETag" = String, description = "The quoted SHA-256"),
+                        ("Idempotent-Replayed" = String, description = "`true` on the replay of an upload sent before with the same Idempotency-Key"))),
+              (status = 409, description = "The first upload with the same Idempotency-Key is still running", body = crate::wire::Problem, content_type = "application/problem+json"),
               (status = 400, description = "A malformed multipart body", body = crate::wire::Problem, content_type = "application/problem+json"),
               (status = 408, description = "The body did not arrive within files.upload_timeout", body = crate::wire::Problem, content_type = "application/problem+json"),
               (status = 413, description = "Over files.max_bytes", body = crate::wire::Problem, content_type = "application/problem+json"),
               (status = 415, description = "A compressed body (Content-Encoding)", body = crate::wire::Problem, content_type = "application/problem+json"),
-              (status = 422, description = "An empty file, or an image over files.max_image_pixels or that does not decode", body = crate::wire::Problem, content_type = "application/problem+json"),
+              (status = 422, description = "An empty file, or an image over files.max_image_pixels or that does not decode; or the Idempotency-Key was used for another request", body = crate::wire::Problem, content_type = "application/problem+json"),
               crate::wire::Guarded))]
 pub(crate) async fn upload(
     State(state): State<AppState>,
@@ -371,26 +380,64 @@ pub(crate) async fn upload(
     if declared_len.is_some_and(|n| n > cfg.max_bytes.saturating_add(slack)) {
         return Err(too_large(cfg.max_bytes));
     }
+    // A malformed key is refused before any byte is received.
+    idempotency::key_of(req.headers())?;
+    let headers = req.headers().clone();
+    let uri = req.uri().clone();
     let mut upload = grant.upload().await?;
-    match accept(&mut upload, req, raw.as_deref(), &cfg).await {
-        Ok(received) => {
-            let meta = upload.commit(received).await?;
-            let mut res = crate::respond::json_of(StatusCode::CREATED, &FileOutput::from(&meta));
-            set(
-                &mut res,
-                header::LOCATION,
-                &format!("/v1/files/{}", meta.id),
-            );
-            set(&mut res, header::ETAG, &serve::etag(&meta.sha256));
-            Ok(res)
-        }
+    let received = match accept(&mut upload, req, raw.as_deref(), &cfg).await {
+        Ok(received) => received,
         Err(e) => {
             // In the background: the answer (a 408 near the deadline, say)
             // must not wait for the store to throw the bytes away.
             tokio::spawn(upload.abort());
-            Err(e)
+            return Err(e);
+        }
+    };
+    // The same key for other bytes, another name or type is another
+    // request (422).
+    let fingerprint = Fingerprint::new(
+        &Method::POST,
+        &uri,
+        &[
+            received.sha256.as_bytes(),
+            received.filename.as_bytes(),
+            received.content_type.as_bytes(),
+        ],
+    );
+    let pending = Pending(Some(upload));
+    let work = commit(pending, received);
+    idempotency::run(&state, &caller, &headers, || fingerprint, work).await
+}
+
+/// A received upload not yet committed: thrown away (in the background)
+/// when dropped uncommitted, as when an `Idempotency-Key` replays the
+/// first upload's answer instead of running this one.
+struct Pending(Option<Upload>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(upload) = self.0.take() {
+            tokio::spawn(upload.abort());
         }
     }
+}
+
+/// Commits a received upload: the 201 answer.
+async fn commit(mut pending: Pending, received: Received) -> Result<Response, ApiError> {
+    let upload = pending
+        .0
+        .take()
+        .ok_or_else(|| ApiError::internal("an upload was committed twice"))?;
+    let meta = upload.commit(received).await?;
+    let mut res = crate::respond::json_of(StatusCode::CREATED, &FileOutput::from(&meta));
+    set(
+        &mut res,
+        header::LOCATION,
+        &format!("/v1/files/{}", meta.id),
+    );
+    set(&mut res, header::ETAG, &serve::etag(&meta.sha256));
+    Ok(res)
 }
 
 /// Receives and checks an upload: what the commit will store.

@@ -30,7 +30,10 @@ use std::sync::Arc;
 use arca_auth::{AuthSettings, Identity};
 use arca_core::pipeline::Pipeline;
 use arca_core::{Action, CollectionDef, CollectionName, Scope};
-use arca_store::{CollectionSpec, LookupScopes, PutOutcome, Store, StoreError};
+use arca_store::{
+    CollectionSpec, IdempotencyBegin, IdempotencyClaim, IdempotencyKey, LookupScopes, PutOutcome,
+    Store, StoreError, StoredResponse,
+};
 
 pub use catalog::Collection;
 pub use events::{Change, EventLog, LogPage, Seen, Wakeups, other_identity};
@@ -46,6 +49,7 @@ use limits::{CallerKey, HeavyReads, Limits, Offload};
 /// Who is asking: the verified token's identity and the client's address.
 /// (Its extractor is in `extract`.) A token that was sent and is invalid
 /// never makes one: it is 401 on every route that takes a caller.
+#[derive(Clone)]
 pub struct Caller {
     /// The verified token's identity (`None` without a token).
     pub identity: Option<Arc<Identity>>,
@@ -259,5 +263,50 @@ impl Gateway {
     /// The authentication settings the rules are applied with.
     pub fn settings(&self) -> &AuthSettings {
         &self.settings
+    }
+
+    // ---- Idempotency keys (issue 22): the records of `crate::idempotency`,
+    // which are the caller's own (the key names its tenant and subject). ----
+
+    /// Claims a caller's idempotency key for a run (`Store::idempotency_begin`).
+    pub async fn idempotency_begin(
+        &self,
+        claim: &IdempotencyClaim<'_>,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        self.store.idempotency_begin(claim).await
+    }
+
+    /// Keeps a run's response (`Store::idempotency_finish`).
+    pub async fn idempotency_finish(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        self.store.idempotency_finish(key, run, response).await
+    }
+
+    /// Extends a running run's lease (`Store::idempotency_renew`).
+    pub async fn idempotency_renew(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        self.store.idempotency_renew(key, run, lease_until).await
+    }
+
+    /// Frees a key whose run kept nothing (`Store::idempotency_release`).
+    pub async fn idempotency_release(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+    ) -> Result<(), StoreError> {
+        self.store.idempotency_release(key, run).await
+    }
+
+    /// Deletes expired records (`Store::idempotency_purge`).
+    pub async fn idempotency_purge(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
+        self.store.idempotency_purge(now, limit).await
     }
 }

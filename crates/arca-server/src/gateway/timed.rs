@@ -11,8 +11,8 @@ use arca_core::query::Filter;
 use arca_core::{CollectionName, DocId, Document, DocumentText, FileId, Scope, Tenant};
 use arca_store::{
     AggregateLimits, ByteStream, CollectionSpec, EventPage, ExportPosition, FileMeta, FileWriter,
-    LookupScopes, PageWriter, PutOutcome, Query, Store, StoreError, StoredCollection, ThumbKey,
-    TicketRecord,
+    IdempotencyBegin, IdempotencyClaim, IdempotencyKey, LookupScopes, PageWriter, PutOutcome,
+    Query, Store, StoreError, StoredCollection, StoredResponse, ThumbKey, TicketRecord,
 };
 
 /// A `Store` that times the engine it wraps.
@@ -258,6 +258,49 @@ impl Store for Timed {
 
     async fn prune_tickets(&self, now_ms: u64) -> Result<u64, StoreError> {
         time("prune_tickets", self.0.prune_tickets(now_ms)).await
+    }
+
+    // ---- Idempotency keys (issue 22) ----
+
+    async fn idempotency_begin(
+        &self,
+        claim: &IdempotencyClaim<'_>,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        time("idempotency_begin", self.0.idempotency_begin(claim)).await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        time(
+            "idempotency_finish",
+            self.0.idempotency_finish(key, run, response),
+        )
+        .await
+    }
+
+    async fn idempotency_renew(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        time(
+            "idempotency_renew",
+            self.0.idempotency_renew(key, run, lease_until),
+        )
+        .await
+    }
+
+    async fn idempotency_release(&self, key: &IdempotencyKey, run: &str) -> Result<(), StoreError> {
+        time("idempotency_release", self.0.idempotency_release(key, run)).await
+    }
+
+    async fn idempotency_purge(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
+        time("idempotency_purge", self.0.idempotency_purge(now, limit)).await
     }
 }
 

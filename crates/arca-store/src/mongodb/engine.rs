@@ -8,7 +8,10 @@
 //! one as `{_tenant: 1, <fields>...}` (a non-unique one ends with `_id` so
 //! an equality page comes in `_id` order). Unique indexes are therefore per
 //! tenant; `sparse` becomes a partial filter (with the tenant first, a
-//! compound index's `sparse` would skip nothing).
+//! compound index's `sparse` would skip nothing). Callers' idempotency
+//! records live in `_arca_idempotency`, one per (tenant, subject, key),
+//! claimed by a unique `_id` insert and changed only conditionally on the
+//! run that holds them.
 //!
 //! Queries: the scope's and the client's filters are translated by
 //! `filter` into a BSON filter that matches a superset; unless the
@@ -61,8 +64,9 @@ mod aggregate;
 
 use crate::{
     ByteStream, ChangeKind, CollectionSpec, EventPage, ExportPosition, FileMeta, FileWriter,
-    PageBudget, PutOutcome, Query, Store, StoreError, StoredCollection, StoredEvent, ThumbKey,
-    TicketRecord, trim_to_budget,
+    IdempotencyBegin, IdempotencyClaim, IdempotencyKey, PageBudget, PutOutcome, Query, Store,
+    StoreError, StoredCollection, StoredEvent, StoredResponse, ThumbKey, TicketRecord,
+    trim_to_budget,
 };
 
 /// The catalogue collection.
@@ -79,6 +83,9 @@ const EVENT_SEQ: &str = "_arca_event_seq";
 
 /// Stream tickets.
 const TICKETS: &str = "_arca_tickets";
+/// Callers' idempotency records: `{_id: {t, s, k}, fp, run, lease, exp,
+/// done, status, headers, body}` (`lease` and `exp` are dates).
+const IDEMPOTENCY: &str = "_arca_idempotency";
 
 /// How the MongoDB engine is opened.
 #[derive(Debug, Clone)]
@@ -124,6 +131,9 @@ pub struct MongoStore {
     evaluators: std::sync::Arc<tokio::sync::Semaphore>,
     /// The GridFS bucket's indexes were made (once per process).
     file_indexes: tokio::sync::OnceCell<()>,
+    /// Whether the idempotency records' expiry index was made (once per
+    /// process, at the first record).
+    idempotency_index: tokio::sync::OnceCell<()>,
 }
 
 /// Why one attempt at a transaction did not commit.
@@ -424,6 +434,7 @@ impl MongoStore {
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             file_indexes: tokio::sync::OnceCell::new(),
+            idempotency_index: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -1015,6 +1026,150 @@ fn fingerprint(pairs: &[(String, String)]) -> u64 {
         }
     }
     h
+}
+
+/// How many times a claim is tried again when the record it saw changed
+/// under it (another process claimed, finished or dropped it meanwhile).
+const CLAIM_ATTEMPTS: usize = 8;
+
+/// The `_id` of a key's record.
+fn idempotency_id(key: &IdempotencyKey) -> BsonDoc {
+    doc! {"t": &key.tenant, "s": &key.subject, "k": &key.key}
+}
+
+fn date(ms: i64) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_millis(ms)
+}
+
+/// A new record for `claim` (running, no response yet).
+fn running_record(claim: &IdempotencyClaim<'_>, expires_at: i64) -> BsonDoc {
+    doc! {
+        "_id": idempotency_id(claim.key),
+        "fp": claim.fingerprint,
+        "run": claim.run,
+        "lease": date(claim.lease_until),
+        "exp": date(expires_at),
+        "done": false,
+    }
+}
+
+/// The kept response of a finished record.
+fn stored_response(record: &BsonDoc) -> Result<StoredResponse, StoreError> {
+    let status = match record.get("status") {
+        Some(Bson::Int32(n)) => u16::try_from(*n).ok(),
+        Some(Bson::Int64(n)) => u16::try_from(*n).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| unavailable("a kept response has no status"))?;
+    let mut headers = Vec::new();
+    if let Ok(list) = record.get_array("headers") {
+        for pair in list {
+            if let Bson::Array(p) = pair
+                && let [Bson::String(name), Bson::String(value)] = p.as_slice()
+            {
+                headers.push((name.clone(), value.clone()));
+            }
+        }
+    }
+    let body = match record.get("body") {
+        Some(Bson::Binary(b)) => b.bytes.clone(),
+        _ => Vec::new(),
+    };
+    Ok(StoredResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+impl MongoStore {
+    fn idempotency(&self) -> Collection<BsonDoc> {
+        self.db.collection(IDEMPOTENCY)
+    }
+
+    /// The index on `exp`: a TTL index (`expireAfterSeconds: 0`), so a
+    /// MongoDB server drops expired records itself; `idempotency_purge`
+    /// uses it too (for servers without a TTL monitor). Made once per
+    /// process; a failure is logged and retried at the next record.
+    async fn ensure_idempotency_index(&self) {
+        let made = self
+            .idempotency_index
+            .get_or_try_init(|| async {
+                let model = IndexModel::builder()
+                    .keys(doc! {"exp": 1})
+                    .options(
+                        IndexOptions::builder()
+                            .name("arca_expiry".to_owned())
+                            .expire_after(Duration::ZERO)
+                            .build(),
+                    )
+                    .build();
+                self.idempotency()
+                    .create_index(model)
+                    .await
+                    .map(|_| ())
+                    .map_err(map_err)
+            })
+            .await;
+        if let Err(e) = made {
+            tracing::warn!(error = %e, "creating the idempotency records' expiry index failed");
+        }
+    }
+
+    async fn claim(&self, claim: &IdempotencyClaim<'_>) -> Result<IdempotencyBegin, StoreError> {
+        let records = self.idempotency();
+        let id = idempotency_id(claim.key);
+        for _ in 0..CLAIM_ATTEMPTS {
+            match records
+                .insert_one(running_record(claim, claim.expires_at))
+                .await
+            {
+                Ok(_) => return Ok(IdempotencyBegin::Started),
+                Err(e) if server_code(&e) == Some(11000) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+            let Some(rec) = records.find_one(doc! {"_id": &id}).await.map_err(map_err)? else {
+                // Dropped meanwhile (released or purged): insert again.
+                continue;
+            };
+            let ms = |field: &str| rec.get_datetime(field).map_or(0, |d| d.timestamp_millis());
+            let seen_run = rec.get_str("run").unwrap_or_default().to_owned();
+            let (expires_at, lease_until) = (ms("exp"), ms("lease"));
+            let expired = expires_at <= claim.now;
+            if !expired {
+                if rec.get_str("fp").unwrap_or_default() != claim.fingerprint {
+                    return Ok(IdempotencyBegin::Mismatch);
+                }
+                if rec.get_bool("done").unwrap_or(false) {
+                    return Ok(IdempotencyBegin::Done(stored_response(&rec)?));
+                }
+                if lease_until > claim.now {
+                    return Ok(IdempotencyBegin::Running);
+                }
+            }
+            // Expired (a new record), or a run whose lease passed (taken
+            // over, keeping the first run's expiry): replaced only if the
+            // record is still the one seen.
+            let keep = if expired {
+                claim.expires_at
+            } else {
+                expires_at
+            };
+            let mut seen = doc! {"_id": &id, "run": &seen_run};
+            if !expired {
+                seen.insert("done", false);
+            }
+            let replaced = records
+                .replace_one(seen, running_record(claim, keep))
+                .await
+                .map_err(map_err)?;
+            if replaced.matched_count == 1 {
+                return Ok(IdempotencyBegin::Started);
+            }
+        }
+        // The record kept changing under this claim: another run is at it.
+        Ok(IdempotencyBegin::Running)
+    }
 }
 
 #[async_trait::async_trait]
@@ -1901,6 +2056,110 @@ impl Store for MongoStore {
                 .await
                 .map(|r| r.deleted_count)
                 .map_err(map_err)
+        })
+        .await
+    }
+
+    // ---- Idempotency keys (issue 22) ----
+
+    async fn idempotency_begin(
+        &self,
+        claim: &IdempotencyClaim<'_>,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        self.ensure_idempotency_index().await;
+        self.bounded(self.claim(claim)).await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let headers: Vec<Bson> = response
+            .headers
+            .iter()
+            .map(|(n, v)| Bson::Array(vec![Bson::String(n.clone()), Bson::String(v.clone())]))
+            .collect();
+        let body = mongodb::bson::Binary {
+            subtype: mongodb::bson::spec::BinarySubtype::Generic,
+            bytes: response.body.clone(),
+        };
+        let updated = self
+            .bounded(async {
+                self.idempotency()
+                    .update_one(
+                        doc! {"_id": idempotency_id(key), "run": run, "done": false},
+                        doc! {"$set": {
+                            "done": true,
+                            "status": i32::from(response.status),
+                            "headers": headers,
+                            "body": body,
+                        }},
+                    )
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        Ok(updated.matched_count == 1)
+    }
+
+    async fn idempotency_renew(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let updated = self
+            .bounded(async {
+                self.idempotency()
+                    .update_one(
+                        doc! {"_id": idempotency_id(key), "run": run, "done": false},
+                        doc! {"$set": {"lease": date(lease_until)}},
+                    )
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
+        Ok(updated.matched_count == 1)
+    }
+
+    async fn idempotency_release(&self, key: &IdempotencyKey, run: &str) -> Result<(), StoreError> {
+        self.bounded(async {
+            self.idempotency()
+                .delete_one(doc! {"_id": idempotency_id(key), "run": run, "done": false})
+                .await
+                .map(|_| ())
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn idempotency_purge(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
+        self.bounded(async {
+            // `deleteMany` has no limit: the ids of a bounded batch first.
+            let mut cursor = self
+                .idempotency()
+                .find(doc! {"exp": {"$lte": date(now)}})
+                .projection(doc! {"_id": 1})
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .await
+                .map_err(map_err)?;
+            let mut ids = Vec::new();
+            while let Some(d) = cursor.try_next().await.map_err(map_err)? {
+                if let Some(id) = d.get("_id") {
+                    ids.push(id.clone());
+                }
+            }
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let removed = self
+                .idempotency()
+                .delete_many(doc! {"_id": {"$in": ids}, "exp": {"$lte": date(now)}})
+                .await
+                .map_err(map_err)?;
+            Ok(removed.deleted_count)
         })
         .await
     }

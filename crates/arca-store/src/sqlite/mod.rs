@@ -3,9 +3,10 @@
 //! reader threads, each owning one read connection (`readers`), so no
 //! SQLite call ever runs on an async worker thread.
 //!
-//! Layout: `_arca_collections` holds definitions and `_arca_meta` the
-//! catalogue generation; each collection is a table `c_<name>(tenant, id,
-//! rev, created_at, updated_at, owner, doc JSONB)` with primary key
+//! Layout: `_arca_collections` holds definitions, `_arca_meta` the
+//! catalogue generation, `_arca_idempotency` callers' idempotency
+//! records; each collection is a table `c_<name>(tenant, id, rev,
+//! created_at, updated_at, owner, doc JSONB)` with primary key
 //! `(tenant, id)`; declared indexes are expression indexes leading with
 //! `tenant`. The event log is `_arca_events(coll, seq, ...)`, written by
 //! the writer in the savepoint of each change (see `writer`), with
@@ -43,12 +44,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     AggregateLimits, ByteStream, ChangeKind, CollectionSpec, EventPage, ExportPosition, FileMeta,
-    FileWriter, LookupScopes, PageWriter, PutOutcome, Query, Store, StoreError, StoredCollection,
-    StoredEvent, ThumbKey, TicketRecord,
+    FileWriter, IdempotencyBegin, IdempotencyClaim, IdempotencyKey, LookupScopes, PageWriter,
+    PutOutcome, Query, Store, StoreError, StoredCollection, StoredEvent, StoredResponse, ThumbKey,
+    TicketRecord,
 };
 use readers::Readers;
 use scan::{Body, OrderedSql, fields_read, scan, text_body, texts};
-use writer::{TypedJob, WriteOp, map_err};
+use writer::{OwnedClaim, TypedJob, WriteOp, map_err};
 
 /// How the embedded engine is opened.
 #[derive(Debug, Clone)]
@@ -846,6 +848,68 @@ impl Store for SqliteStore {
 
     async fn prune_tickets(&self, now_ms: u64) -> Result<u64, StoreError> {
         self.write(|reply| WriteOp::PruneTickets { now_ms, reply })
+            .await
+    }
+
+    // ---- Idempotency keys (issue 22) ----
+
+    async fn idempotency_begin(
+        &self,
+        claim: &IdempotencyClaim<'_>,
+    ) -> Result<IdempotencyBegin, StoreError> {
+        let claim = OwnedClaim {
+            key: claim.key.clone(),
+            fingerprint: claim.fingerprint.to_owned(),
+            run: claim.run.to_owned(),
+            now: claim.now,
+            lease_until: claim.lease_until,
+            expires_at: claim.expires_at,
+        };
+        self.write(|reply| WriteOp::IdempotencyBegin { claim, reply })
+            .await
+    }
+
+    async fn idempotency_finish(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let (key, run, response) = (key.clone(), run.to_owned(), response.clone());
+        self.write(|reply| WriteOp::IdempotencyFinish {
+            key,
+            run,
+            response,
+            reply,
+        })
+        .await
+    }
+
+    async fn idempotency_renew(
+        &self,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let (key, run) = (key.clone(), run.to_owned());
+        self.write(|reply| WriteOp::IdempotencyRenew {
+            key,
+            run,
+            lease_until,
+            reply,
+        })
+        .await
+    }
+
+    async fn idempotency_release(&self, key: &IdempotencyKey, run: &str) -> Result<(), StoreError> {
+        let (key, run) = (key.clone(), run.to_owned());
+        self.write(|reply| WriteOp::IdempotencyRelease { key, run, reply })
+            .await
+    }
+
+    async fn idempotency_purge(&self, now: i64, limit: usize) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(|reply| WriteOp::IdempotencyPurge { now, limit, reply })
             .await
     }
 }

@@ -15,10 +15,11 @@ use crate::StoreError;
 /// the file polls to learn that definitions changed), the secrets every
 /// process must share (signing keys), the metadata of stored files (their
 /// bytes live in the `files` folder beside the database) and their cached
-/// thumbnails, and the change events: the log (one row per change, keyed
-/// by collection and position; the documents as clients see them, JSON
+/// thumbnails, the change events: the log (one row per change, keyed by
+/// collection and position; the documents as clients see them, JSON
 /// text), each collection's floor (positions at or below it are no longer
-/// kept), and stream tickets (by hash).
+/// kept), and stream tickets (by hash), and the idempotency records of
+/// callers' retried requests (with the kept response of each).
 const ENGINE_TABLES: &str = "
     CREATE TABLE IF NOT EXISTS _arca_collections (
         name TEXT PRIMARY KEY,
@@ -68,7 +69,20 @@ const ENGINE_TABLES: &str = "
         coll TEXT NOT NULL,
         holder TEXT NOT NULL,
         expires_at INTEGER NOT NULL
-    );";
+    );    CREATE TABLE IF NOT EXISTS _arca_idempotency (
+        tenant TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        run TEXT NOT NULL,
+        lease_until INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        status INTEGER,
+        headers TEXT,
+        body BLOB,
+        PRIMARY KEY (tenant, subject, key)
+    );
+    CREATE INDEX IF NOT EXISTS _arca_idempotency_expiry ON _arca_idempotency (expires_at);";
 
 /// Opens a connection to `path` with the engine's settings. The writer's
 /// (`read_only = false`) creates the file and switches it to WAL.

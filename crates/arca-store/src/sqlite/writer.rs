@@ -20,7 +20,10 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql;
-use crate::{ChangeKind, PutOutcome, StoreError, TicketRecord};
+use crate::{
+    ChangeKind, IdempotencyBegin, IdempotencyKey, PutOutcome, StoreError, StoredResponse,
+    TicketRecord,
+};
 
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -99,6 +102,47 @@ pub enum WriteOp {
         now_ms: u64,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// `Store::idempotency_begin`.
+    IdempotencyBegin {
+        claim: OwnedClaim,
+        reply: oneshot::Sender<Result<IdempotencyBegin, StoreError>>,
+    },
+    /// `Store::idempotency_finish`.
+    IdempotencyFinish {
+        key: IdempotencyKey,
+        run: String,
+        response: StoredResponse,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// `Store::idempotency_renew`.
+    IdempotencyRenew {
+        key: IdempotencyKey,
+        run: String,
+        lease_until: i64,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// `Store::idempotency_release`.
+    IdempotencyRelease {
+        key: IdempotencyKey,
+        run: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// `Store::idempotency_purge`.
+    IdempotencyPurge {
+        now: i64,
+        limit: i64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+/// An `IdempotencyClaim` that can cross to the writer thread.
+pub struct OwnedClaim {
+    pub key: IdempotencyKey,
+    pub fingerprint: String,
+    pub run: String,
+    pub now: i64,
+    pub lease_until: i64,
+    pub expires_at: i64,
 }
 
 /// A write given as a function of the connection (`WriteOp::Job`).
@@ -171,6 +215,10 @@ pub enum Done {
         oneshot::Sender<Result<[u8; 32], StoreError>>,
         Result<[u8; 32], StoreError>,
     ),
+    Begin(
+        oneshot::Sender<Result<IdempotencyBegin, StoreError>>,
+        Result<IdempotencyBegin, StoreError>,
+    ),
     Count(
         oneshot::Sender<Result<u64, StoreError>>,
         Result<u64, StoreError>,
@@ -191,6 +239,7 @@ impl Done {
             Done::Bool(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Key(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Any(answer) => answer(commit_failed),
+            Done::Begin(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Count(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
             Done::Ticket(tx, r) => drop(tx.send(commit_failed.cloned().map_or(r, Err))),
         }
@@ -287,6 +336,11 @@ fn fail(op: WriteOp, err: &StoreError) -> Done {
             Done::Count(reply, Err(err.clone()))
         }
         WriteOp::TakeTicket { reply, .. } => Done::Ticket(reply, Err(err.clone())),
+        WriteOp::IdempotencyBegin { reply, .. } => Done::Begin(reply, Err(err.clone())),
+        WriteOp::IdempotencyFinish { reply, .. } => Done::Bool(reply, Err(err.clone())),
+        WriteOp::IdempotencyRenew { reply, .. } => Done::Bool(reply, Err(err.clone())),
+        WriteOp::IdempotencyRelease { reply, .. } => Done::Unit(reply, Err(err.clone())),
+        WriteOp::IdempotencyPurge { reply, .. } => Done::Count(reply, Err(err.clone())),
     }
 }
 
@@ -443,6 +497,41 @@ fn apply(conn: &Connection, positions: &mut Positions, op: WriteOp) -> (Done, bo
             let r = secret(conn, &name, &candidate);
             let ok = r.is_ok();
             (Done::Key(reply, r), ok)
+        }
+        WriteOp::IdempotencyBegin { claim, reply } => {
+            let r = idempotency::begin(conn, &claim);
+            let ok = r.is_ok();
+            (Done::Begin(reply, r), ok)
+        }
+        WriteOp::IdempotencyFinish {
+            key,
+            run,
+            response,
+            reply,
+        } => {
+            let r = idempotency::finish(conn, &key, &run, &response);
+            let ok = r.is_ok();
+            (Done::Bool(reply, r), ok)
+        }
+        WriteOp::IdempotencyRenew {
+            key,
+            run,
+            lease_until,
+            reply,
+        } => {
+            let r = idempotency::renew(conn, &key, &run, lease_until);
+            let ok = r.is_ok();
+            (Done::Bool(reply, r), ok)
+        }
+        WriteOp::IdempotencyRelease { key, run, reply } => {
+            let r = idempotency::release(conn, &key, &run);
+            let ok = r.is_ok();
+            (Done::Unit(reply, r), ok)
+        }
+        WriteOp::IdempotencyPurge { now, limit, reply } => {
+            let r = idempotency::purge(conn, now, limit);
+            let ok = r.is_ok();
+            (Done::Count(reply, r), ok)
         }
     }
 }
@@ -977,4 +1066,174 @@ pub fn secret(conn: &Connection, name: &str, candidate: &[u8; 32]) -> Result<[u8
         .map_err(map_err)?;
     kept.try_into()
         .map_err(|_| StoreError::Unavailable(format!("the secret {name:?} is not 32 bytes")))
+}
+
+/// The idempotency records (`_arca_idempotency`), written on the writer
+/// thread: each operation is one savepoint of a write transaction, which
+/// SQLite serializes with every other process's writes on the file, so a
+/// claim is atomic across replicas.
+mod idempotency {
+    use rusqlite::{Connection, OptionalExtension, params};
+
+    use super::{OwnedClaim, map_err};
+    use crate::{IdempotencyBegin, IdempotencyKey, StoreError, StoredResponse};
+
+    /// What a record holds, as read.
+    struct Record {
+        fingerprint: String,
+        run: String,
+        lease_until: i64,
+        expires_at: i64,
+        status: Option<i64>,
+        headers: Option<String>,
+        body: Option<Vec<u8>>,
+    }
+
+    pub fn begin(conn: &Connection, claim: &OwnedClaim) -> Result<IdempotencyBegin, StoreError> {
+        let k = &claim.key;
+        let found = conn
+            .prepare_cached(
+                "SELECT fingerprint, run, lease_until, expires_at, status, headers, body
+                 FROM _arca_idempotency WHERE tenant = ?1 AND subject = ?2 AND key = ?3",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![k.tenant, k.subject, k.key], |r| {
+                    Ok(Record {
+                        fingerprint: r.get(0)?,
+                        run: r.get(1)?,
+                        lease_until: r.get(2)?,
+                        expires_at: r.get(3)?,
+                        status: r.get(4)?,
+                        headers: r.get(5)?,
+                        body: r.get(6)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(map_err)?;
+        let Some(rec) = found.filter(|r| r.expires_at > claim.now) else {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO _arca_idempotency
+                 (tenant, subject, key, fingerprint, run, lease_until, expires_at, status, headers, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, NULL)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    k.tenant,
+                    k.subject,
+                    k.key,
+                    claim.fingerprint,
+                    claim.run,
+                    claim.lease_until,
+                    claim.expires_at
+                ])
+            })
+            .map_err(map_err)?;
+            return Ok(IdempotencyBegin::Started);
+        };
+        if rec.fingerprint != claim.fingerprint {
+            return Ok(IdempotencyBegin::Mismatch);
+        }
+        if let Some(status) = rec.status {
+            let headers: Vec<(String, String)> = rec
+                .headers
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| StoreError::Unavailable(format!("a kept response's headers: {e}")))?
+                .unwrap_or_default();
+            return Ok(IdempotencyBegin::Done(StoredResponse {
+                status: u16::try_from(status).unwrap_or(500),
+                headers,
+                body: rec.body.unwrap_or_default(),
+            }));
+        }
+        if rec.lease_until > claim.now {
+            return Ok(IdempotencyBegin::Running);
+        }
+        // The run that held it stopped without an answer: this one takes it.
+        conn.prepare_cached(
+            "UPDATE _arca_idempotency SET run = ?4, lease_until = ?5
+             WHERE tenant = ?1 AND subject = ?2 AND key = ?3 AND run = ?6 AND status IS NULL",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                k.tenant,
+                k.subject,
+                k.key,
+                claim.run,
+                claim.lease_until,
+                rec.run
+            ])
+        })
+        .map_err(map_err)?;
+        Ok(IdempotencyBegin::Started)
+    }
+
+    pub fn finish(
+        conn: &Connection,
+        key: &IdempotencyKey,
+        run: &str,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let headers = serde_json::to_string(&response.headers)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let n = conn
+            .prepare_cached(
+                "UPDATE _arca_idempotency SET status = ?5, headers = ?6, body = ?7
+                 WHERE tenant = ?1 AND subject = ?2 AND key = ?3 AND run = ?4 AND status IS NULL",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    key.tenant,
+                    key.subject,
+                    key.key,
+                    run,
+                    i64::from(response.status),
+                    headers,
+                    response.body
+                ])
+            })
+            .map_err(map_err)?;
+        Ok(n == 1)
+    }
+
+    pub fn renew(
+        conn: &Connection,
+        key: &IdempotencyKey,
+        run: &str,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        let n = conn
+            .prepare_cached(
+                "UPDATE _arca_idempotency SET lease_until = ?5
+                 WHERE tenant = ?1 AND subject = ?2 AND key = ?3 AND run = ?4 AND status IS NULL",
+            )
+            .and_then(|mut st| {
+                st.execute(params![key.tenant, key.subject, key.key, run, lease_until])
+            })
+            .map_err(map_err)?;
+        Ok(n == 1)
+    }
+
+    pub fn release(conn: &Connection, key: &IdempotencyKey, run: &str) -> Result<(), StoreError> {
+        conn.prepare_cached(
+            "DELETE FROM _arca_idempotency
+             WHERE tenant = ?1 AND subject = ?2 AND key = ?3 AND run = ?4 AND status IS NULL",
+        )
+        .and_then(|mut st| st.execute(params![key.tenant, key.subject, key.key, run]))
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    pub fn purge(conn: &Connection, now: i64, limit: i64) -> Result<u64, StoreError> {
+        let n = conn
+            .prepare_cached(
+                "DELETE FROM _arca_idempotency WHERE rowid IN
+                 (SELECT rowid FROM _arca_idempotency WHERE expires_at <= ?1 LIMIT ?2)",
+            )
+            .and_then(|mut st| st.execute(params![now, limit]))
+            .map_err(map_err)?;
+        Ok(n as u64)
+    }
 }

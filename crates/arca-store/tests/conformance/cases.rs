@@ -1104,3 +1104,450 @@ pub async fn secrets_are_made_once_and_kept<E: Engine>() {
     let got = futures_util::future::join_all(asks).await;
     assert!(got.windows(2).all(|w| w[0] == w[1]), "{got:?}");
 }
+
+// ---- Idempotency keys (issue 22) ----
+
+fn idem_key(tenant: &str, subject: &str, key: &str) -> arca_store::IdempotencyKey {
+    arca_store::IdempotencyKey {
+        tenant: tenant.into(),
+        subject: subject.into(),
+        key: key.into(),
+    }
+}
+
+/// A point of the cases' own clock: `ms` after a base a day from now.
+/// Records are stamped with these times, not the wall clock's, so expiry
+/// is tested without waiting; the base lies ahead so that a server's TTL
+/// monitor (MongoDB deletes documents past their `exp` date) leaves them
+/// alone while a case runs.
+fn at(ms: i64) -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock");
+        i64::try_from(now.as_millis()).expect("ms") + 86_400_000
+    }) + ms
+}
+
+/// A claim of `key` by `run` at `now` (ms): a lease of 100 ms, an expiry
+/// 1000 ms later.
+fn claim<'a>(
+    key: &'a arca_store::IdempotencyKey,
+    fingerprint: &'a str,
+    run: &'a str,
+    now: i64,
+) -> arca_store::IdempotencyClaim<'a> {
+    arca_store::IdempotencyClaim {
+        key,
+        fingerprint,
+        run,
+        now,
+        lease_until: now + 100,
+        expires_at: now + 1000,
+    }
+}
+
+fn created(body: &str) -> arca_store::StoredResponse {
+    arca_store::StoredResponse {
+        status: 201,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            (
+                "location".into(),
+                "/v1/collections/people/documents/x".into(),
+            ),
+            ("etag".into(), "\"1\"".into()),
+        ],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+pub async fn idempotency_a_key_runs_once_then_replays_its_response<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let k = idem_key("acme", "alice", "k-1");
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "fp", "r1", at(0))).await,
+        Ok(Started)
+    );
+    // A retry while the first runs.
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r2", at(10)))
+            .await,
+        Ok(Running)
+    );
+    // Only the run that holds the key finishes it.
+    assert_eq!(
+        store.idempotency_finish(&k, "r2", &created("{}")).await,
+        Ok(false)
+    );
+    let kept = created(r#"{"_id":"x","n":1}"#);
+    assert_eq!(store.idempotency_finish(&k, "r1", &kept).await, Ok(true));
+    assert_eq!(
+        store.idempotency_finish(&k, "r1", &created("again")).await,
+        Ok(false),
+        "a finished record keeps its first response"
+    );
+    // Every retry after that gets the kept response, past the lease too.
+    for (run, now) in [("r3", 20), ("r4", 500)] {
+        assert_eq!(
+            store
+                .idempotency_begin(&claim(&k, "fp", run, at(now)))
+                .await,
+            Ok(Done(kept.clone()))
+        );
+    }
+    // Errors are kept the same way.
+    let e = idem_key("acme", "alice", "k-2");
+    let problem = arca_store::StoredResponse {
+        status: 422,
+        headers: vec![("content-type".into(), "application/problem+json".into())],
+        body: br#"{"status":422}"#.to_vec(),
+    };
+    assert_eq!(
+        store.idempotency_begin(&claim(&e, "fp", "r1", at(0))).await,
+        Ok(Started)
+    );
+    assert_eq!(store.idempotency_finish(&e, "r1", &problem).await, Ok(true));
+    assert_eq!(
+        store.idempotency_begin(&claim(&e, "fp", "r2", at(1))).await,
+        Ok(Done(problem))
+    );
+}
+
+pub async fn idempotency_another_request_under_a_used_key_is_a_mismatch<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let k = idem_key("", "alice", "k");
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "a", "r1", at(0))).await,
+        Ok(Started)
+    );
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "b", "r2", at(1))).await,
+        Ok(Mismatch),
+        "while the first runs"
+    );
+    store
+        .idempotency_finish(&k, "r1", &created("{}"))
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "b", "r3", at(2))).await,
+        Ok(Mismatch),
+        "after it finished"
+    );
+}
+
+pub async fn idempotency_keys_are_per_tenant_and_subject<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let callers = [
+        idem_key("", "alice", "k"),
+        idem_key("acme", "alice", "k"),
+        idem_key("globex", "alice", "k"),
+        idem_key("acme", "bob", "k"),
+    ];
+    for (i, k) in callers.iter().enumerate() {
+        let fp = format!("fp{i}");
+        assert_eq!(
+            store.idempotency_begin(&claim(k, &fp, "r", at(0))).await,
+            Ok(Started),
+            "{k:?}"
+        );
+        let body = format!("{i}");
+        assert_eq!(
+            store.idempotency_finish(k, "r", &created(&body)).await,
+            Ok(true)
+        );
+    }
+    for (i, k) in callers.iter().enumerate() {
+        let fp = format!("fp{i}");
+        assert_eq!(
+            store
+                .idempotency_begin(&claim(k, &fp, "again", at(1)))
+                .await,
+            Ok(Done(created(&format!("{i}")))),
+            "{k:?} sees its own response only"
+        );
+    }
+}
+
+pub async fn idempotency_records_expire<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let k = idem_key("acme", "alice", "k");
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "a", "r1", at(0))).await,
+        Ok(Started)
+    );
+    store
+        .idempotency_finish(&k, "r1", &created("first"))
+        .await
+        .expect("finish");
+    let other = idem_key("acme", "alice", "other");
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&other, "a", "r1", at(500)))
+            .await,
+        Ok(Started)
+    );
+    // Just before the expiry the record answers; at it, the key is free
+    // again, even for another request.
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "b", "r2", at(999)))
+            .await,
+        Ok(Mismatch)
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "b", "r2", at(1000)))
+            .await,
+        Ok(Started)
+    );
+    assert_eq!(
+        store.idempotency_finish(&k, "r2", &created("second")).await,
+        Ok(true)
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "b", "r3", at(1001)))
+            .await,
+        Ok(Done(created("second")))
+    );
+    // The purge drops what expired at its time and nothing else.
+    assert_eq!(store.idempotency_purge(at(1400), 100).await, Ok(0));
+    assert_eq!(
+        store.idempotency_purge(at(1500), 100).await,
+        Ok(1),
+        "`other`"
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&other, "z", "r2", at(1501)))
+            .await,
+        Ok(Started),
+        "a purged key is free"
+    );
+    assert_eq!(
+        store.idempotency_purge(at(5000), 1).await,
+        Ok(1),
+        "at most the limit"
+    );
+    assert_eq!(store.idempotency_purge(at(5000), 100).await, Ok(1));
+    assert_eq!(store.idempotency_purge(at(5000), 100).await, Ok(0));
+}
+
+pub async fn idempotency_a_passed_lease_is_taken_over_and_the_old_run_loses<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let k = idem_key("acme", "alice", "k");
+    // r1 claims at 0 (lease until 100) and never answers (its process
+    // stopped).
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "fp", "r1", at(0))).await,
+        Ok(Started)
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r2", at(99)))
+            .await,
+        Ok(Running)
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r2", at(100)))
+            .await,
+        Ok(Started)
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r3", at(150)))
+            .await,
+        Ok(Running)
+    );
+    // r1 answering late changes nothing; r2's answer is kept.
+    assert_eq!(
+        store.idempotency_finish(&k, "r1", &created("late")).await,
+        Ok(false)
+    );
+    store
+        .idempotency_release(&k, "r1")
+        .await
+        .expect("a stale release is a no-op");
+    assert_eq!(
+        store.idempotency_finish(&k, "r2", &created("r2")).await,
+        Ok(true)
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r4", at(990)))
+            .await,
+        Ok(Done(created("r2"))),
+        "the takeover kept the first run's expiry (1000)"
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r5", at(1000)))
+            .await,
+        Ok(Started)
+    );
+}
+
+pub async fn idempotency_a_renewed_lease_keeps_the_key<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let k = idem_key("acme", "alice", "k");
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "fp", "r1", at(0))).await,
+        Ok(Started)
+    );
+    // The run still works at 80 and renews until 300.
+    assert_eq!(store.idempotency_renew(&k, "r1", at(300)).await, Ok(true));
+    assert_eq!(
+        store.idempotency_renew(&k, "r2", at(900)).await,
+        Ok(false),
+        "only the run that holds the key renews it"
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r2", at(200)))
+            .await,
+        Ok(Running)
+    );
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "fp", "r2", at(300)))
+            .await,
+        Ok(Started),
+        "then it stops renewing"
+    );
+    assert_eq!(store.idempotency_renew(&k, "r1", at(600)).await, Ok(false));
+    store
+        .idempotency_finish(&k, "r2", &created("r2"))
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.idempotency_renew(&k, "r2", at(600)).await,
+        Ok(false),
+        "a finished record has no lease"
+    );
+}
+
+pub async fn idempotency_a_released_key_runs_again<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let k = idem_key("acme", "alice", "k");
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "fp", "r1", at(0))).await,
+        Ok(Started)
+    );
+    store
+        .idempotency_release(&k, "r2")
+        .await
+        .expect("not r2's: no-op");
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "fp", "r2", at(1))).await,
+        Ok(Running)
+    );
+    store.idempotency_release(&k, "r1").await.expect("release");
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "other", "r3", at(2)))
+            .await,
+        Ok(Started)
+    );
+    // A finished record is never released.
+    store
+        .idempotency_finish(&k, "r3", &created("kept"))
+        .await
+        .expect("finish");
+    store.idempotency_release(&k, "r3").await.expect("no-op");
+    assert_eq!(
+        store
+            .idempotency_begin(&claim(&k, "other", "r4", at(3)))
+            .await,
+        Ok(Done(created("kept")))
+    );
+}
+
+pub async fn idempotency_concurrent_claims_start_exactly_one_run<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.clone();
+    for round in 0..3 {
+        let key = idem_key("acme", "alice", &format!("race-{round}"));
+        let claims: Vec<_> = (0..16)
+            .map(|i| {
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move {
+                    let run = format!("r{i}");
+                    store
+                        .idempotency_begin(&claim(&key, "fp", &run, at(0)))
+                        .await
+                })
+            })
+            .collect();
+        let mut started = 0;
+        for c in claims {
+            match c.await.expect("task").expect("claim") {
+                Started => started += 1,
+                Running => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!(started, 1, "round {round}");
+    }
+    // And when the lease has passed, concurrent takeovers: one wins.
+    let key = idem_key("acme", "alice", "race-0");
+    let takeovers: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                let run = format!("t{i}");
+                store
+                    .idempotency_begin(&claim(&key, "fp", &run, at(200)))
+                    .await
+            })
+        })
+        .collect();
+    let mut started = 0;
+    for t in takeovers {
+        if t.await.expect("task").expect("claim") == Started {
+            started += 1;
+        }
+    }
+    assert_eq!(started, 1);
+}
+
+pub async fn idempotency_large_responses_are_kept_whole<E: Engine>() {
+    use arca_store::IdempotencyBegin::*;
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let k = idem_key("acme", "alice", &"k".repeat(255));
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "fp", "r1", at(0))).await,
+        Ok(Started)
+    );
+    let body: Vec<u8> = (0..(1 << 20) + 4096).map(|i| (i % 251) as u8).collect();
+    let big = arca_store::StoredResponse {
+        status: 201,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body,
+    };
+    assert_eq!(store.idempotency_finish(&k, "r1", &big).await, Ok(true));
+    assert_eq!(
+        store.idempotency_begin(&claim(&k, "fp", "r2", at(1))).await,
+        Ok(Done(big))
+    );
+}

@@ -3,7 +3,8 @@
 //! by implementing `Engine` (how to open a fresh, empty store) and calling
 //! `conformance_suite!(ItsEngine)` in its test file, which makes one test
 //! per case. The cases cover every trait method, every error, tenancy, the
-//! cross-type sort order, cursors and numbers keeping their kind;
+//! cross-type sort order, cursors, numbers keeping their kind and the
+//! idempotency records of retried requests;
 //! `properties` holds the property tests against the reference evaluator;
 //! `events` the event log and stream tickets.
 #![allow(dead_code)]
@@ -96,6 +97,15 @@ macro_rules! conformance_suite {
             secrets_are_made_once_and_kept,
             a_read_past_its_time_limit_is_a_timeout,
             reads_see_every_write_acknowledged_before_them,
+            idempotency_a_key_runs_once_then_replays_its_response,
+            idempotency_another_request_under_a_used_key_is_a_mismatch,
+            idempotency_keys_are_per_tenant_and_subject,
+            idempotency_records_expire,
+            idempotency_a_passed_lease_is_taken_over_and_the_old_run_loses,
+            idempotency_a_renewed_lease_keeps_the_key,
+            idempotency_a_released_key_runs_again,
+            idempotency_concurrent_claims_start_exactly_one_run,
+            idempotency_large_responses_are_kept_whole,
         );
         $crate::conformance_suite!(@events $engine;
             every_write_appends_one_event_in_commit_order,

@@ -10,7 +10,9 @@ Run by crates/arca/tests/console.rs against a real `arca serve`:
 collection (400s shown in the editor they name), adds, filters, pages,
 edits (a 412 conflict included) and deletes documents (422s shown per
 field), shows documents holding markup and javascript: links as text,
-tails a collection's change events live (values as text), explains
+tails a collection's change events live (values as text), uploads files
+with progress (a thumbnail, a signed link, a retried upload stored once,
+a hostile name shown as text, a delete), explains
 access, walks the main pages with the keyboard, and sees a token expire. `oidc` signs in through the identity provider fixture with the
 authorization code flow and PKCE, and checks that a wrong state or nonce is
 refused. Every run fails on any console error or warning, page error,
@@ -91,7 +93,9 @@ class Watch:
     def on_request(self, req):
         if not req.frame.url.startswith(self.judged):
             return
-        if not any(req.url.startswith(o) for o in self.origins):
+        # A blob: URL the page made is of the origin it names.
+        url = req.url[len("blob:"):] if req.url.startswith("blob:") else req.url
+        if not any(url.startswith(o) for o in self.origins):
             self.problems.append(f"request to another origin: {req.method} {req.url}")
 
     def expect_status(self, *statuses):
@@ -211,7 +215,8 @@ def dev_steps(args, page):
     """The walk, in order: each step starts where the previous one left the data."""
     r = DevRun(args, page)
     for step in (step_sign_in, step_define_collection, step_documents, step_filter_and_sort,
-                 step_edit_and_conflict, step_delete, step_markup_is_text, step_events, step_access_explain,
+                 step_edit_and_conflict, step_delete, step_markup_is_text, step_events, step_files,
+                 step_access_explain,
                  step_keyboard, step_expiry):
         step(r)
 
@@ -502,6 +507,95 @@ def step_events(r):
     expect(page.locator("#events-rows tr")).to_have_count(1)
     expect(page.locator("#events-rows tr").nth(0)).to_contain_text("fresh")
     watch.check("the Events page tails a collection live; event data shown as text")
+
+
+def png(width, height):
+    """A small RGB PNG (a gradient), encoded here: zlib and CRC-32."""
+    import struct
+    import zlib
+    rows = b"".join(
+        b"\x00" + bytes(v for x in range(width) for v in (x * 255 // width, y * 255 // height, 128))
+        for y in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def step_files(r):
+    """The Files page: upload with progress, thumbnail, signed link, a retry stored once, delete."""
+    page, watch, base, token = r.page, r.watch, r.base, r.token
+    page.goto(f"{base}/console/#/collections")
+    page.get_by_role("link", name="Files").click()
+    expect(page.get_by_role("heading", name="Files", exact=True)).to_be_visible()
+    expect(page.locator("#files-empty")).to_be_visible()
+    picture = png(320, 200)
+    page.get_by_label("File", exact=True).set_input_files(
+        {"name": "beach.png", "mimeType": "image/png", "buffer": picture})
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#upload-status")).to_have_text(re.compile(r"^Stored beach\.png \(\d"))
+    assert page.evaluate("document.getElementById('upload-progress').value === document.getElementById('upload-progress').max")
+    card = page.locator("section.file").first
+    expect(card).to_contain_text("beach.png")
+    expect(card).to_contain_text("320 × 200 png")
+    file_id = card.get_attribute("data-file")
+    # The thumbnail: the API's bytes, decoded by the browser from a blob: URL.
+    # (Polled from here: wait_for_function would need eval, which the
+    # console's policy forbids.)
+    expect(card.locator("img.thumbnail")).to_have_attribute("src", re.compile(r"^blob:"))
+    deadline = time.time() + TIMEOUT_MS / 1000
+    while page.evaluate("(() => { const i = document.querySelector('section.file img.thumbnail');"
+                        " return i.complete ? i.naturalWidth : -1; })()") != 160:
+        assert time.time() < deadline, "the thumbnail did not load at 160 px wide"
+        time.sleep(0.05)
+    # A signed link serves the file to a client without the token.
+    card.get_by_role("button", name="Signed link").click()
+    link = card.locator(f"#link-{file_id}")
+    expect(link).to_have_value(re.compile(r"sig="))
+    url = link.input_value()
+    assert url.startswith(base + "/v1/files/"), url
+    with urllib.request.urlopen(url, timeout=10) as res:
+        assert res.status == 200 and res.read() == picture
+    page.evaluate("window.scrollTo(0, document.querySelector('section.file').offsetTop - 8)")
+    shoot(page, r.shots, "console-files.png")
+    # A retry under the same key after a lost answer: the page's own upload
+    # function, called twice with one key, stores one file.
+    replay = page.evaluate("""async () => {
+        const key = 'console-retry-key-1';
+        const send = () => fetch(new URL('../v1/files?filename=twice.txt', location.href), {method: 'POST',
+          headers: {Authorization: `Bearer ${JSON.parse(sessionStorage.getItem('arca.console.token')).token}`,
+                    'Idempotency-Key': key, 'Content-Type': 'text/plain'}, body: 'sent twice'});
+        const a = await send(); const b = await send();
+        return [a.status, b.status, b.headers.get('Idempotent-Replayed'), (await a.json()).id, (await b.json()).id];
+    }""")
+    assert replay[:3] == [201, 201, "true"] and replay[3] == replay[4], replay
+    # A hostile name is shown as text; the file opens by id.
+    hostile = '<img src=x onerror="window.__xss=6">.txt'
+    req = urllib.request.Request(f"{base}/v1/files?filename={urllib.parse.quote(hostile)}", data=b"plain text",
+                                 method="POST", headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=10) as res:
+        other = json.loads(res.read())
+    page.get_by_label("File id").fill(other["id"])
+    page.get_by_role("button", name="Open").click()
+    other_card = page.locator(f'section.file[data-file="{other["id"]}"]')
+    expect(other_card).to_contain_text("text/plain")
+    expect(other_card.locator("h2")).to_have_text(other["filename"])
+    assert page.evaluate("window.__xss") is None, "markup in a file name ran"
+    assert page.locator("section.file img").count() == 1, "only the image has a thumbnail"
+    # Delete, with a confirmation.
+    other_card.get_by_role("button", name="Delete").click()
+    other_card.get_by_role("button", name="Yes, delete").click()
+    expect(other_card).to_have_count(0)
+    s, _, _ = api(base, token, "GET", f"/v1/files/{other['id']}/metadata")
+    assert s == 404, s
+    watch.expect_status(404)
+    # A file that is gone says so where it is shown.
+    page.get_by_label("File id").fill(other["id"])
+    page.get_by_role("button", name="Open").click()
+    expect(page.locator(f'section.file[data-file="{other["id"]}"] .problem')).to_contain_text("404")
+    watch.check("the Files page: upload with progress, thumbnail, signed link, retry stored once, delete")
 
 
 def step_access_explain(r):

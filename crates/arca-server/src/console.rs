@@ -71,6 +71,7 @@ const ASSETS: &[Asset] = &[
     asset!("js/pages/document.js", JS),
     asset!("js/pages/access.js", JS),
     asset!("js/pages/events.js", JS),
+    asset!("js/pages/files.js", JS),
 ];
 
 /// An asset as sent: plain and gzip-compressed, with its strong `ETag`.
@@ -211,7 +212,7 @@ fn client_config(state: &AppState) -> serde_json::Value {
         "roles": {"admin": cfg.auth.admin_role, "schema_admin": cfg.auth.schema_admin()},
         // Pages for APIs that this server does not have (yet, or turned
         // off) stay out of the navigation.
-        "features": {"files": false, "events": cfg.events.enabled},
+        "features": {"files": true, "events": cfg.events.enabled},
     })
 }
 

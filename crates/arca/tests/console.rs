@@ -261,7 +261,7 @@ async fn the_console_config_holds_no_secret() {
         "dev mode signs in with dev tokens only"
     );
     assert_eq!(v["claims"], json!({"roles": "roles", "tenant": "tid"}));
-    assert_eq!(v["features"], json!({"files": false, "events": true}));
+    assert_eq!(v["features"], json!({"files": true, "events": true}));
     assert_only_public_keys(&v);
     // The dev signing key (DER), in any encoding it could leak in.
     use base64::Engine;

@@ -10,7 +10,7 @@ import {stringify} from './jsonedit.js';
 const ATTRIBUTES = new Set([
   'id', 'class', 'for', 'type', 'name', 'role', 'title', 'placeholder', 'href',
   'tabindex', 'rows', 'cols', 'spellcheck', 'autocomplete', 'wrap', 'lang',
-  'min', 'max', 'step', 'maxlength', 'scope', 'colspan', 'inputmode', 'pattern',
+  'min', 'max', 'step', 'maxlength', 'scope', 'colspan', 'inputmode', 'pattern', 'alt',
 ]);
 
 /** Boolean properties `h` sets when true. */

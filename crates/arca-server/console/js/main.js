@@ -16,6 +16,7 @@ import {documentsPage} from './pages/documents.js';
 import {documentPage} from './pages/document.js';
 import {accessPage} from './pages/access.js';
 import {eventsPage} from './pages/events.js';
+import {filesPage} from './pages/files.js';
 
 // First: a token in the fragment (the --dev link) leaves the URL at once.
 const fragmentToken = session.takeFragmentToken();
@@ -30,9 +31,8 @@ const NAME = '([a-z][a-z0-9_]{0,62})';
 /**
  * Pages by route (the path part of `#/...`). A page is `(view, ctx, match)`:
  * it appends to `view`, reads `ctx.config`, `ctx.params` (the address's
- * query), and uses `ctx.notify` and `ctx.go`. Files gets a route here and
- * a module in pages/ when its API exists; NAV shows a feature's link once
- * config.json's `features` says the server has it.
+ * query), and uses `ctx.notify` and `ctx.go`. NAV shows a feature's link
+ * once config.json's `features` says the server has it.
  */
 const ROUTES = [
   [new RegExp('^/collections$'), (view, ctx) => collectionsPage(view, ctx)],
@@ -43,6 +43,7 @@ const ROUTES = [
   [new RegExp(`^/collections/${NAME}/documents/([^/]+)$`), (view, ctx, m) => documentPage(view, ctx, m[1], decodeURIComponent(m[2]))],
   [new RegExp('^/access$'), (view, ctx) => accessPage(view, ctx)],
   [new RegExp('^/events$'), (view, ctx) => eventsPage(view, ctx)],
+  [new RegExp('^/files$'), (view, ctx) => filesPage(view, ctx)],
 ];
 
 /** Main navigation: [label, route, feature (config.features key) or null]. */

@@ -55,6 +55,9 @@ impl PathParams {
 
 /// The collection named by the route's `{name}` segment, looked up in the
 /// catalogue: 404 when there is none (a name that cannot exist included).
+/// A request without a bearer token gets 401 instead, as for a collection
+/// that exists and is not public: anonymous callers cannot learn which
+/// collection names exist (only public ones answer them).
 pub struct Target(pub Arc<Collection>);
 
 impl FromRequestParts<AppState> for Target {
@@ -62,9 +65,19 @@ impl FromRequestParts<AppState> for Target {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let params = PathParams::from_request_parts(parts, state).await?;
-        let name = CollectionName::parse(params.get("name")?)
-            .map_err(|_| ApiError::new(ProblemKind::CollectionNotFound, "no such collection"))?;
-        state.gateway().collection(&name).map(Self)
+        let found = CollectionName::parse(params.get("name")?)
+            .map_err(|_| ApiError::new(ProblemKind::CollectionNotFound, "no such collection"))
+            .and_then(|name| state.gateway().collection(&name));
+        match found {
+            Ok(coll) => Ok(Self(coll)),
+            Err(e)
+                if e.kind() == ProblemKind::CollectionNotFound
+                    && !parts.headers.contains_key(header::AUTHORIZATION) =>
+            {
+                Err(ApiError::missing_token())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -361,6 +361,81 @@ async fn the_files_matrix_gives_the_contract_status_in_every_cell() {
     );
 }
 
+/// Without a token, a collection that does not exist answers like one that
+/// exists and is not public (401), so anonymous callers cannot list names
+/// by probing; a public one answers; with a token, a missing one is 404.
+#[tokio::test]
+async fn anonymous_callers_cannot_tell_missing_collections_from_closed_ones() {
+    let s = Server::dev();
+    let admin = s.admin();
+    define(
+        &s,
+        &admin,
+        "closed",
+        json!({"schema": {"type": "object"},
+        "access": {"read": {"roles": ["*"]}}}),
+    )
+    .await;
+    define(
+        &s,
+        &admin,
+        "open",
+        json!({"schema": {"type": "object"},
+        "access": {"read": {"roles": ["public"]}}}),
+    )
+    .await;
+    let anonymous = |path: &str| client().get(s.url(path)).send();
+    for path in [
+        "/v1/collections/closed/documents",
+        "/v1/collections/missing/documents",
+        "/v1/collections/Not-A-Name/documents",
+        "/v1/collections/missing/documents/x1",
+        "/v1/collections/missing/count",
+        "/v1/collections/missing/events",
+        "/v1/collections/missing/events?ticket=abc",
+    ] {
+        let r = anonymous(path).await.expect("get");
+        assert_eq!(r.status(), 401, "{path}");
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .expect("text")
+                .starts_with("Bearer"),
+            "{path}"
+        );
+    }
+    let r = client()
+        .post(s.url("/v1/collections/missing/aggregate"))
+        .json(&json!({"pipeline": []}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        anonymous("/v1/collections/open/documents")
+            .await
+            .expect("get")
+            .status(),
+        200
+    );
+    let t = s.token("ana", &[], None);
+    let r = client()
+        .get(s.url("/v1/collections/missing/documents"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+    // A refused token is 401 too, as before.
+    let r = client()
+        .get(s.url("/v1/collections/missing/documents"))
+        .bearer_auth("not.a.token")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401);
+}
+
 #[tokio::test]
 async fn create_must_match_the_create_filter_and_results_must_stay_in_the_update_filter() {
     let s = Server::dev();

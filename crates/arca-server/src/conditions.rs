@@ -9,6 +9,23 @@ use axum::http::{HeaderMap, header};
 
 use crate::error::{ApiError, ProblemKind};
 
+/// Whether `If-None-Match` names `etag` for a read (weak comparison, as
+/// RFC 9110 wants for it; `*` too): the answer is then 304. Shared by every
+/// route that serves content with a tag (files, the console, `web.root`).
+pub fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    fn opaque(t: &str) -> &str {
+        t.strip_prefix("W/").unwrap_or(t)
+    }
+    let ours = opaque(etag);
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || opaque(t) == ours)
+}
+
 /// What an `If-Match` / `If-None-Match` header asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntityTags {
@@ -114,5 +131,42 @@ impl<S: Send + Sync> FromRequestParts<S> for Preconditions {
             if_match: EntityTags::from_header(&parts.headers, header::IF_MATCH),
             if_none_match: EntityTags::from_header(&parts.headers, header::IF_NONE_MATCH),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let tag = "\"abc\"";
+        assert!(not_modified(&headers(&[("if-none-match", "\"abc\"")]), tag));
+        assert!(not_modified(
+            &headers(&[("if-none-match", "W/\"abc\"")]),
+            tag
+        ));
+        assert!(not_modified(
+            &headers(&[("if-none-match", "\"x\", \"abc\"")]),
+            tag
+        ));
+        assert!(not_modified(&headers(&[("if-none-match", "*")]), tag));
+        assert!(!not_modified(
+            &headers(&[("if-none-match", "\"abcd\"")]),
+            tag
+        ));
+        assert!(!not_modified(&headers(&[]), tag));
     }
 }

@@ -102,16 +102,17 @@ impl Prepared {
     /// The response to `headers` (a GET or HEAD): 304 when `If-None-Match`
     /// names this version, else the bytes, gzip-encoded when accepted.
     fn respond(&self, headers: &HeaderMap) -> Response {
-        let mut res = if etag_matches(&self.etag, headers) {
-            StatusCode::NOT_MODIFIED.into_response()
-        } else if accepts_gzip(headers.get_all(header::ACCEPT_ENCODING).iter()) {
-            let mut res = self.gzip.clone().into_response();
-            res.headers_mut()
-                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            res
-        } else {
-            self.plain.clone().into_response()
-        };
+        let mut res =
+            if crate::conditions::not_modified(headers, self.etag.to_str().unwrap_or_default()) {
+                StatusCode::NOT_MODIFIED.into_response()
+            } else if accepts_gzip(headers.get_all(header::ACCEPT_ENCODING).iter()) {
+                let mut res = self.gzip.clone().into_response();
+                res.headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                res
+            } else {
+                self.plain.clone().into_response()
+            };
         let ok = res.status() == StatusCode::OK;
         let h = res.headers_mut();
         if ok {
@@ -132,22 +133,6 @@ fn strong_etag(bytes: &[u8]) -> HeaderValue {
     std::hash::Hasher::write(&mut hasher, bytes);
     let tag = format!("\"{:016x}\"", std::hash::Hasher::finish(&hasher));
     HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("\"0\""))
-}
-
-/// Whether `If-None-Match` names `etag` (weak comparison, as RFC 9110
-/// wants for it; `*` matches too).
-fn etag_matches(etag: &HeaderValue, headers: &HeaderMap) -> bool {
-    fn opaque(t: &str) -> &str {
-        t.strip_prefix("W/").unwrap_or(t)
-    }
-    let ours = opaque(etag.to_str().unwrap_or_default());
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|t| t == "*" || opaque(t) == ours)
 }
 
 /// The embedded assets, prepared once (compressing them all takes a few

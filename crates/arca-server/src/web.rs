@@ -260,7 +260,8 @@ impl Site {
         } else {
             "no-cache"
         };
-        let mut res = if etag_matches(&etag, headers) {
+        let mut res = if crate::conditions::not_modified(headers, etag.to_str().unwrap_or_default())
+        {
             StatusCode::NOT_MODIFIED.into_response()
         } else {
             match body(head, path, meta.len()).await {
@@ -395,41 +396,14 @@ fn weak_etag(meta: &std::fs::Metadata, coding: &str) -> HeaderValue {
     HeaderValue::from_str(&tag).unwrap_or(HeaderValue::from_static("W/\"0\""))
 }
 
-/// Whether `If-None-Match` names `etag` (weak comparison; `*` too).
-fn etag_matches(etag: &HeaderValue, headers: &HeaderMap) -> bool {
-    fn opaque(t: &str) -> &str {
-        t.strip_prefix("W/").unwrap_or(t)
-    }
-    let ours = opaque(etag.to_str().unwrap_or_default());
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|t| t == "*" || opaque(t) == ours)
-}
-
 /// Whether the request accepts HTML: `text/html` or
 /// `application/xhtml+xml` listed with a non-zero quality (`*/*` alone is
 /// not enough: API clients send it, and they get a 404).
 fn accepts_html(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';');
-            let range = parts.next().unwrap_or_default().trim();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            q > 0.0
-                && (range.eq_ignore_ascii_case("text/html")
-                    || range.eq_ignore_ascii_case("application/xhtml+xml"))
-        })
+    crate::respond::accepts(headers, |range| {
+        range.eq_ignore_ascii_case("text/html")
+            || range.eq_ignore_ascii_case("application/xhtml+xml")
+    })
 }
 
 fn extension(name: &str) -> String {

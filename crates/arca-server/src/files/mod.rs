@@ -534,7 +534,7 @@ pub(crate) async fn download(
     let grant = read_grant(&state, &caller, &id, raw.as_deref()).await?;
     let meta = grant.meta(&id).await?;
     let tag = serve::etag(&meta.sha256);
-    if serve::not_modified(&headers, &tag) {
+    if crate::conditions::not_modified(&headers, &tag) {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
         set(&mut res, header::ETAG, &tag);
         return Ok(res);
@@ -610,20 +610,7 @@ pub(crate) async fn remove(
 
 /// Whether `Accept` admits WebP (`image/webp`, not with `q=0`).
 fn accepts_webp(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';');
-            let media = parts.next().unwrap_or_default().trim();
-            let q = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            media.eq_ignore_ascii_case("image/webp") && q > 0.0
-        })
+    crate::respond::accepts(headers, |media| media.eq_ignore_ascii_case("image/webp"))
 }
 
 /// Thumbnail bounds: 16 to 1024 pixels, 256 by default.
@@ -690,7 +677,7 @@ pub(crate) async fn thumbnail(
         ThumbFormat::Jpeg
     };
     let tag = format!("\"{}-{bound}-{}\"", meta.sha256, out.as_str());
-    let mut res = if serve::not_modified(&headers, &tag) {
+    let mut res = if crate::conditions::not_modified(&headers, &tag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         let max = state.config().files.max_image_pixels;

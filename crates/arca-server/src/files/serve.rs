@@ -58,19 +58,6 @@ pub fn etag(sha256: &str) -> String {
     format!("\"{sha256}\"")
 }
 
-/// Whether `If-None-Match` names `etag` (weak comparison; `*` too).
-pub fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
-    let opaque = |t: &str| t.strip_prefix("W/").unwrap_or(t).to_owned();
-    let ours = opaque(etag);
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|t| t == "*" || opaque(t) == ours)
-}
-
 /// A file name as kept: the last path segment of what the client sent,
 /// without control characters, at most 255 characters, `file` if nothing
 /// is left.
@@ -193,26 +180,6 @@ mod tests {
         assert_eq!(part(&same, 1000, tag), Part::Range(0..10));
         let other = headers(&[("range", "bytes=0-9"), ("if-range", "\"old\"")]);
         assert_eq!(part(&other, 1000, tag), Part::Whole);
-    }
-
-    #[test]
-    fn if_none_match_compares_weakly() {
-        let tag = "\"abc\"";
-        assert!(not_modified(&headers(&[("if-none-match", "\"abc\"")]), tag));
-        assert!(not_modified(
-            &headers(&[("if-none-match", "W/\"abc\"")]),
-            tag
-        ));
-        assert!(not_modified(
-            &headers(&[("if-none-match", "\"x\", \"abc\"")]),
-            tag
-        ));
-        assert!(not_modified(&headers(&[("if-none-match", "*")]), tag));
-        assert!(!not_modified(
-            &headers(&[("if-none-match", "\"abcd\"")]),
-            tag
-        ));
-        assert!(!not_modified(&headers(&[]), tag));
     }
 
     #[test]

@@ -227,6 +227,111 @@ fn stored(id: &str, body: mongodb::bson::Document) -> mongodb::bson::Document {
     d
 }
 
+/// What crashes leave in the files bucket goes with the sweep: the chunks
+/// of an upload or a delete cut more than a day ago, and the thumbnails of
+/// files whose document is gone (a delete cut after removing it, or a
+/// thumbnail put as its file was deleted). A live file's chunks and
+/// thumbnails, and the chunks of an upload in progress, stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_sweep_removes_what_crashes_left() {
+    use futures_util::TryStreamExt;
+    use mongodb::bson::{Binary, doc, oid::ObjectId, spec::BinarySubtype};
+    let (fresh, raw) = with_raw().await;
+    let uri = fresh
+        .keep
+        .downcast_ref::<DropDatabase>()
+        .map(|d| d.uri.clone())
+        .expect("the database guard");
+    let store = MongoStore::connect(&MongoOptions {
+        uri,
+        timeout: Duration::from_secs(20),
+        read_timeout: Duration::from_secs(20),
+        verify: standin(),
+    })
+    .await
+    .expect("connect");
+    let bin = |b: &[u8]| Binary {
+        subtype: BinarySubtype::Generic,
+        bytes: b.to_vec(),
+    };
+    let (live, gone, uploading) = ("a".repeat(32), "b".repeat(32), "c".repeat(32));
+    let two_days_ago = u32::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_secs()
+            - 2 * 86_400,
+    )
+    .expect("seconds");
+    let old_id = |n: u8| ObjectId::from_parts(two_days_ago, [n; 5], [0; 3]);
+    let files = [
+        doc! {"_id": {"t": "t1", "i": &live}, "length": 4_i64, "chunkSize": 261_120,
+        "uploadDate": mongodb::bson::DateTime::now(), "filename": "x",
+        "metadata": {"tenant": "t1"}},
+    ];
+    for d in files {
+        assert_eq!(raw_insert(&raw, "files.files", d).await, None);
+    }
+    let chunks = [
+        // The live file's, old.
+        doc! {"_id": old_id(1), "files_id": {"t": "t1", "i": &live}, "n": 0, "data": bin(b"live")},
+        // A file whose document is gone: two chunks, the first old.
+        doc! {"_id": old_id(2), "files_id": {"t": "t1", "i": &gone}, "n": 0, "data": bin(b"g0")},
+        doc! {"_id": ObjectId::new(), "files_id": {"t": "t1", "i": &gone}, "n": 1, "data": bin(b"g1")},
+        // An upload in progress (fresh chunks, no document yet).
+        doc! {"_id": ObjectId::new(), "files_id": {"t": "t1", "i": &uploading}, "n": 0, "data": bin(b"u0")},
+    ];
+    for d in chunks {
+        assert_eq!(raw_insert(&raw, "files.chunks", d).await, None);
+    }
+    let thumbs = [
+        doc! {"_id": {"t": "t1", "f": &live, "s": 256_i64, "e": "jpeg"}, "data": bin(b"keep")},
+        doc! {"_id": {"t": "t1", "f": &gone, "s": 128_i64, "e": "jpeg"}, "data": bin(b"x")},
+        doc! {"_id": {"t": "t1", "f": &gone, "s": 256_i64, "e": "webp"}, "data": bin(b"x")},
+        // Another tenant's key for the live id: that tenant has no such file.
+        doc! {"_id": {"t": "t2", "f": &live, "s": 256_i64, "e": "jpeg"}, "data": bin(b"x")},
+    ];
+    for d in thumbs {
+        assert_eq!(raw_insert(&raw, "files.thumbnails", d).await, None);
+    }
+    assert_eq!(store.sweep_files().await, (1, 2));
+    let left = |coll: &'static str| {
+        let raw = raw.clone();
+        async move {
+            let mut ids: Vec<String> = raw
+                .collection::<mongodb::bson::Document>(coll)
+                .find(doc! {})
+                .await
+                .expect("find")
+                .try_collect::<Vec<_>>()
+                .await
+                .expect("docs")
+                .into_iter()
+                .map(|d| {
+                    let key = d
+                        .get_document(if coll == "files.chunks" {
+                            "files_id"
+                        } else {
+                            "_id"
+                        })
+                        .expect("key");
+                    let file = key
+                        .get_str("i")
+                        .or_else(|_| key.get_str("f"))
+                        .expect("file");
+                    format!("{}/{}", key.get_str("t").expect("tenant"), &file[..1])
+                })
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(left("files.chunks").await, vec!["t1/a", "t1/c"]);
+    assert_eq!(left("files.thumbnails").await, vec!["t1/a"]);
+    // Nothing more to do the second time.
+    assert_eq!(store.sweep_files().await, (0, 0));
+}
+
 /// The collection's JSON Schema is its `$jsonSchema` validator: a
 /// document written around the API that breaks it is refused by the
 /// database (121), and a redefinition replaces the validator (`collMod`).

@@ -617,6 +617,14 @@ impl MongoStore {
         Ok(seq)
     }
 
+    /// Removes what crashes left in the files bucket (see
+    /// `files::sweep`): how many files' stale chunks and orphan thumbnails
+    /// went. Each process runs it once in the background at its first
+    /// upload; operators and tests may run it any time.
+    pub async fn sweep_files(&self) -> (u64, u64) {
+        files::sweep(self.bucket()).await
+    }
+
     /// The database in use.
     pub fn database_name(&self) -> &str {
         self.db.name()
@@ -1836,9 +1844,24 @@ impl Store for MongoStore {
             .await
         {
             // Made meanwhile by another process: the first one is kept.
-            Err(StoreError::Conflict(_)) => Ok(()),
-            other => other,
+            Err(StoreError::Conflict(_)) => {}
+            other => other?,
         }
+        // A delete that ran meanwhile may have removed the thumbnails
+        // before this one arrived: look again, and take it back.
+        if self.files_document(scope, id).await?.is_none() {
+            self.bounded(async {
+                self.bucket()
+                    .thumbnails
+                    .delete_one(doc! {"_id": files::thumb_key(scope.tenant(), id, key)})
+                    .await
+                    .map(|_| ())
+                    .map_err(map_err)
+            })
+            .await?;
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 
     async fn export(

@@ -16,7 +16,9 @@
 //! is opened, and the digest, the size and the image facts are known only
 //! at the end. Downloads read the chunks of a range by `n` (the driver's
 //! download stream cannot seek). Chunks an upload cut by a crash left are
-//! unreachable; `sweep` removes them once they are a day old.
+//! unreachable; `sweep` removes them once they are a day old, and the
+//! cached thumbnails of files that are gone (a crash in the middle of a
+//! delete, which removes the files document first).
 
 use std::ops::Range;
 
@@ -81,11 +83,19 @@ impl Bucket {
 /// live upload (`files.upload_timeout` is at most a day).
 const STALE_CHUNKS: std::time::Duration = std::time::Duration::from_secs(26 * 3600);
 
-/// Removes the chunks that crashes left (an upload cut before its files
-/// document was written: unreachable, but taking space): first chunks
-/// older than `STALE_CHUNKS` (by their ObjectId's time) whose file has no
-/// document. Best effort, run once per process in the background.
-pub async fn sweep(bucket: Bucket) {
+/// Removes what crashes left, unreachable but taking space: the chunks of
+/// an upload cut before its files document was written, or of a delete
+/// cut after it (first chunks older than `STALE_CHUNKS`, by their
+/// ObjectId's time, whose file has no document), then the thumbnails of
+/// files that have no document. Best effort, run once per process in the
+/// background; how many files' chunks and thumbnails went.
+pub async fn sweep(bucket: Bucket) -> (u64, u64) {
+    let chunks = sweep_chunks(&bucket).await;
+    let thumbnails = sweep_thumbnails(&bucket).await;
+    (chunks, thumbnails)
+}
+
+async fn sweep_chunks(bucket: &Bucket) -> u64 {
     let cutoff = std::time::SystemTime::now()
         .checked_sub(STALE_CHUNKS)
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -96,7 +106,7 @@ pub async fn sweep(bucket: Bucket) {
         .find(doc! {"n": 0, "_id": {"$lt": oldest}})
         .projection(doc! {"files_id": 1})
         .await;
-    let Ok(mut cursor) = found else { return };
+    let Ok(mut cursor) = found else { return 0 };
     let mut removed = 0u64;
     while let Ok(Some(chunk)) = cursor.try_next().await {
         let Some(key) = chunk.get("files_id").cloned() else {
@@ -114,15 +124,63 @@ pub async fn sweep(bucket: Bucket) {
                 }
             }
             Ok(Some(_)) => {}
-            Err(_) => return,
+            Err(_) => return removed,
         }
     }
     if removed > 0 {
         tracing::info!(
-            uploads = removed,
-            "removed the chunks of uploads cut by a crash"
+            files = removed,
+            "removed the chunks of uploads or deletes cut by a crash"
         );
     }
+    removed
+}
+
+/// The thumbnails whose file has no document, file by file (in key order,
+/// so each file is looked up once).
+async fn sweep_thumbnails(bucket: &Bucket) -> u64 {
+    let found = bucket
+        .thumbnails
+        .find(doc! {})
+        .projection(doc! {"_id": 1})
+        .sort(doc! {"_id.t": 1, "_id.f": 1})
+        .await;
+    let Ok(mut cursor) = found else { return 0 };
+    let mut removed = 0u64;
+    let mut last: Option<(String, String)> = None;
+    while let Ok(Some(thumb)) = cursor.try_next().await {
+        let Ok(key) = thumb.get_document("_id") else {
+            continue;
+        };
+        let (Ok(t), Ok(f)) = (key.get_str("t"), key.get_str("f")) else {
+            continue;
+        };
+        if last.as_ref().is_some_and(|(lt, lf)| lt == t && lf == f) {
+            continue;
+        }
+        last = Some((t.to_owned(), f.to_owned()));
+        match bucket.files.find_one(doc! {"_id": {"t": t, "i": f}}).await {
+            Ok(None) => {
+                if bucket
+                    .thumbnails
+                    .delete_many(doc! {"_id.t": t, "_id.f": f})
+                    .await
+                    .is_ok()
+                {
+                    removed += 1;
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(_) => return removed,
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            files = removed,
+            "removed the thumbnails of files deleted by a delete cut by a crash"
+        );
+    }
+    removed
 }
 
 /// The key of a file in its tenant: `{t, i}`.

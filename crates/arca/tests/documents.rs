@@ -1208,7 +1208,19 @@ async fn concurrent_patches_with_the_same_if_match_succeed_exactly_once() {
 
 #[tokio::test]
 async fn import_runs_while_the_server_serves_reads_and_writes() {
-    let s = Server::dev();
+    // On the MongoDB stand-in, every commit makes every other open
+    // transaction fail its commit (MongoDB conflicts per document): the
+    // server's creates retry against the import's stream of commits, and
+    // get the same 30 s per operation as the import below.
+    let env = if common::mongodb() {
+        vec![("ARCA_STORE__TIMEOUT".into(), "30s".into())]
+    } else {
+        Vec::new()
+    };
+    let s = Server::start(Opts {
+        env,
+        ..Opts::default()
+    });
     define(&s, &s.admin(), "people", people_def()).await;
     let t = s.token("ed", &["editor"], None);
     // Two files of `per_file` lines (fewer on the MongoDB stand-in, a

@@ -74,6 +74,13 @@ pub fn mongodb() -> bool {
     }
 }
 
+/// Whether this run's MongoDB is the stand-in (no `ARCA_TEST_MONGODB_URI`):
+/// for the few places a test must make room for one of its recorded
+/// quirks (README, "What ran against what").
+pub fn on_standin() -> bool {
+    mongodb() && std::env::var("ARCA_TEST_MONGODB_URI").is_err()
+}
+
 /// The store settings of a server on `data` (the same database for the
 /// same directory, so a restart finds its data).
 pub fn store_env(data: &Path) -> Vec<(String, String)> {

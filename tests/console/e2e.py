@@ -525,7 +525,7 @@ def png(width, height):
 
 
 def step_files(r):
-    """The Files page: upload with progress, thumbnail, signed link, a retry stored once, delete."""
+    """The Files page: upload with progress, thumbnail, signed link, a retry stored once, delete, listing."""
     page, watch, base, token = r.page, r.watch, r.base, r.token
     page.goto(f"{base}/console/#/collections")
     page.get_by_role("link", name="Files").click()
@@ -595,7 +595,43 @@ def step_files(r):
     page.get_by_label("File id").fill(other["id"])
     page.get_by_role("button", name="Open").click()
     expect(page.locator(f'section.file[data-file="{other["id"]}"] .problem')).to_contain_text("404")
-    watch.check("the Files page: upload with progress, thumbnail, signed link, retry stored once, delete")
+    # Back on the page, the caller's files come from the API's listing,
+    # newest first (the deleted one gone), a page of 20 at a time.
+    page.get_by_role("link", name="Access", exact=True).click()
+    page.get_by_role("link", name="Files").click()
+    cards = page.locator("#files-list section.file")
+    expect(cards).to_have_count(2)
+    assert cards.locator("h2").all_text_contents() == ["twice.txt", "beach.png"], \
+        cards.locator("h2").all_text_contents()
+    expect(page.locator("#files-more")).to_be_hidden()
+    for n in range(20):
+        req = urllib.request.Request(f"{base}/v1/files?filename=bulk-{n:02}.txt", data=b"bulk", method="POST",
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "text/plain"})
+        with urllib.request.urlopen(req, timeout=10) as res:
+            assert res.status == 201
+    someone = subprocess.run([r.args.arca, "token", "--sub", "someone-else"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    req = urllib.request.Request(f"{base}/v1/files?filename=theirs.txt", data=b"not mine", method="POST",
+                                 headers={"Authorization": f"Bearer {someone}", "Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=10) as res:
+        assert res.status == 201
+    page.get_by_role("link", name="Access", exact=True).click()
+    page.get_by_role("link", name="Files").click()
+    expect(cards).to_have_count(20)
+    expect(cards.first.locator("h2")).to_have_text("bulk-19.txt")
+    page.get_by_role("button", name="Load more").click()
+    expect(cards).to_have_count(22)
+    expect(cards.last.locator("h2")).to_have_text("beach.png")
+    expect(page.locator("#files-more")).to_be_hidden()
+    assert page.locator("#files-list").get_by_text("theirs.txt").count() == 0, "another caller's file in one's own list"
+    # An admin may list every file of the tenant: someone else's too.
+    page.get_by_label("Every file of the tenant (admins only)").check()
+    expect(page.get_by_role("heading", name="Every file of the tenant")).to_be_visible()
+    expect(cards.first.locator("h2")).to_have_text("theirs.txt")
+    expect(cards).to_have_count(20)
+    page.get_by_role("button", name="Load more").click()
+    expect(cards).to_have_count(23)
+    watch.check("the Files page: upload with progress, thumbnail, signed link, retry stored once, delete, listing")
 
 
 def step_access_explain(r):

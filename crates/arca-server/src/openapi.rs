@@ -56,6 +56,7 @@ use crate::wire::{
         crate::events::ticket,
         crate::explain::explain,
         crate::files::upload,
+        crate::files::list,
         crate::files::download,
         crate::files::metadata,
         crate::files::thumbnail,
@@ -64,7 +65,7 @@ use crate::wire::{
     ),
     components(schemas(Problem, FieldErrorDoc, Status, CollectionInput, CollectionOutput, CollectionList,
         AnyDocument, DocumentPage, CountOutput, AggregateInput, AggregateOutput, ExplainInput, ExplainOutput,
-        TicketOutput, ChangeEvent, crate::files::FileOutput, crate::files::ImageOutput, crate::files::LinkOutput,
+        TicketOutput, ChangeEvent, crate::files::FileOutput, crate::files::FilePage, crate::files::ImageOutput, crate::files::LinkOutput,
         crate::wire::MultipartFile)),
     tags(
         (name = "operations", description = "Health, readiness, metrics, this document"),

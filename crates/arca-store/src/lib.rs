@@ -396,6 +396,20 @@ pub trait Store: Send + Sync + 'static {
         key: ThumbKey,
     ) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// Up to `limit` files' metadata of the scope's tenant (only those of
+    /// `owner` when given), newest first (`created_at` descending, then id
+    /// descending), strictly after `after` in that order (the `created_at`
+    /// and id of the last file of the previous page). MongoDB:
+    /// `files.files` `find` on `metadata.tenant` (and `metadata.owner`)
+    /// sorted on `{metadata.created_at: -1, _id.i: -1}`.
+    async fn list_files(
+        &self,
+        scope: &Scope,
+        owner: Option<&str>,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<FileMeta>, StoreError>;
+
     /// Up to `limit` files' metadata in every tenant, in (tenant key, id)
     /// order, strictly after `after` (a tenant key and an id): for operator
     /// tools that move a whole store (`arca copy`), never for a request.

@@ -4,8 +4,9 @@
 //! files, HTML and SVG declared as PNG), every `Range` form, 304,
 //! thumbnails and their bounds, signed links, tenancy and delete rights,
 //! 50 concurrent uploads, memory per upload, SIGTERM and SIGKILL mid-upload,
-//! upload time budgets, `Idempotency-Key` on uploads, and backup and
-//! restore with files.
+//! upload time budgets, `Idempotency-Key` on uploads, backup and
+//! restore with files, and files listed newest first (one's own, or an
+//! admin's whole tenant's).
 
 mod common;
 use common::*;
@@ -707,6 +708,177 @@ async fn tenants_never_reach_each_others_files_and_only_owners_or_admins_delete(
         200
     );
     problem(s.get(&format!("/v1/files/{mine}"), &ana).await, 404).await;
+}
+
+/// `GET /v1/files` with `query` as `token`: status and JSON body.
+async fn listing(s: &Server, query: &str, token: &str) -> (u16, Value) {
+    let r = s.get(&format!("/v1/files{query}"), token).await;
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Every file of a listing (`extra`: more query parameters), walked in
+/// pages of `limit`.
+async fn walk(s: &Server, token: &str, extra: &str, limit: usize) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut query = format!("?limit={limit}{extra}");
+    loop {
+        let (status, page) = listing(s, &query, token).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().expect("items");
+        assert!(items.len() <= limit, "{page}");
+        all.extend(items.iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => {
+                assert_eq!(items.len(), limit, "a page before the last is full");
+                query = format!("?limit={limit}{extra}&after={next}");
+            }
+            None => break,
+        }
+    }
+    all
+}
+
+/// Newest first; files stamped in the same millisecond by id, descending.
+fn newest_first(mut files: Vec<Value>) -> Vec<Value> {
+    files.sort_by(|a, b| {
+        let key = |m: &Value| (m["created_at"].as_str().map(str::to_owned), id_of(m));
+        key(b).cmp(&key(a))
+    });
+    files
+}
+
+#[tokio::test]
+async fn callers_list_their_files_and_admins_their_tenants_newest_first() {
+    let s = Server::dev();
+    let ana = s.token("ana", &[], Some("t1"));
+    let bia = s.token("bia", &[], Some("t1"));
+    let boss = s.token("boss", &["admin"], Some("t1"));
+    let other = s.token("ana", &["admin"], Some("t2"));
+    let plain = s.token("ana", &[], None);
+    let (mut anas, mut bias) = (Vec::new(), Vec::new());
+    for n in 0..6 {
+        let bytes = format!("file {n}").into_bytes();
+        if n % 3 == 1 {
+            bias.push(uploaded(&s, &bia, bytes, None).await);
+        } else {
+            anas.push(uploaded(&s, &ana, bytes, None).await);
+        }
+    }
+    anas.push(uploaded(&s, &ana, encoded(&picture(8, 4), ImageFormat::Png), None).await);
+    let t2 = uploaded(&s, &other, b"t2's".to_vec(), None).await;
+    let untenanted = uploaded(&s, &plain, b"nobody's tenant".to_vec(), None).await;
+    let anas = newest_first(anas);
+    let bias = newest_first(bias);
+    let everyone = newest_first([anas.clone(), bias.clone()].concat());
+    for limit in [1, 2, 3, 5, 20] {
+        assert_eq!(
+            walk(&s, &ana, "", limit).await,
+            anas,
+            "ana's, pages of {limit}"
+        );
+        assert_eq!(
+            walk(&s, &bia, "&all=false", limit).await,
+            bias,
+            "bia's, pages of {limit}"
+        );
+        assert_eq!(
+            walk(&s, &boss, "&all=true", limit).await,
+            everyone,
+            "the tenant's, pages of {limit}"
+        );
+    }
+    // The admin's own files: none.
+    assert_eq!(walk(&s, &boss, "", 5).await, Vec::<Value>::new());
+    // Each item is the metadata as `GET /v1/files/{id}/metadata` gives it.
+    let (status, first) = listing(&s, "", &ana).await;
+    assert_eq!(status, 200);
+    assert_eq!(first["next"], Value::Null, "5 files fit the default 20");
+    let newest = &first["items"][0];
+    let (_, _, meta) = get_bytes(&s, &format!("/v1/files/{}/metadata", id_of(newest)), &ana).await;
+    assert_eq!(
+        &serde_json::from_slice::<Value>(&meta).expect("json"),
+        newest
+    );
+    assert_eq!(newest, &anas[0]);
+    // Other tenants and the untenanted space see theirs only.
+    assert_eq!(walk(&s, &other, "&all=true", 5).await, vec![t2.clone()]);
+    assert_eq!(walk(&s, &plain, "", 5).await, vec![untenanted]);
+    // Every file of the tenant is for admins only.
+    let r = s.get("/v1/files?all=true", &ana).await;
+    assert!(
+        problem(r, 403).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("admin")
+    );
+    // A cursor continues its own listing only, within the caller's tenant.
+    let (_, page) = listing(&s, "?limit=1&all=true", &boss).await;
+    let next = page["next"].as_str().expect("next").to_owned();
+    let (status, theirs) = listing(&s, &format!("?all=true&after={next}"), &other).await;
+    assert_eq!(status, 200);
+    let theirs = theirs["items"].as_array().expect("items");
+    assert!(theirs.iter().all(|m| m == &t2), "{theirs:?}");
+    let r = s.get(&format!("/v1/files?after={next}"), &boss).await;
+    assert!(
+        problem(r, 400).await["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another listing")
+    );
+    // A deleted file leaves the lists.
+    let gone = id_of(&anas[1]);
+    assert_eq!(
+        s.delete(&format!("/v1/files/{gone}"), &ana).await.status(),
+        204
+    );
+    let left: Vec<String> = walk(&s, &ana, "", 2).await.iter().map(id_of).collect();
+    let kept: Vec<String> = anas.iter().map(id_of).filter(|i| *i != gone).collect();
+    assert_eq!(left, kept);
+    let left = walk(&s, &boss, "&all=true", 4).await.len();
+    assert_eq!(left, everyone.len() - 1);
+    // Bad input: 400 naming the problem.
+    let mut edited = next.clone().into_bytes();
+    let last = edited.len() - 1;
+    edited[last] = if edited[last] == b'A' { b'B' } else { b'A' };
+    let edited = String::from_utf8(edited).expect("ascii");
+    for (query, says) in [
+        ("?limit=0", "limit"),
+        ("?limit=1001", "limit"),
+        ("?limit=x", "limit"),
+        ("?limit=2&limit=3", "given twice"),
+        ("?all=yes", "all must be"),
+        ("?after=nonsense", "cursor"),
+        (&format!("?all=true&after={edited}") as &str, "cursor"),
+        ("?after=%FF", "UTF-8"),
+    ] {
+        let r = s.get(&format!("/v1/files{query}"), &boss).await;
+        let p = problem(r, 400).await;
+        assert!(
+            p["detail"].as_str().unwrap_or_default().contains(says),
+            "{query}: {p}"
+        );
+    }
+    // Without a token (a link's signature included): 401.
+    let r = client().get(s.url("/v1/files")).send().await.expect("get");
+    assert_eq!(r.status(), 401);
+    let link: Value = client()
+        .post(s.url(&format!("/v1/files/{}/links", id_of(&anas[0]))))
+        .bearer_auth(&ana)
+        .send()
+        .await
+        .expect("link")
+        .json()
+        .await
+        .expect("json");
+    let url = link["url"].as_str().expect("url");
+    let signature = url.split_once('?').expect("query").1.to_owned();
+    let r = client()
+        .get(s.url(&format!("/v1/files?all=true&{signature}")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401);
 }
 
 #[tokio::test]

@@ -139,6 +139,7 @@ async fn the_spec_is_openapi_3_1_and_describes_every_route() {
         ("/v1/collections/{name}/count", "get"),
         ("/v1/collections/{name}/access/explain", "post"),
         ("/v1/files", "post"),
+        ("/v1/files", "get"),
         ("/v1/files/{id}", "get"),
         ("/v1/files/{id}", "delete"),
         ("/v1/files/{id}/metadata", "get"),

@@ -1,4 +1,6 @@
-//! `/v1/files`: uploads (raw bodies or one multipart `file` part), range
+//! `/v1/files`: uploads (raw bodies or one multipart `file` part), the
+//! caller's files (or an admin's whole tenant's) newest first (an
+//! extension of the contract), range
 //! downloads, metadata, thumbnails, deletes and signed links. Every call
 //! goes through the gateway's `FilesGrant`, which confines it to the
 //! caller's tenant (or a link's one file).
@@ -24,6 +26,7 @@ pub mod serve;
 use std::pin::pin;
 
 use arca_core::FileId;
+use arca_core::query::cursor::{self, Cursor, CursorError};
 use arca_store::{FileMeta, ImageFacts, ThumbFormat, ThumbKey};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -47,7 +50,7 @@ use imaging::{Format, ImageProblem};
 /// The files routes.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route(UPLOAD_ROUTE, post(upload))
+        .route(UPLOAD_ROUTE, post(upload).get(list))
         .route("/v1/files/{id}", get(download).delete(remove))
         .route("/v1/files/{id}/metadata", get(metadata))
         .route("/v1/files/{id}/thumbnail", get(thumbnail))
@@ -96,6 +99,15 @@ pub struct ImageOutput {
     pub height: u32,
     /// `png`, `jpeg`, `gif` or `webp`.
     pub format: String,
+}
+
+/// A page of files, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FilePage {
+    /// The files' metadata.
+    pub items: Vec<FileOutput>,
+    /// Cursor for the next page, or null on the last page.
+    pub next: Option<String>,
 }
 
 /// A signed link.
@@ -591,6 +603,121 @@ pub(crate) async fn metadata(
     let mut res = crate::respond::json_of(StatusCode::OK, &FileOutput::from(&meta));
     set(&mut res, header::ETAG, &serve::etag(&meta.sha256));
     Ok(res)
+}
+
+/// A files listing's query: which files (the caller's own, or with
+/// `all=true` every file of the tenant), how many, and from where.
+struct ListQuery {
+    all: bool,
+    limit: usize,
+    /// The position to continue after: a `created_at` and an id.
+    after: Option<(String, FileId)>,
+}
+
+/// What a files listing's cursor is bound to: it only continues a files
+/// listing of the same kind (a documents cursor is refused, and a cursor
+/// of one's own files does not continue a listing of all of them).
+fn list_fingerprint(all: bool) -> String {
+    cursor::fingerprint(
+        "/v1/files",
+        if all { "all" } else { "own" },
+        "-created_at,-id",
+    )
+}
+
+/// `all` (`true` or `false`, default `false`), `limit` (1 to 1000,
+/// default 20) and the `after` cursor of a files listing, checked with the
+/// store's cursor key `key`.
+fn parse_list_query(raw: Option<&str>, key: &[u8]) -> Result<ListQuery, ApiError> {
+    let mut all_text = None;
+    let mut limit_text = None;
+    let mut after_text = None;
+    for (k, v) in crate::documents::query_pairs(raw)? {
+        let slot = match k.as_ref() {
+            "all" => &mut all_text,
+            "limit" => &mut limit_text,
+            "after" => &mut after_text,
+            _ => continue,
+        };
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(ApiError::bad_request(format!(
+                "the `{k}` parameter is given twice"
+            )));
+        }
+    }
+    let all = match all_text.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("all must be true or false")),
+    };
+    let limit = match limit_text {
+        None => 20,
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 1000"))?,
+    };
+    let after = match after_text {
+        None => None,
+        Some(text) => {
+            let cursor =
+                Cursor::decode(&text, &list_fingerprint(all), 1, key).map_err(|e| match e {
+                    CursorError::Foreign => ApiError::bad_request(
+                        "this cursor belongs to another listing (all=true and all=false are two)",
+                    ),
+                    e => ApiError::bad_request(e.to_string()),
+                })?;
+            // Signed by this server, so well formed; checked all the same.
+            let invalid = || ApiError::bad_request(CursorError::Invalid.to_string());
+            let at = cursor.key[0].as_str().ok_or_else(invalid)?.to_owned();
+            let id = FileId::parse(&cursor.id).map_err(|_| invalid())?;
+            Some((at, id))
+        }
+    };
+    Ok(ListQuery { all, limit, after })
+}
+
+#[utoipa::path(get, operation_id = "list_files", path = "/v1/files", tag = "files",
+    params(("all" = Option<bool>, Query, description = "`true`: every file of the tenant (admins only); default: the files the caller uploaded"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 20", minimum = 1, maximum = 1000),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page")),
+    responses((status = 200, description = "A page of files, newest first", body = FilePage),
+              (status = 400, description = "A bad `all` or `limit`, or a cursor that is not the `next` of the same listing", body = crate::wire::Problem, content_type = "application/problem+json"),
+              crate::wire::Guarded))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let grant = state.gateway().files(&caller)?;
+    let key = state.gateway().cursor_key().await?;
+    let ListQuery { all, limit, after } = parse_list_query(raw.as_deref(), &key)?;
+    // One extra file tells whether a next page exists.
+    let mut files = grant
+        .list(
+            all,
+            after.as_ref().map(|(at, id)| (at.as_str(), id)),
+            limit + 1,
+        )
+        .await?;
+    let next = if files.len() > limit {
+        files.truncate(limit);
+        files.last().map(|last| {
+            Cursor {
+                key: vec![serde_json::Value::String(last.created_at.clone())],
+                id: last.id.to_string(),
+            }
+            .encode(&list_fingerprint(all), &key)
+        })
+    } else {
+        None
+    };
+    let page = FilePage {
+        items: files.iter().map(FileOutput::from).collect(),
+        next,
+    };
+    Ok(crate::respond::json_of(StatusCode::OK, &page))
 }
 
 #[utoipa::path(delete, operation_id = "delete_file", path = "/v1/files/{id}", tag = "files",

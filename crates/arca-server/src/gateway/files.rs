@@ -202,6 +202,50 @@ impl FilesGrant {
             .ok_or_else(not_found)
     }
 
+    /// Up to `limit` of the files the caller uploaded (`all`: of every
+    /// file of the tenant, for an admin only), newest first, after `after`
+    /// (the `created_at` and id of the last file of the previous page).
+    ///
+    /// Only one's own files by default: the contract lets any caller of
+    /// the tenant read a file it knows the id of, and applications keep a
+    /// file's id in a document whose access rules decide who learns it; a
+    /// list of every file of the tenant for every caller would hand out
+    /// what those rules withhold. A caller with a token only (a link
+    /// reaches one file, never a list), and with a `sub` (files of callers
+    /// without one cannot be told apart).
+    pub async fn list(
+        &self,
+        all: bool,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<FileMeta>, ApiError> {
+        let who = self.identity()?;
+        if self.only.is_some() {
+            return Err(bad_link());
+        }
+        let owner = if all {
+            if !self.admin {
+                return Err(ApiError::new(
+                    ProblemKind::Forbidden,
+                    "only an admin may list every file of the tenant (all=true)",
+                ));
+            }
+            None
+        } else {
+            if who.sub.is_empty() {
+                return Err(ApiError::new(
+                    ProblemKind::Forbidden,
+                    "listing one's files needs a token with a `sub` claim",
+                ));
+            }
+            Some(who.sub.as_str())
+        };
+        Ok(self
+            .store
+            .list_files(&self.scope, owner, after, limit)
+            .await?)
+    }
+
     /// The bytes `range` of the file, as a stream (404 if it went).
     pub async fn read(
         &self,

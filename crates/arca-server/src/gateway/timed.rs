@@ -174,6 +174,16 @@ impl Store for Timed {
         time("delete_file", self.0.delete_file(scope, id)).await
     }
 
+    async fn list_files(
+        &self,
+        scope: &Scope,
+        owner: Option<&str>,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<FileMeta>, StoreError> {
+        time("list_files", self.0.list_files(scope, owner, after, limit)).await
+    }
+
     async fn export_files(
         &self,
         after: Option<(&str, &FileId)>,

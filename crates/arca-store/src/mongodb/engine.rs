@@ -460,6 +460,24 @@ impl MongoStore {
         .await
     }
 
+    /// Makes the files bucket's indexes, once per process, before the first
+    /// upload or listing (a listing without its index would sort the
+    /// tenant's files in memory), and starts the sweep of what crashes
+    /// left, in the background.
+    async fn ensure_file_indexes(&self) -> Result<(), StoreError> {
+        let bucket = self.bucket();
+        self.file_indexes
+            .get_or_try_init(|| {
+                self.bounded(async {
+                    bucket.ensure_indexes().await.map_err(map_err)?;
+                    tokio::spawn(files::sweep(self.bucket()));
+                    Ok(())
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Turns the event log on (the default) or off: off, document writes
     /// run without a transaction (a standalone server will do) and append
     /// nothing to the log. Every process on one database should agree.
@@ -1678,18 +1696,7 @@ impl Store for MongoStore {
         scope: &Scope,
         id: &FileId,
     ) -> Result<Box<dyn FileWriter>, StoreError> {
-        let bucket = self.bucket();
-        self.file_indexes
-            .get_or_try_init(|| {
-                self.bounded(async {
-                    bucket.ensure_indexes().await.map_err(map_err)?;
-                    // Once per process: what crashes left goes, in the
-                    // background.
-                    tokio::spawn(files::sweep(self.bucket()));
-                    Ok(())
-                })
-            })
-            .await?;
+        self.ensure_file_indexes().await?;
         Ok(Box::new(GridFsWriter {
             bucket: self.bucket(),
             tenant: scope.tenant().clone(),
@@ -1753,6 +1760,46 @@ impl Store for MongoStore {
                 .await
                 .map_err(map_err)?;
             files::meta_of(&stored).map(Some)
+        })
+        .await
+    }
+
+    async fn list_files(
+        &self,
+        scope: &Scope,
+        owner: Option<&str>,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<FileMeta>, StoreError> {
+        self.ensure_file_indexes().await?;
+        let mut filter = doc! {"metadata.tenant": scope.tenant_key()};
+        if let Some(owner) = owner {
+            filter.insert("metadata.owner", owner);
+        }
+        if let Some((at, id)) = after {
+            filter.insert(
+                "$or",
+                vec![
+                    doc! {"metadata.created_at": {"$lt": at}},
+                    doc! {"metadata.created_at": at, "_id.i": {"$lt": id.as_str()}},
+                ],
+            );
+        }
+        self.bounded_read(async {
+            let mut cursor = self
+                .bucket()
+                .files
+                .find(filter)
+                .sort(doc! {"metadata.created_at": -1, "_id.i": -1})
+                .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+                .max_time(self.read_timeout)
+                .await
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(stored) = cursor.try_next().await.map_err(map_err)? {
+                out.push(files::meta_of(&stored)?);
+            }
+            Ok(out)
         })
         .await
     }

@@ -7,7 +7,7 @@
 //! `{t: tenant key, i: file id}` (as documents' ids are), so a file is
 //! reached only within its tenant and two tenants never share a key; the
 //! metadata holds `{tenant, owner, filename, content_type, sha256,
-//! created_at, image}`, and an index leads with `metadata.tenant`.
+//! created_at, image}`, and the indexes lead with `metadata.tenant`.
 //!
 //! An upload writes its chunks as they come and the files document last:
 //! GridFS shows a file only once that document exists, so the commit is
@@ -54,7 +54,8 @@ impl Bucket {
     }
 
     /// The indexes GridFS readers expect (`{files_id, n}` unique) and the
-    /// tenant-first one. Idempotent.
+    /// tenant-first ones (by id for `arca copy`, newest first for the
+    /// listings of a tenant's or an owner's files). Idempotent.
     pub async fn ensure_indexes(&self) -> Result<(), mongodb::error::Error> {
         self.chunks
             .create_index(
@@ -72,6 +73,25 @@ impl Bucket {
             .create_index(
                 IndexModel::builder()
                     .keys(doc! {"metadata.tenant": 1, "_id.i": 1})
+                    .build(),
+            )
+            .await?;
+        self.files
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"metadata.tenant": 1, "metadata.created_at": -1, "_id.i": -1})
+                    .build(),
+            )
+            .await?;
+        self.files
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {
+                        "metadata.tenant": 1,
+                        "metadata.owner": 1,
+                        "metadata.created_at": -1,
+                        "_id.i": -1,
+                    })
                     .build(),
             )
             .await?;

@@ -294,6 +294,61 @@ pub fn meta_of(conn: &Connection, tenant: &str, id: &str) -> Result<Option<FileM
     .transpose()
 }
 
+/// The files listing's statements, by (one owner's?, after a position?):
+/// four fixed texts rather than one with `?n IS NULL OR ...` arms, which
+/// with stable plans (QPSG) would keep the owner and the position out of
+/// the index range, so every later page would walk the tenant's files
+/// from the newest. Parameters: the tenant, the limit, then the owner
+/// (when one), then the position's `created_at` and id (when one).
+const LIST: [[&str; 2]; 2] = [
+    [
+        "SELECT meta FROM _arca_files WHERE tenant = ?1 \
+         ORDER BY json_extract(meta, '$.created_at') DESC, id DESC LIMIT ?2",
+        "SELECT meta FROM _arca_files WHERE tenant = ?1 \
+         AND json_extract(meta, '$.created_at') <= ?3 \
+         AND (json_extract(meta, '$.created_at') < ?3 OR id < ?4) \
+         ORDER BY json_extract(meta, '$.created_at') DESC, id DESC LIMIT ?2",
+    ],
+    [
+        "SELECT meta FROM _arca_files WHERE tenant = ?1 AND json_extract(meta, '$.owner') = ?3 \
+         ORDER BY json_extract(meta, '$.created_at') DESC, id DESC LIMIT ?2",
+        "SELECT meta FROM _arca_files WHERE tenant = ?1 AND json_extract(meta, '$.owner') = ?3 \
+         AND json_extract(meta, '$.created_at') <= ?4 \
+         AND (json_extract(meta, '$.created_at') < ?4 OR id < ?5) \
+         ORDER BY json_extract(meta, '$.created_at') DESC, id DESC LIMIT ?2",
+    ],
+];
+
+/// Up to `limit` files' metadata of the tenant (of `owner` only, when
+/// given), newest first (`created_at` descending, then id descending),
+/// strictly after `after` (a `created_at` and an id) in that order.
+pub fn list(
+    conn: &Connection,
+    tenant: &str,
+    owner: Option<&str>,
+    after: Option<&(String, String)>,
+    limit: i64,
+) -> Result<Vec<FileMeta>, StoreError> {
+    let sql = LIST[usize::from(owner.is_some())][usize::from(after.is_some())];
+    let mut st = conn.prepare_cached(sql).map_err(map_err)?;
+    let mut rows = match (owner, after) {
+        (None, None) => st.query(params![tenant, limit]),
+        (None, Some((at, id))) => st.query(params![tenant, limit, at, id]),
+        (Some(owner), None) => st.query(params![tenant, limit, owner]),
+        (Some(owner), Some((at, id))) => st.query(params![tenant, limit, owner, at, id]),
+    }
+    .map_err(map_err)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(map_err)? {
+        let text: String = row.get(0).map_err(map_err)?;
+        out.push(
+            serde_json::from_str(&text)
+                .map_err(|e| StoreError::Unavailable(format!("stored file metadata: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
 /// Removes what crashes left in `root` (see the module comment): temporary
 /// files older than a day, and placed bytes without a metadata row in the
 /// database `db`, older than an hour. Blocking: run on a thread of its own.

@@ -633,6 +633,21 @@ impl Store for SqliteStore {
         Ok(removed)
     }
 
+    async fn list_files(
+        &self,
+        scope: &Scope,
+        owner: Option<&str>,
+        after: Option<(&str, &FileId)>,
+        limit: usize,
+    ) -> Result<Vec<FileMeta>, StoreError> {
+        let tenant = scope.tenant_key().to_owned();
+        let owner = owner.map(str::to_owned);
+        let after = after.map(|(at, id)| (at.to_owned(), id.as_str().to_owned()));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| files::list(c, &tenant, owner.as_deref(), after.as_ref(), limit))
+            .await
+    }
+
     async fn export_files(
         &self,
         after: Option<(&str, &FileId)>,

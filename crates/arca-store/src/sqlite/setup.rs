@@ -14,7 +14,9 @@ use crate::StoreError;
 /// small shared values (the catalogue generation, which every process on
 /// the file polls to learn that definitions changed), the secrets every
 /// process must share (signing keys), the metadata of stored files (their
-/// bytes live in the `files` folder beside the database) and their cached
+/// bytes live in the `files` folder beside the database; listed newest
+/// first, all or one owner's, through indexes on their `created_at`) and
+/// their cached
 /// thumbnails, the change events: the log (one row per change, keyed by
 /// collection and position; the documents as clients see them, JSON
 /// text), each collection's floor (positions at or below it are no longer
@@ -41,6 +43,10 @@ const ENGINE_TABLES: &str = "
         meta TEXT NOT NULL,
         PRIMARY KEY (tenant, id)
     ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS _arca_files_by_time
+        ON _arca_files (tenant, json_extract(meta, '$.created_at'), id);
+    CREATE INDEX IF NOT EXISTS _arca_files_by_owner
+        ON _arca_files (tenant, json_extract(meta, '$.owner'), json_extract(meta, '$.created_at'), id);
     CREATE TABLE IF NOT EXISTS _arca_thumbnails (
         tenant TEXT NOT NULL,
         file_id TEXT NOT NULL,

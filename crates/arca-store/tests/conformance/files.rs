@@ -281,3 +281,93 @@ pub async fn export_files_walks_every_tenant_in_order<E: Engine>() {
     }
     assert_eq!(got, want);
 }
+
+pub async fn list_files_walks_a_tenant_newest_first<E: Engine>() {
+    let f = E::open(Opts::default()).await;
+    let store = f.store.as_ref();
+    let acme = tenant_scope("acme");
+    // Ties on `created_at` (files made in the same millisecond) order by id,
+    // descending; another tenant's files are never listed.
+    let stamps = [
+        (1u8, "u1", "2026-01-01T00:00:00.000Z"),
+        (2, "u1", "2026-01-01T00:00:01.000Z"),
+        (3, "u2", "2026-01-01T00:00:01.000Z"),
+        (4, "u1", "2026-01-01T00:00:02.500Z"),
+        (5, "u1", "2025-12-31T23:59:59.999Z"),
+        (6, "u2", "2026-01-01T00:00:01.000Z"),
+        (7, "u2", "2024-06-01T00:00:00.000Z"),
+    ];
+    for (n, owner, at) in stamps {
+        let id = file_id(n);
+        let mut w = store.begin_file(&acme, &id).await.expect("begin");
+        w.write(Bytes::from_static(b"x")).await.expect("write");
+        w.commit(FileMeta {
+            owner: owner.into(),
+            created_at: at.into(),
+            ..meta(&id, 1)
+        })
+        .await
+        .expect("commit");
+    }
+    upload(store, &tenant_scope("zeta"), &file_id(9), b"z", 1).await;
+    upload(store, &tenant_scope(""), &file_id(8), b"n", 1).await;
+    let walk = |owner: Option<&'static str>, size: usize| {
+        let acme = acme.clone();
+        async move {
+            let mut got = Vec::new();
+            let mut after: Option<(String, FileId)> = None;
+            loop {
+                let page = store
+                    .list_files(
+                        &acme,
+                        owner,
+                        after.as_ref().map(|(at, i)| (at.as_str(), i)),
+                        size,
+                    )
+                    .await
+                    .expect("list");
+                assert!(page.len() <= size, "a page holds at most `limit` files");
+                let n = page.len();
+                after = page.last().map(|m| (m.created_at.clone(), m.id.clone()));
+                got.extend(page.into_iter().map(|m| m.id));
+                if n < size {
+                    break got;
+                }
+            }
+        }
+    };
+    let ids = |ns: &[u8]| -> Vec<FileId> { ns.iter().copied().map(file_id).collect() };
+    for size in [1usize, 2, 3, 7, 8] {
+        assert_eq!(
+            walk(None, size).await,
+            ids(&[4, 6, 3, 2, 1, 5, 7]),
+            "all, pages of {size}"
+        );
+        assert_eq!(
+            walk(Some("u1"), size).await,
+            ids(&[4, 2, 1, 5]),
+            "u1's, pages of {size}"
+        );
+        assert_eq!(
+            walk(Some("u2"), size).await,
+            ids(&[6, 3, 7]),
+            "u2's, pages of {size}"
+        );
+    }
+    assert_eq!(walk(Some("nobody"), 3).await, Vec::<FileId>::new());
+    let zeta = store
+        .list_files(&tenant_scope("zeta"), None, None, 10)
+        .await
+        .expect("list");
+    assert_eq!(zeta, vec![meta(&file_id(9), 1)], "the metadata as stored");
+    assert_eq!(
+        store
+            .list_files(&tenant_scope("other"), None, None, 10)
+            .await,
+        Ok(Vec::new())
+    );
+    // A deleted file leaves the listing.
+    store.delete_file(&acme, &file_id(3)).await.expect("delete");
+    assert_eq!(walk(None, 10).await, ids(&[4, 6, 2, 1, 5, 7]));
+    assert_eq!(walk(Some("u2"), 10).await, ids(&[6, 7]));
+}

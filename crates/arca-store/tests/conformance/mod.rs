@@ -129,6 +129,7 @@ macro_rules! conformance_suite {
             thumbnails_are_kept_until_their_file_goes,
             rotating_a_secret_keeps_the_previous_one,
             export_files_walks_every_tenant_in_order,
+            list_files_walks_a_tenant_newest_first,
         );
         $crate::conformance_suite!(@sync $engine;
             listings_return_exactly_the_evaluators_matches,

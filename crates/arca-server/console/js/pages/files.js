@@ -1,35 +1,18 @@
 // Files: uploads with progress (XMLHttpRequest, since fetch reports no
 // upload progress), each under an Idempotency-Key, so retrying an upload
-// whose answer was lost stores nothing twice; then the files uploaded in
-// this tab and any file opened by id (the API lists no files): metadata,
-// a thumbnail for images (fetched with the caller's token and shown from
-// a blob: URL), a signed link to copy, download and delete. Names and
-// types are shown as text; a file is only ever downloaded, never opened
-// in the console's origin.
+// whose answer was lost stores nothing twice; then the caller's files
+// (GET /v1/files, newest first, a page at a time; an admin may list every
+// file of the tenant) and any file opened by id: metadata, a thumbnail
+// for images (fetched with the caller's token and shown from a blob:
+// URL), a signed link to copy, download and delete. Names and types are
+// shown as text; a file is only ever downloaded, never opened in the
+// console's origin.
 
 import {h, field, setFieldError} from '../dom.js';
 import {api, API_BASE, ApiError, problemView} from '../api.js';
 import {session} from '../session.js';
 
 const ID = /^[0-9a-f]{32}$/;
-
-/** The ids shown, newest first, for the caller who uploaded or opened them. */
-let shown = {sub: null, ids: []};
-
-function shownIds() {
-  const sub = session()?.claims?.sub ?? null;
-  if (shown.sub !== sub) shown = {sub, ids: []};
-  return shown.ids;
-}
-
-function show(id) {
-  const ids = shownIds();
-  shown.ids = [id, ...ids.filter((x) => x !== id)].slice(0, 50);
-}
-
-function forget(id) {
-  shown.ids = shownIds().filter((x) => x !== id);
-}
 
 /** A byte count as text. */
 function bytes(n) {
@@ -106,16 +89,21 @@ async function blobOf(path) {
   return res.blob();
 }
 
-/** One file: metadata, thumbnail, link, download, delete. */
-async function fileCard(id, ctx, onGone) {
+/**
+ * One file: metadata, thumbnail, link, download, delete. `known` is its
+ * metadata when the listing gave it; otherwise it is read by id.
+ */
+async function fileCard(id, ctx, onGone, known = null) {
   const card = h('section', {class: 'card file', 'aria-label': `File ${id}`, 'data-file': id});
-  let meta;
-  try {
-    ({data: meta} = await api('GET', `/v1/files/${id}/metadata`));
-  } catch (e) {
-    card.append(h('p', {}, h('code', {}, id)), problemView(e, 'This file could not be read:'),
-      h('button', {type: 'button', class: 'secondary', onclick: () => { forget(id); card.remove(); }}, 'Remove from the list'));
-    return card;
+  let meta = known;
+  if (!meta) {
+    try {
+      ({data: meta} = await api('GET', `/v1/files/${id}/metadata`));
+    } catch (e) {
+      card.append(h('p', {}, h('code', {}, id)), problemView(e, 'This file could not be read:'),
+        h('button', {type: 'button', class: 'secondary', onclick: () => card.remove()}, 'Remove from the list'));
+      return card;
+    }
   }
   const thumb = h('div', {class: 'thumb'});
   if (meta.image) {
@@ -181,7 +169,6 @@ async function fileCard(id, ctx, onGone) {
     h('button', {type: 'button', class: 'danger', onclick: async () => {
       try {
         await api('DELETE', `/v1/files/${id}`);
-        forget(id);
         ctx.notify(`Deleted ${meta.filename || id}.`);
         onGone(card);
       } catch (e) {
@@ -207,8 +194,12 @@ async function fileCard(id, ctx, onGone) {
 
 export function filesPage(view, ctx) {
   const list = h('div', {id: 'files-list'});
-  const addCard = async (id, first) => {
-    const card = await fileCard(id, ctx, (c) => c.remove());
+  const empty = () => h('p', {class: 'muted', id: 'files-empty'}, 'None yet: upload one, or open one by id.');
+  const addCard = async (id, first, known = null) => {
+    const card = await fileCard(id, ctx, (c) => {
+      c.remove();
+      if (!list.querySelector('section.file')) list.append(empty());
+    }, known);
     if (!view.isConnected) return;
     list.querySelector('#files-empty')?.remove();
     // A card of the same file already shown goes.
@@ -248,8 +239,7 @@ export function filesPage(view, ctx) {
         ? `Stored ${meta.filename} (${bytes(meta.size)}) by an earlier attempt; nothing was stored twice.`
         : `Stored ${meta.filename} (${bytes(meta.size)}).`;
       input.value = '';
-      show(meta.id);
-      await addCard(meta.id, true);
+      await addCard(meta.id, true, meta);
     } catch (e) {
       status.textContent = `${file.name} was not stored.`;
       problem.replaceChildren(problemView(e));
@@ -274,7 +264,7 @@ export function filesPage(view, ctx) {
 
   // Open by id.
   const idInput = h('input', {type: 'text', id: 'open-file', class: 'code', pattern: '[0-9a-f]{32}', autocomplete: 'off', spellcheck: 'false'});
-  const idField = field('File id', idInput, 'The API lists no files: open one by its id (32 hex digits).');
+  const idField = field('File id', idInput, 'Any file of your tenant, by its id (32 hex digits).');
   const open = h('form', {class: 'inline', 'aria-label': 'Open a file by id'}, idField.wrap,
     h('button', {type: 'submit', class: 'secondary'}, 'Open'));
   open.addEventListener('submit', async (e) => {
@@ -285,18 +275,58 @@ export function filesPage(view, ctx) {
       return;
     }
     setFieldError(idField, '');
-    show(id);
     await addCard(id, true);
+  });
+
+  // The listing: the caller's files, or (admins) every file of the tenant,
+  // newest first, a page at a time.
+  const everyone = h('input', {type: 'checkbox', id: 'files-all'});
+  const scope = h('label', {class: 'inline'}, everyone, ' Every file of the tenant (admins only)');
+  const more = h('button', {type: 'button', class: 'secondary', id: 'files-more', hidden: true}, 'Load more');
+  const listProblem = h('div', {});
+  const heading = h('h2', {}, 'Your files');
+  let next = null;
+  let generation = 0;
+  const load = async (fresh) => {
+    const mine = ++generation;
+    more.disabled = true;
+    listProblem.replaceChildren();
+    if (fresh) {
+      next = null;
+      list.replaceChildren();
+    }
+    try {
+      const {data} = await api('GET', '/v1/files', {query: {limit: 20, all: everyone.checked ? 'true' : undefined, after: next ?? undefined}});
+      if (mine !== generation || !view.isConnected) return;
+      const items = Array.isArray(data?.items) ? data.items : [];
+      next = typeof data?.next === 'string' ? data.next : null;
+      for (const meta of items) {
+        if (meta && typeof meta.id === 'string' && ID.test(meta.id)) await addCard(meta.id, false, meta);
+      }
+      if (!list.querySelector('section.file') && !list.querySelector('#files-empty')) list.append(empty());
+    } catch (e) {
+      if (mine !== generation) return;
+      listProblem.replaceChildren(problemView(e, 'The files could not be listed:'));
+    } finally {
+      if (mine === generation) {
+        more.hidden = next === null;
+        more.disabled = false;
+      }
+    }
+  };
+  more.addEventListener('click', () => load(false));
+  everyone.addEventListener('change', () => {
+    heading.textContent = everyone.checked ? 'Every file of the tenant' : 'Your files';
+    load(true);
   });
 
   view.append(h('h1', {tabindex: '-1'}, 'Files'),
     h('section', {class: 'card'}, h('h2', {}, 'Upload'), form),
     open,
-    h('h2', {}, 'Files shown in this tab'),
-    list);
-  const ids = shownIds();
-  if (!ids.length) list.append(h('p', {class: 'muted', id: 'files-empty'}, 'None yet: upload one, or open one by id.'));
-  (async () => {
-    for (const id of ids) await addCard(id, false);
-  })();
+    heading,
+    h('p', {}, scope),
+    listProblem,
+    list,
+    h('p', {class: 'actions'}, more));
+  load(true);
 }

@@ -281,6 +281,19 @@ pub(crate) fn query_pairs(raw: Option<&str>) -> Result<form_urlencoded::Parse<'_
     Ok(form_urlencoded::parse(raw.as_bytes()))
 }
 
+/// A listing's `limit` parameter: 1 to 1000, default 20 (documents and
+/// files alike).
+pub(crate) fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(20),
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| bad("limit must be an integer from 1 to 1000")),
+    }
+}
+
 /// `collection` and `key` (the store's cursor key) bind and check cursors.
 fn parse_list_params(
     raw: Option<&str>,
@@ -305,14 +318,7 @@ fn parse_list_params(
             return Err(bad(format!("the `{k}` parameter is given twice")));
         }
     }
-    let limit = match limit_text {
-        None => 20,
-        Some(t) => t
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| bad("limit must be an integer from 1 to 1000"))?,
-    };
+    let limit = parse_limit(limit_text.as_deref())?;
     let (filter, canonical) = parse_filter(filter_text.as_deref())?;
     let sort = match sort_text.as_deref() {
         None => Sort::by_id(),

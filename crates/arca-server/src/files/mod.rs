@@ -650,14 +650,7 @@ fn parse_list_query(raw: Option<&str>, key: &[u8]) -> Result<ListQuery, ApiError
         Some("true") => true,
         Some(_) => return Err(ApiError::bad_request("all must be true or false")),
     };
-    let limit = match limit_text {
-        None => 20,
-        Some(t) => t
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| ApiError::bad_request("limit must be an integer from 1 to 1000"))?,
-    };
+    let limit = crate::documents::parse_limit(limit_text.as_deref())?;
     let after = match after_text {
         None => None,
         Some(text) => {

@@ -339,7 +339,7 @@ async fn data_errors_and_limits_are_clear_400s_and_503s() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_arca"))
         .args(["import", "--collection", "orders"])
         .arg(&file)
-        .envs(store_env(&s.data.0))
+        .envs(import_env(&s.data.0))
         .env_remove("ARCA_CONFIG")
         .output()
         .expect("import");
@@ -433,7 +433,7 @@ async fn an_aggregation_past_its_time_is_503_and_frees_its_reader() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_arca"))
         .args(["import", "--collection", "shops"])
         .arg(&file)
-        .envs(store_env(&s.data.0))
+        .envs(import_env(&s.data.0))
         .env_remove("ARCA_CONFIG")
         .output()
         .expect("import");

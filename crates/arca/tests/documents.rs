@@ -1266,13 +1266,7 @@ async fn import_runs_while_the_server_serves_reads_and_writes() {
             (created, statuses)
         })
     };
-    let mut store = common::store_env(&s.data.0);
-    if common::mongodb() {
-        // The stand-in (a Python server) answers a few hundred writes a
-        // second, slower on a busy machine: the import's 64 writes in
-        // flight can wait past the default 5 s bound there.
-        store.push(("ARCA_STORE__TIMEOUT".into(), "30s".into()));
-    }
+    let store = common::import_env(&s.data.0);
     for file in files {
         let store = store.clone();
         let out = tokio::task::spawn_blocking(move || {
@@ -1317,7 +1311,7 @@ async fn import_loads_ndjson_with_the_same_checks_as_post() {
         });
         define(&s, &s.admin(), "people", people_def()).await;
     }
-    let store = common::store_env(&data.0);
+    let store = common::import_env(&data.0);
     let import = |text: &str| {
         let file = data.0.join("in.ndjson");
         std::fs::write(&file, text).expect("write");

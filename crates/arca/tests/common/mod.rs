@@ -119,6 +119,21 @@ pub fn store_env(data: &Path) -> Vec<(String, String)> {
     env
 }
 
+/// The store settings of an `arca import` into the store of `data`: those
+/// of `store_env`, and on the stand-in 30 s per store operation. Its
+/// writes cost time in proportion to the collection's size and it answers
+/// a few hundred a second, so an import's writes in flight (64) queue past
+/// the default 5 s there as the collection grows (one CI run lost an
+/// 800-document import at line 760); MongoDB and the embedded engine keep
+/// the default.
+pub fn import_env(data: &Path) -> Vec<(String, String)> {
+    let mut env = store_env(data);
+    if on_standin() {
+        env.push(("ARCA_STORE__TIMEOUT".to_string(), "30s".to_string()));
+    }
+    env
+}
+
 /// The stand-in's URI for this test process. The stand-in (mongoeco)
 /// fails a transaction's commit when any other commit happened on the
 /// whole server since it began, where MongoDB conflicts per document; with

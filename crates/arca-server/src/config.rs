@@ -90,7 +90,8 @@ impl Default for EventsConfig {
     }
 }
 
-/// `[web]`: a front-end served at `/` from a folder (see `crate::web`).
+/// `[web]`: a front-end served at `/` from a folder (served by `web.rs`,
+/// which reads these settings).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
@@ -98,8 +99,8 @@ pub struct WebConfig {
     /// The API, docs, console and operations routes always win.
     pub root: Option<PathBuf>,
     /// The `Content-Security-Policy` of everything served from `root`;
-    /// unset: `web::default_csp` (this origin only, plus the OIDC issuer
-    /// for connections); `""`: none.
+    /// unset: the default of `web.rs` (this origin only, plus the OIDC
+    /// issuer for connections); `""`: none.
     pub csp: Option<String>,
     /// Folders under `root` whose files the build names by content (Vite:
     /// `["assets"]`): served `immutable`, like files whose names carry a

@@ -88,7 +88,6 @@ use crate::query::{FieldPath, Filter};
 pub use expr::{Expr, Op, Var};
 pub use group::{AccOp, Accumulator, Group};
 pub use project::{FieldNode, FieldTree, Project};
-pub(crate) use run::sort_key_root;
 
 /// Most stages in one pipeline (each `$lookup` pipeline counts apart).
 pub const MAX_STAGES: usize = 50;

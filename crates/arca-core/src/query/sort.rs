@@ -1,6 +1,7 @@
 //! Sort orders: `sort=-age,name` parsed into fields and directions, sort
 //! keys with MongoDB's array rule (an array sorts by its smallest element
-//! ascending and its largest descending), and ties broken by `_id`.
+//! ascending and its largest descending), and ties broken by `_id`. The
+//! sort-key rule here is also the pipeline's `$sort`'s (`sort_key`).
 
 use std::cmp::Ordering;
 
@@ -109,7 +110,7 @@ impl Sort {
             self.fields
                 .iter()
                 .map(|(path, desc)| {
-                    crate::pipeline::sort_key_root(doc, path.segments(), *desc)
+                    sort_key_root(doc, path.segments(), *desc)
                         .unwrap_or_else(|| Value::Array(Vec::new()))
                 })
                 .collect(),
@@ -143,6 +144,111 @@ fn compare_keys(x: &Value, y: &Value) -> Ordering {
         (true, false) => Ordering::Less,
         (false, true) => Ordering::Greater,
         (false, false) => compare(x, y),
+    }
+}
+
+static NULL: Value = Value::Null;
+
+/// The value `doc` sorts by on one key: `None` for an empty array (below
+/// null), else the smallest (ascending) or largest (descending) value the
+/// path offers.
+pub(crate) fn sort_key(doc: &Value, segs: &[String], desc: bool) -> Option<Value> {
+    let mut offered: Vec<Option<&Value>> = Vec::new();
+    sort_values(doc, segs, &mut offered);
+    best_sort_value(offered, desc)
+}
+
+/// `sort_key` of a filter root (a stored document seen as one), for the
+/// listings' `Sort`: the one rule of MongoDB's sort keys for both.
+fn sort_key_root<R: Root + ?Sized>(root: &R, segs: &[String], desc: bool) -> Option<Value> {
+    let mut offered: Vec<Option<&Value>> = Vec::new();
+    match segs.split_first() {
+        Some((first, rest)) => match root.field(first) {
+            Some(v) => sort_values(v, rest, &mut offered),
+            None => offered.push(Some(&NULL)),
+        },
+        None => offered.push(Some(&NULL)),
+    }
+    best_sort_value(offered, desc)
+}
+
+fn best_sort_value(offered: Vec<Option<&Value>>, desc: bool) -> Option<Value> {
+    let mut best: Option<Option<&Value>> = None;
+    for v in offered {
+        let better = match best {
+            None => true,
+            Some(b) => {
+                let o = compare_sort(v, b);
+                if desc {
+                    o == Ordering::Greater
+                } else {
+                    o == Ordering::Less
+                }
+            }
+        };
+        if better {
+            best = Some(v);
+        }
+    }
+    best.unwrap_or(Some(&NULL)).cloned()
+}
+
+fn sort_values<'a>(v: &'a Value, segs: &[String], out: &mut Vec<Option<&'a Value>>) {
+    let Some((seg, rest)) = segs.split_first() else {
+        match v {
+            Value::Array(items) if items.is_empty() => out.push(None),
+            Value::Array(items) => out.extend(items.iter().map(Some)),
+            other => out.push(Some(other)),
+        }
+        return;
+    };
+    match v {
+        Value::Object(m) => match m.get(seg) {
+            Some(child) => sort_values(child, rest, out),
+            None => out.push(Some(&NULL)),
+        },
+        Value::Array(items) => {
+            if let Some(i) = positional(seg) {
+                match items.get(i) {
+                    Some(child) => sort_values(child, rest, out),
+                    None => out.push(Some(&NULL)),
+                }
+                return;
+            }
+            if items.is_empty() {
+                out.push(Some(&NULL));
+            }
+            for item in items {
+                if item.is_object() {
+                    sort_values(item, segs, out);
+                } else {
+                    out.push(Some(&NULL));
+                }
+            }
+        }
+        _ => out.push(Some(&NULL)),
+    }
+}
+
+/// A path segment that is an array position: digits without a leading
+/// zero (or `0` itself).
+fn positional(seg: &str) -> Option<usize> {
+    if seg.is_empty() || !seg.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if seg.len() > 1 && seg.starts_with('0') {
+        return None;
+    }
+    seg.parse().ok()
+}
+
+/// Orders two sort values (`None`, an empty array, below all).
+pub(crate) fn compare_sort(a: Option<&Value>, b: Option<&Value>) -> Ordering {
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (Some(x), Some(y)) => compare(x, y),
     }
 }
 

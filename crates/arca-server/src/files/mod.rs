@@ -612,6 +612,8 @@ struct ListQuery {
     limit: usize,
     /// The position to continue after: a `created_at` and an id.
     after: Option<(String, FileId)>,
+    /// What this listing's cursors are bound to (`list_fingerprint`).
+    fingerprint: String,
 }
 
 /// What a files listing's cursor is bound to: it only continues a files
@@ -651,16 +653,16 @@ fn parse_list_query(raw: Option<&str>, key: &[u8]) -> Result<ListQuery, ApiError
         Some(_) => return Err(ApiError::bad_request("all must be true or false")),
     };
     let limit = crate::documents::parse_limit(limit_text.as_deref())?;
+    let fingerprint = list_fingerprint(all);
     let after = match after_text {
         None => None,
         Some(text) => {
-            let cursor =
-                Cursor::decode(&text, &list_fingerprint(all), 1, key).map_err(|e| match e {
-                    CursorError::Foreign => ApiError::bad_request(
-                        "this cursor belongs to another listing (all=true and all=false are two)",
-                    ),
-                    e => ApiError::bad_request(e.to_string()),
-                })?;
+            let cursor = Cursor::decode(&text, &fingerprint, 1, key).map_err(|e| match e {
+                CursorError::Foreign => ApiError::bad_request(
+                    "this cursor belongs to another listing (all=true and all=false are two)",
+                ),
+                e => ApiError::bad_request(e.to_string()),
+            })?;
             // Signed by this server, so well formed; checked all the same.
             let invalid = || ApiError::bad_request(CursorError::Invalid.to_string());
             let at = cursor.key[0].as_str().ok_or_else(invalid)?.to_owned();
@@ -668,7 +670,12 @@ fn parse_list_query(raw: Option<&str>, key: &[u8]) -> Result<ListQuery, ApiError
             Some((at, id))
         }
     };
-    Ok(ListQuery { all, limit, after })
+    Ok(ListQuery {
+        all,
+        limit,
+        after,
+        fingerprint,
+    })
 }
 
 #[utoipa::path(get, operation_id = "list_files", path = "/v1/files", tag = "files",
@@ -685,7 +692,12 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let grant = state.gateway().files(&caller)?;
     let key = state.gateway().cursor_key().await?;
-    let ListQuery { all, limit, after } = parse_list_query(raw.as_deref(), &key)?;
+    let ListQuery {
+        all,
+        limit,
+        after,
+        fingerprint,
+    } = parse_list_query(raw.as_deref(), &key)?;
     // One extra file tells whether a next page exists.
     let mut files = grant
         .list(
@@ -701,7 +713,7 @@ pub(crate) async fn list(
                 key: vec![serde_json::Value::String(last.created_at.clone())],
                 id: last.id.to_string(),
             }
-            .encode(&list_fingerprint(all), &key)
+            .encode(&fingerprint, &key)
         })
     } else {
         None

@@ -244,3 +244,58 @@ async fn a_stream_resumes_on_the_other_replica_exactly_where_it_stopped() {
         .collect();
     assert_eq!(ids, ["d2", "d3"]);
 }
+
+#[tokio::test]
+async fn a_replica_stalled_past_the_retention_resets_its_streams_and_they_follow_on() {
+    let (a, b) = pair(&[("ARCA_EVENTS__RETENTION", "1s")]);
+    let t = a.admin();
+    shared_notes(&a, &b, &t).await;
+    let ana = a.token("ana", &["member"], None);
+    let mut on_b = sse::Sse::subscribe(&b, "notes", &ana, None).await;
+    assert_eq!(
+        post(&a, &ana, "notes", json!({"_id": "seen"}))
+            .await
+            .status(),
+        201
+    );
+    let seen = on_b.next().await;
+    assert_eq!(seen.json()["_id"], "seen");
+    // B stalls (a paused node, a long GC pause of its host) while A writes
+    // and prunes what B has not handed on yet.
+    b.signal(libc::SIGSTOP);
+    for id in ["lost1", "lost2"] {
+        assert_eq!(
+            post(&a, &ana, "notes", json!({"_id": id})).await.status(),
+            201
+        );
+    }
+    let pruned = eventually(Duration::from_secs(20), || async {
+        let mut r = sse::Sse::subscribe(&a, "notes", &ana, seen.id.as_deref()).await;
+        r.next().await.event == "reset"
+    })
+    .await;
+    b.signal(libc::SIGCONT);
+    assert!(pruned.is_some(), "A never pruned the log");
+    // B's stream says so (`reset`, expired) and stays open: a later write
+    // still arrives on it.
+    let reset = on_b.next().await;
+    assert_eq!(
+        (reset.event.as_str(), reset.json()),
+        ("reset", json!({"reason": "expired"}))
+    );
+    assert_eq!(
+        post(&a, &ana, "notes", json!({"_id": "after"}))
+            .await
+            .status(),
+        201
+    );
+    loop {
+        let e = on_b.next().await;
+        assert_eq!(e.event, "created", "{e:?}");
+        if e.json()["_id"] == "after" {
+            break;
+        }
+        // Only what was not yet pruned when B read the log may come first.
+        assert_eq!(e.json()["_id"], "lost2", "{e:?}");
+    }
+}

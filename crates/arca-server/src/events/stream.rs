@@ -274,12 +274,20 @@ impl Subscriber {
             }
         };
         if page.floor > self.pos {
-            // What this stream needed was pruned (or the collection was
-            // deleted and the drop is in the page: the stream just ends).
-            if !page.changes.iter().any(|c| c.kind() == ChangeKind::Dropped) {
-                let head = log.head(&self.coll).await.unwrap_or(page.floor);
-                write_reset(&mut self.out, head, ResetReason::Expired);
+            // The collection was deleted (the drop is in the page): the
+            // stream ends.
+            if page.changes.iter().any(|c| c.kind() == ChangeKind::Dropped) {
+                return;
             }
+            // What this stream needed was pruned while it caught up (a
+            // resume point checked at the start can be pruned before the
+            // first page is read): `reset`, then it follows from the head,
+            // like a stream that starts with `reset` (the client refetches,
+            // which covers everything up to the head).
+            let head = log.head(&self.coll).await.unwrap_or(page.floor);
+            write_reset(&mut self.out, head, ResetReason::Expired);
+            self.pos = head.max(page.floor);
+            self.mode = Mode::CatchUp { joined };
             return;
         }
         let full = page.changes.len() == CATCH_UP_PAGE;
@@ -318,8 +326,12 @@ impl Subscriber {
                 true
             }
             Ok(Feed::Gap { floor }) if floor > self.pos => {
+                // Changes this process had not handed on yet were pruned
+                // (it stalled longer than `events.retention`): `reset`,
+                // and the stream goes on from the floor, as the tail does.
                 write_reset(&mut self.out, floor, ResetReason::Expired);
-                false
+                self.pos = floor;
+                true
             }
             Ok(Feed::Gap { .. }) => true,
             Ok(Feed::Dropped { seq }) => seq <= self.pos,

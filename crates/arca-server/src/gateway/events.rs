@@ -173,7 +173,25 @@ impl EventLog {
         after: u64,
         limit: usize,
     ) -> Result<LogPage, StoreError> {
-        let page = self.store.events(coll, after, limit).await?;
+        let mut page = self.store.events(coll, after, limit).await?;
+        let dropped =
+            |p: &arca_store::EventPage| p.events.iter().any(|e| e.kind == ChangeKind::Dropped);
+        if page.floor > after && !dropped(&page) {
+            // Entries were pruned, or the collection was deleted between
+            // the two reads of the page: its `Dropped` entry, at the
+            // floor, committed after the entries were read (or entries
+            // below the floor, not yet deleted, filled the page). Read
+            // again from the floor: a deletion must end the streams, not
+            // reset them. The floor is read after the entries again, so a
+            // prune in between is still seen.
+            let again = self
+                .store
+                .events(coll, page.floor.saturating_sub(1).max(after), limit)
+                .await?;
+            if dropped(&again) {
+                page = again;
+            }
+        }
         let changes: Vec<Change> = page.events.into_iter().map(Change::of).collect();
         let changes = if changes.iter().any(Change::is_large) {
             // Parsing a large document costs milliseconds: done here, on

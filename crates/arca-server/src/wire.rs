@@ -56,6 +56,17 @@ pub enum Addressed {
     NotFound(Problem),
 }
 
+/// The problem response of a route addressing one file.
+#[derive(utoipa::IntoResponses)]
+pub enum NoSuchFile {
+    #[response(
+        status = 404,
+        description = "No such file (or another tenant's)",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+}
+
 /// The problem responses of a route taking a JSON body.
 #[derive(utoipa::IntoResponses)]
 pub enum WithBody {

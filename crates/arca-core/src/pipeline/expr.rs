@@ -198,6 +198,35 @@ pub enum Expr {
     Op(Op, Vec<Expr>),
 }
 
+impl Expr {
+    /// Adds the top-level fields of the current document the expression
+    /// reads to `out`; `false` when it reads the whole document
+    /// (`$$ROOT` or `$$CURRENT` without a path). Variables bound by
+    /// `$let`, `$map`... read what their binding expressions read, which
+    /// are walked here too.
+    pub(crate) fn add_top_level<'a>(&'a self, out: &mut Vec<&'a str>) -> bool {
+        match self {
+            Expr::Literal(_) | Expr::Var(Var::User(_), _) => true,
+            Expr::Path(p) => {
+                p.add_top_level(out);
+                true
+            }
+            Expr::Var(Var::Root | Var::Current, path) => match path.first() {
+                Some(first) => {
+                    if !out.contains(&first.as_str()) {
+                        out.push(first);
+                    }
+                    true
+                }
+                None => false,
+            },
+            Expr::Array(items) => items.iter().all(|e| e.add_top_level(out)),
+            Expr::Object(members) => members.iter().all(|(_, e)| e.add_top_level(out)),
+            Expr::Op(_, args) => args.iter().all(|e| e.add_top_level(out)),
+        }
+    }
+}
+
 /// What the parser knows while it parses expressions: the `let` variables
 /// in scope (innermost last).
 #[derive(Debug, Default)]

@@ -386,6 +386,29 @@ impl Pipeline {
         )
     }
 
+    /// The top-level fields of its input documents the pipeline reads,
+    /// when that is only some of them: its first stage is `$group` (the
+    /// fields its key and accumulators name) or `$count` (none). `None`
+    /// when a stage passes whole documents on or reads `$$ROOT`. An engine
+    /// may then parse only those fields of each input document (the
+    /// system fields are always there): the result is the same.
+    pub fn input_fields(&self) -> Option<Vec<&str>> {
+        let mut out = Vec::new();
+        match self.stages.first()? {
+            Stage::Count(_) => Some(out),
+            Stage::Group(g) => {
+                let exprs = std::iter::once(&g.id).chain(g.accumulators.iter().map(|a| &a.arg));
+                for e in exprs {
+                    if !e.add_top_level(&mut out) {
+                        return None;
+                    }
+                }
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
     /// Runs the pipeline over `input` (documents as clients see them,
     /// already confined to the caller's scope) with MongoDB's semantics.
     pub fn evaluate(

@@ -481,3 +481,46 @@ fn inputs_must_be_objects() {
     let e = eval(json!([]), vec![json!([1])]).expect_err("not an object");
     assert!(matches!(e, PipelineError::Runtime(_)));
 }
+
+#[test]
+fn input_fields_name_what_a_leading_group_or_count_reads() {
+    let fields = |v: Value| {
+        let (_, rest) = parse(v).expect("pipeline").split_leading_match();
+        rest.input_fields()
+            .map(|f| f.into_iter().map(str::to_owned).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        fields(json!([{"$match": {"x": 1}},
+                      {"$group": {"_id": {"c": "$city.name", "t": "$team"},
+                                  "n": {"$sum": {"$multiply": ["$age", "$score", 2]}},
+                                  "k": {"$first": "$$CURRENT.kind.a"},
+                                  "m": {"$max": "$age"}}}])),
+        Some(vec![
+            "city".into(),
+            "team".into(),
+            "age".into(),
+            "score".into(),
+            "kind".into()
+        ])
+    );
+    assert_eq!(
+        fields(json!([{"$count": "n"}, {"$project": {"n": 1}}])),
+        Some(vec![])
+    );
+    assert_eq!(
+        fields(json!([{"$group": {"_id": null, "n": {"$count": {}}}}])),
+        Some(vec![])
+    );
+    // Whole documents: `$$ROOT`, or a first stage that passes them on.
+    assert_eq!(
+        fields(json!([{"$group": {"_id": "$a", "all": {"$push": "$$ROOT"}}}])),
+        None
+    );
+    assert_eq!(fields(json!([{"$group": {"_id": "$$CURRENT"}}])), None);
+    assert_eq!(
+        fields(json!([{"$sort": {"a": 1}}, {"$group": {"_id": "$a"}}])),
+        None
+    );
+    assert_eq!(fields(json!([{"$project": {"a": 1}}])), None);
+    assert_eq!(fields(json!([])), None);
+}

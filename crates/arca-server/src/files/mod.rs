@@ -531,7 +531,7 @@ fn file_headers(res: &mut Response, meta: &FileMeta, etag: &str) {
               (status = 206, description = "One byte range", content_type = "*/*", body = Vec<u8>,
                 headers(("Content-Range" = String, description = "`bytes a-b/N`"), ("ETag" = String))),
               (status = 304, description = "Not modified (If-None-Match)", headers(("ETag" = String))),
-              (status = 404, description = "No such file (or another tenant's)", body = crate::wire::Problem, content_type = "application/problem+json"),
+              crate::wire::NoSuchFile,
               (status = 416, description = "No byte of the range is in the file", body = crate::wire::Problem, content_type = "application/problem+json",
                 headers(("Content-Range" = String, description = "`bytes */N`"))),
               crate::wire::Guarded))]
@@ -591,7 +591,7 @@ pub(crate) async fn download(
     params(("id" = String, Path, description = "File id", pattern = "^[0-9a-f]{32}$")),
     responses((status = 200, description = "The file's metadata", body = FileOutput,
                 headers(("ETag" = String, description = "The quoted SHA-256"))),
-              (status = 404, description = "No such file (or another tenant's)", body = crate::wire::Problem, content_type = "application/problem+json"),
+              crate::wire::NoSuchFile,
               crate::wire::Guarded))]
 pub(crate) async fn metadata(
     State(state): State<AppState>,
@@ -728,7 +728,7 @@ pub(crate) async fn list(
 #[utoipa::path(delete, operation_id = "delete_file", path = "/v1/files/{id}", tag = "files",
     params(("id" = String, Path, description = "File id", pattern = "^[0-9a-f]{32}$")),
     responses((status = 204, description = "Deleted, with its thumbnails"),
-              (status = 404, description = "No such file (or another tenant's)", body = crate::wire::Problem, content_type = "application/problem+json"),
+              crate::wire::NoSuchFile,
               crate::wire::Guarded))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
@@ -776,7 +776,7 @@ fn thumbnail_bound(query: Option<&str>) -> Result<u32, ApiError> {
                 content(("image/jpeg"), ("image/webp")), headers(("ETag" = String), ("Vary" = String))),
               (status = 304, description = "Not modified (If-None-Match)"),
               (status = 400, description = "size outside 16..1024", body = crate::wire::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such file (or another tenant's)", body = crate::wire::Problem, content_type = "application/problem+json"),
+              crate::wire::NoSuchFile,
               (status = 415, description = "The file is not an image", body = crate::wire::Problem, content_type = "application/problem+json"),
               crate::wire::Guarded))]
 pub(crate) async fn thumbnail(
@@ -843,7 +843,7 @@ pub(crate) async fn thumbnail(
 #[utoipa::path(post, operation_id = "create_file_link", path = "/v1/files/{id}/links", tag = "files",
     params(("id" = String, Path, description = "File id", pattern = "^[0-9a-f]{32}$")),
     responses((status = 201, description = "A signed link to the file's bytes (and, with `/thumbnail` and `size`, its thumbnails), usable without a token until it expires", body = LinkOutput),
-              (status = 404, description = "No such file (or another tenant's)", body = crate::wire::Problem, content_type = "application/problem+json"),
+              crate::wire::NoSuchFile,
               crate::wire::Guarded))]
 pub(crate) async fn create_link(
     State(state): State<AppState>,

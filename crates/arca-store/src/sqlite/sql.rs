@@ -262,6 +262,18 @@ pub fn decode_document(row: &Row<'_>) -> rusqlite::Result<Result<Document, Store
     Ok(decode_system(row)?.map(|system| Document { system, body }))
 }
 
+/// Decodes a `DOC_COLUMNS` row with only the top-level body members named
+/// in `keys` (the system fields whole): for evaluating something that
+/// reads only those, the rest is scanned over, never built.
+pub fn decode_document_fields(
+    row: &Row<'_>,
+    keys: &[&str],
+) -> rusqlite::Result<Result<Document, StoreError>> {
+    let text = row.get_ref(5)?.as_str()?;
+    let body = arca_core::parse_body_fields(text, keys).unwrap_or_default();
+    Ok(decode_system(row)?.map(|system| Document { system, body }))
+}
+
 /// Decodes a `DOC_COLUMNS` row keeping the body as stored text.
 pub fn decode_document_text(row: &Row<'_>) -> rusqlite::Result<Result<DocumentText, StoreError>> {
     let doc: String = row.get(5)?;

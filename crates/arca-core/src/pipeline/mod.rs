@@ -388,7 +388,8 @@ impl Pipeline {
 
     /// The top-level fields of its input documents the pipeline reads,
     /// when that is only some of them: its first stage is `$group` (the
-    /// fields its key and accumulators name) or `$count` (none). `None`
+    /// fields its key and accumulators name), `$count` (none) or an
+    /// inclusion `$project` (the fields it names or computes from). `None`
     /// when a stage passes whole documents on or reads `$$ROOT`. An engine
     /// may then parse only those fields of each input document (the
     /// system fields are always there): the result is the same.
@@ -396,6 +397,9 @@ impl Pipeline {
         let mut out = Vec::new();
         match self.stages.first()? {
             Stage::Count(_) => Some(out),
+            Stage::Project(p) if !p.is_exclusion() => {
+                p.tree().add_top_level(&mut out).then_some(out)
+            }
             Stage::Group(g) => {
                 let exprs = std::iter::once(&g.id).chain(g.accumulators.iter().map(|a| &a.arg));
                 for e in exprs {

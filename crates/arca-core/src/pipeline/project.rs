@@ -155,6 +155,29 @@ impl Project {
     }
 }
 
+impl FieldTree {
+    /// Adds the top-level fields of the input document this tree reads to
+    /// `out`: each field it names, and what its computed fields' expressions
+    /// read (they are evaluated against the input document); `false` when
+    /// an expression reads the whole document.
+    pub(crate) fn add_top_level<'a>(&'a self, out: &mut Vec<&'a str>) -> bool {
+        for (name, _) in &self.fields {
+            if !out.contains(&name.as_str()) {
+                out.push(name);
+            }
+        }
+        self.add_expr_fields(out)
+    }
+
+    fn add_expr_fields<'a>(&'a self, out: &mut Vec<&'a str>) -> bool {
+        self.fields.iter().all(|(_, node)| match node {
+            FieldNode::Set(e) => e.add_top_level(out),
+            FieldNode::Nested(t) => t.add_expr_fields(out),
+            FieldNode::Include | FieldNode::Exclude => true,
+        })
+    }
+}
+
 fn invalid<T>(msg: impl Into<String>) -> Result<T, PipelineError> {
     Err(PipelineError::Invalid(msg.into()))
 }

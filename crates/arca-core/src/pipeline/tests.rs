@@ -521,6 +521,19 @@ fn input_fields_name_what_a_leading_group_or_count_reads() {
         fields(json!([{"$sort": {"a": 1}}, {"$group": {"_id": "$a"}}])),
         None
     );
-    assert_eq!(fields(json!([{"$project": {"a": 1}}])), None);
+    assert_eq!(
+        fields(
+            json!([{"$project": {"a.x": 1, "b": {"y": {"$add": ["$c", "$$ROOT.d.e"]}}, "_id": 0}}])
+        ),
+        Some(vec![
+            "a".into(),
+            "b".into(),
+            "_id".into(),
+            "c".into(),
+            "d".into()
+        ])
+    );
+    assert_eq!(fields(json!([{"$project": {"a": 0}}])), None);
+    assert_eq!(fields(json!([{"$project": {"a": "$$ROOT"}}])), None);
     assert_eq!(fields(json!([])), None);
 }

@@ -630,14 +630,40 @@ async fn a_thumbnail_is_made_once_under_concurrent_requests() {
     }
 }
 
+/// The callers of the tenancy tests' tokens.
+struct People {
+    /// A member of tenant t1.
+    ana: String,
+    /// Another member of t1.
+    bia: String,
+    /// An admin of t1.
+    boss: String,
+    /// An admin of t2 with Ana's subject.
+    other: String,
+    /// Ana's subject without a tenant.
+    plain: String,
+}
+
+fn people(s: &Server) -> People {
+    People {
+        ana: s.token("ana", &[], Some("t1")),
+        bia: s.token("bia", &[], Some("t1")),
+        boss: s.token("boss", &["admin"], Some("t1")),
+        other: s.token("ana", &["admin"], Some("t2")),
+        plain: s.token("ana", &[], None),
+    }
+}
+
 #[tokio::test]
 async fn tenants_never_reach_each_others_files_and_only_owners_or_admins_delete() {
     let s = Server::dev();
-    let ana = s.token("ana", &[], Some("t1"));
-    let bia = s.token("bia", &[], Some("t1"));
-    let boss = s.token("boss", &["admin"], Some("t1"));
-    let other = s.token("ana", &["admin"], Some("t2"));
-    let plain = s.token("ana", &[], None);
+    let People {
+        ana,
+        bia,
+        boss,
+        other,
+        plain,
+    } = people(&s);
     let meta = uploaded(&s, &ana, encoded(&picture(40, 40), ImageFormat::Png), None).await;
     let id = id_of(&meta);
     let mut paths = vec![
@@ -751,11 +777,13 @@ fn newest_first(mut files: Vec<Value>) -> Vec<Value> {
 #[tokio::test]
 async fn callers_list_their_files_and_admins_their_tenants_newest_first() {
     let s = Server::dev();
-    let ana = s.token("ana", &[], Some("t1"));
-    let bia = s.token("bia", &[], Some("t1"));
-    let boss = s.token("boss", &["admin"], Some("t1"));
-    let other = s.token("ana", &["admin"], Some("t2"));
-    let plain = s.token("ana", &[], None);
+    let People {
+        ana,
+        bia,
+        boss,
+        other,
+        plain,
+    } = people(&s);
     let (mut anas, mut bias) = (Vec::new(), Vec::new());
     for n in 0..6 {
         let bytes = format!("file {n}").into_bytes();

@@ -265,7 +265,7 @@ impl Gateway {
         &self.settings
     }
 
-    // ---- Idempotency keys (issue 22): the records of `crate::idempotency`,
+    // ---- Idempotency keys (issue 22): the records of idempotent creates,
     // which are the caller's own (the key names its tenant and subject). ----
 
     /// Claims a caller's idempotency key for a run (`Store::idempotency_begin`).
